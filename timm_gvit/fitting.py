@@ -1,0 +1,1 @@
+def fit_gaussians(*a, **k): raise NotImplementedError
