@@ -1,0 +1,299 @@
+"""Benchmark the renderer backends: speed and peak memory, forward and forward+backward.
+
+For every scene x k x size it renders a batch of Gaussians with each backend and reports the
+median forward time (under ``torch.no_grad``) and forward+backward time per image over
+``--repeats`` runs after one warm-up, and the peak memory of one forward+backward.
+
+Backends: ``reference``, ``cpu`` and ``chunked`` run on the CPU; on CUDA with gsplat's kernels,
+``gsplat`` (``render_gaussians(..., backend="gsplat")``) and ``gsplat-direct`` (a bare call of
+``gsplat.rasterization`` on :func:`~timm_gvit.rendering.to_gsplat`'s arguments) run on the GPU.
+``chunked`` is opt-in: at k=1024, 224 px on the overlap scene one forward+backward takes about a
+minute on 2 cores. The reference is skipped where its estimated peak
+(``REFERENCE_TENSORS`` tensors of B*k*H*W float32) exceeds ``--max-reference-gib``.
+
+Scenes (fixed seed, the same Gaussians for every backend and size):
+
+- ``grid``: a jittered ceil(sqrt(k))^2 grid (first k cells), sigmas about the grid spacing,
+  opacities U(0.2, 1): the shape a trained encoder produces.
+- ``overlap``: large Gaussians (sigma U(0.5, 1)) with centres anywhere and low opacities
+  U(0.05, 0.3), so that every Gaussian covers most pixels. Note that from k of about 100 on the
+  transmittance still falls below T_MIN in most pixels, so the fast backends do stop early there.
+
+Peak memory: on CPU, one more forward+backward runs under ``torch.profiler`` with
+``profile_memory=True``; the peak is the largest running sum of its allocation and free events
+(the ``[memory]`` events of ``prof.profiler.kineto_results``, in time order): the most tensor
+memory held at once beyond what existed before the step. Checked against the rise of ru_maxrss
+in a fresh process (reference, k=256, 224 px, batch 8: 5599 MiB against about 5600 MiB). On CUDA
+it is ``torch.cuda.max_memory_allocated`` minus the memory allocated before the step.
+
+Issue targets (k=256, 224x224, batch 8, grid scene):
+
+- on the 2-core CPU, the ``cpu`` backend's forward+backward is >= 20x faster than the reference's
+  and its peak memory is <= 1/10 of the reference's;
+- on CUDA, the ``gsplat`` path (what ``backend="auto"`` picks) takes <= 1.5x the time of
+  ``gsplat-direct``, forward and forward+backward.
+
+Run: ``python benchmarks/render.py`` (about 6 minutes on 2 cores); ``--help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from tqdm import tqdm
+
+import timm_gvit
+from timm_gvit.rendering import gsplat_available, to_gsplat
+
+SCENES = ("grid", "overlap")
+CPU_BACKENDS = ("cpu", "reference", "chunked")
+CUDA_BACKENDS = ("gsplat", "gsplat-direct")
+#: B*k*H*W float32 tensors alive at the reference's peak (measured 14.3 at k=64 and 256, 224 px).
+REFERENCE_TENSORS = 14.3
+TARGET = {"scene": "grid", "k": 256, "size": 224, "batch": 8}
+CPU_MIN_SPEEDUP, CPU_MAX_MEMORY_RATIO, GSPLAT_MAX_SLOWDOWN = 20.0, 0.1, 1.5
+
+
+def make_gaussians(scene: str, batch: int, k: int, seed: int = 0) -> torch.Tensor:
+    """``[batch, k, 9]`` benchmark Gaussians of ``scene`` (see the module docstring)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return torch.rand(batch, k, *shape, generator=gen) * (hi - lo) + lo
+
+    if scene == "grid":
+        n = math.ceil(math.sqrt(k))
+        spacing = 2 / n
+        centres = -1 + spacing * (torch.arange(n) + 0.5)
+        y, x = torch.meshgrid(centres, centres, indexing="ij")
+        mu = torch.stack([x.flatten(), y.flatten()], dim=-1)[:k] + uniform(-spacing / 2, spacing / 2, 2)
+        sigma = spacing * torch.exp(0.3 * torch.randn(batch, k, 2, generator=gen))
+        opacity = uniform(0.2, 1.0, 1)
+    else:
+        mu, sigma, opacity = uniform(-1, 1, 2), uniform(0.5, 1.0, 2), uniform(0.05, 0.3, 1)
+    phi, rgb = uniform(-math.pi, math.pi, 1), uniform(0, 1, 3)
+    return torch.cat([mu, sigma, phi, rgb, opacity], dim=-1)
+
+
+def render(backend: str, gaussians: torch.Tensor, size: int, background: torch.Tensor) -> torch.Tensor:
+    """One batch through ``backend``; ``gsplat-direct`` returns gsplat's own ``[B, 1, H, W, 3]``."""
+    if backend != "gsplat-direct":
+        return timm_gvit.render_gaussians(gaussians, size, size, background, backend=backend)
+    from gsplat import rasterization
+
+    colors, _, _ = rasterization(
+        **to_gsplat(gaussians, size, size),
+        width=size,
+        height=size,
+        eps2d=0.0,
+        packed=False,
+        backgrounds=background[:, None, :],
+        rasterize_mode="classic",
+    )
+    return colors
+
+
+def cpu_peak_bytes(step) -> int:
+    """Peak tensor memory of ``step()`` above its starting point, from the profiler's events."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    held = peak = 0
+    for _, nbytes in events:
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
+def cuda_peak_bytes(step) -> int:
+    """Peak CUDA memory of ``step()`` above what was allocated before it."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def measure(backend: str, gaussians: torch.Tensor, size: int, repeats: int) -> dict:
+    """Forward and forward+backward ms per image (medians) and fwd+bwd peak MiB of one backend."""
+    device = torch.device("cuda" if backend in CUDA_BACKENDS else "cpu")
+    g = gaussians.to(device).requires_grad_()
+    background = torch.full((g.shape[0], 3), 0.5, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    grad_out = torch.randn_like(render(backend, g.detach(), size, background))
+
+    def forward():
+        with torch.no_grad():
+            render(backend, g, size, background)
+
+    def forward_backward():
+        g.grad = None
+        render(backend, g, size, background).backward(grad_out)
+
+    def ms_per_image(step) -> float:
+        times = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times) / g.shape[0]
+
+    forward_backward()  # warm-up
+    peak = cuda_peak_bytes(forward_backward) if device.type == "cuda" else cpu_peak_bytes(forward_backward)
+    return {
+        "device": device.type,
+        "fwd_ms_per_image": ms_per_image(forward),
+        "fwd_bwd_ms_per_image": ms_per_image(forward_backward),
+        "peak_mib": peak / 2**20,
+    }
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Speed-up and memory ratio of each row against its device's baseline in the same config."""
+    baseline_of = {"cpu": "reference", "chunked": "reference", "gsplat": "gsplat-direct"}
+    by_key = {(r["scene"], r["k"], r["size"], r["backend"]): r for r in rows if r["skipped"] is None}
+    for row in rows:
+        base = by_key.get((row["scene"], row["k"], row["size"], baseline_of.get(row["backend"])))
+        if row["skipped"] is None and base is not None:
+            row["baseline"] = base["backend"]
+            row["fwd_speedup"] = base["fwd_ms_per_image"] / row["fwd_ms_per_image"]
+            row["fwd_bwd_speedup"] = base["fwd_bwd_ms_per_image"] / row["fwd_bwd_ms_per_image"]
+            row["memory_ratio"] = row["peak_mib"] / base["peak_mib"]
+
+
+def format_table(rows: list[dict]) -> str:
+    """The results as an aligned text table."""
+    header = ("scene", "k", "size", "backend", "fwd ms/img", "fwd+bwd ms/img", "peak MiB", "speed-up f / f+b", "mem ratio")
+    lines = []
+    for r in rows:
+        if r["skipped"] is not None:
+            lines.append((r["scene"], str(r["k"]), str(r["size"]), r["backend"], r["skipped"], "", "", "", ""))
+            continue
+        ratios = ("", "")
+        if "baseline" in r:
+            ratios = (f"{r['fwd_speedup']:.1f}x / {r['fwd_bwd_speedup']:.1f}x", f"{r['memory_ratio']:.4f}")
+        lines.append((
+            r["scene"], str(r["k"]), str(r["size"]), r["backend"],
+            f"{r['fwd_ms_per_image']:.2f}", f"{r['fwd_bwd_ms_per_image']:.2f}", f"{r['peak_mib']:.1f}", *ratios,
+        ))
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i in (1, 2) or i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+
+
+def check_targets(rows: list[dict], batch: int) -> list[str]:
+    """PASS/FAIL lines for the issue targets whose rows were measured."""
+    if batch != TARGET["batch"]:
+        return [f"targets not checked: they are defined at batch {TARGET['batch']}, this run used {batch}"]
+    at_target = {r["backend"]: r for r in rows if all(r[key] == TARGET[key] for key in ("scene", "k", "size"))}
+    lines = []
+    cpu = at_target.get("cpu", {})
+    if "baseline" in cpu:
+        ok = cpu["fwd_bwd_speedup"] >= CPU_MIN_SPEEDUP
+        lines.append(f"{'PASS' if ok else 'FAIL'}  cpu fwd+bwd {cpu['fwd_bwd_speedup']:.1f}x faster than reference (target >= {CPU_MIN_SPEEDUP:g}x)")
+        ok = cpu["memory_ratio"] <= CPU_MAX_MEMORY_RATIO
+        lines.append(f"{'PASS' if ok else 'FAIL'}  cpu peak memory {cpu['memory_ratio']:.4f} of reference's (target <= {CPU_MAX_MEMORY_RATIO:g})")
+    gs = at_target.get("gsplat", {})
+    if "baseline" in gs:
+        for step, key in (("fwd", "fwd_speedup"), ("fwd+bwd", "fwd_bwd_speedup")):
+            slowdown = 1 / gs[key]
+            ok = slowdown <= GSPLAT_MAX_SLOWDOWN
+            lines.append(f"{'PASS' if ok else 'FAIL'}  gsplat (auto) {step} {slowdown:.2f}x the time of gsplat-direct (target <= {GSPLAT_MAX_SLOWDOWN:g}x)")
+    if not lines:
+        lines.append("no target rows measured (need grid, k=256, 224 px with cpu+reference or gsplat+gsplat-direct)")
+    return lines
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on."""
+    cpu_model = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        cpu_model = names[0] if names else cpu_model
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu_model,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "gsplat_available": gsplat_available(),
+        "python": platform.python_version(),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    cuda = torch.cuda.is_available() and gsplat_available()
+    default_backends = ["cpu", "reference", *(CUDA_BACKENDS if cuda else ())]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--ks", type=int, nargs="+", default=[64, 256, 512, 1024], help="numbers of Gaussians per image")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 224], help="square image sizes in pixels")
+    parser.add_argument("--batch", type=int, default=8, help="images per render call; times are reported per image")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the median is reported), after 1 warm-up")
+    parser.add_argument("--scenes", nargs="+", choices=SCENES, default=list(SCENES), help="benchmark scenes (see the module docstring)")
+    parser.add_argument(
+        "--backends", nargs="+", choices=CPU_BACKENDS + CUDA_BACKENDS, default=default_backends,
+        help="backends to run; 'reference', 'cpu' and 'chunked' run on the CPU, 'gsplat' (render_gaussians with "
+        "backend='gsplat', what 'auto' picks on CUDA) and 'gsplat-direct' (bare gsplat.rasterization) on CUDA and "
+        "are in the default only where CUDA and gsplat's kernels are available; 'chunked' is slow (about a minute "
+        "per call at k=1024, 224 px, overlap scene) and so opt-in",
+    )
+    parser.add_argument(
+        "--max-reference-gib", type=float, default=6.0,
+        help=f"skip the reference where its estimated peak memory ({REFERENCE_TENSORS} x B*k*H*W*4 bytes) exceeds this",
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "render.json", help="JSON file for the results")
+    args = parser.parse_args()
+    if not cuda and set(args.backends) & set(CUDA_BACKENDS):
+        parser.error("the gsplat backends need CUDA and gsplat's kernels, which are not available here")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    configs = [(s, k, n, b) for s in args.scenes for k in args.ks for n in args.sizes for b in args.backends]
+    rows = []
+    progress = tqdm(configs, desc="render benchmark", unit="config")
+    for scene, k, size, backend in progress:
+        progress.set_postfix_str(f"{scene} k={k} {size}px {backend}")
+        row = {"scene": scene, "k": k, "size": size, "backend": backend, "skipped": None}
+        estimate_gib = REFERENCE_TENSORS * args.batch * k * size * size * 4 / 2**30
+        if backend == "reference" and estimate_gib > args.max_reference_gib:
+            row["skipped"] = f"skipped (est. {estimate_gib:.1f} GiB)"
+        else:
+            row.update(measure(backend, make_gaussians(scene, args.batch, k), size, args.repeats))
+        rows.append(row)
+    add_ratios(rows)
+    info = machine_info()
+    targets = check_targets(rows, args.batch)
+
+    print(f"\nbatch {args.batch}, median of {args.repeats}; torch {info['torch']}, {info['torch_threads']} threads, "
+          f"{info['cpu']}" + (f", {info['cuda_device']}" if info["cuda_device"] else ""))
+    print("peak MiB: forward+backward, above the memory held before it (CPU: torch.profiler allocation events; "
+          "CUDA: torch.cuda.max_memory_allocated)")
+    print("speed-up and mem ratio: against reference for CPU backends, against gsplat-direct for gsplat\n")
+    print(format_table(rows))
+    print(f"\nissue targets (grid, k=256, 224 px, batch 8; cpu target on a 2-core CPU, this run: {info['torch_threads']} threads):")
+    print("\n".join("  " + line for line in targets))
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    args.out.write_text(json.dumps({"machine": info, "settings": settings, "targets": targets, "results": rows}, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

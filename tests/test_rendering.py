@@ -1,0 +1,275 @@
+"""The renderer against its dense oracle, analytic values and its own stated cut-off bounds."""
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import timm_gvit
+from timm_gvit.rendering import ALPHA_MIN, T_MIN, render_gaussians
+from timm_gvit.rendering.chunked import render_chunked
+from timm_gvit.rendering.cpu import load_extension, render_cpu
+from timm_gvit.rendering.projection import to_pixel_space
+from timm_gvit.rendering.reference import pixel_centers, render_reference
+
+from conftest import random_gaussians
+
+CPU_BACKENDS = ["reference", "cpu", "chunked"]
+FAST = {"cpu": render_cpu, "chunked": render_chunked}
+
+
+def _grads(fn, gaussians, background, weights):
+    g = gaussians.clone().requires_grad_()
+    bg = background.clone().requires_grad_()
+    (fn(g, bg) * weights).sum().backward()
+    return g.grad, bg.grad
+
+
+def test_exported_from_package_root():
+    assert timm_gvit.render_gaussians is render_gaussians
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck_float64(backend):
+    g = random_gaussians(2, 6, seed=1)
+    g[..., 2:4] = g[..., 2:4].clamp(0.05, 0.8)  # keep finite differences away from sub-pixel spikes
+    g = g.requires_grad_()
+    bg = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.3]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: render_gaussians(a, 7, 10, b, backend=backend), (g, bg), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_gradcheck_exact_mode(name):
+    """With the cut-offs disabled the fast backends compute the reference formula exactly."""
+    g = random_gaussians(1, 6, seed=2)
+    g[..., 2:4] = g[..., 2:4].clamp(0.05, 0.8)
+    g[..., 1, 8] = 0.05  # finite differences at opacity 0 would probe negative opacities
+    g = g.requires_grad_()
+    bg = torch.rand(1, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: FAST[name](a, 6, 9, b, 0.0, 0.0), (g, bg), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+@pytest.mark.parametrize("size", [(20, 31), (32, 32), (48, 17)])
+def test_fast_equals_reference_without_cutoffs(name, size):
+    """float64, cut-offs off: forward to 1e-12 and every gradient to 1e-9 of its scale."""
+    H, W = size
+    g = random_gaussians(2, 24, seed=H * W)
+    bg = torch.rand(2, 3, dtype=torch.float64)
+    weights = torch.randn(2, 3, H, W, dtype=torch.float64)
+    fast = FAST[name](g, H, W, bg, 0.0, 0.0)
+    torch.testing.assert_close(fast, render_reference(g, H, W, bg), rtol=0, atol=1e-12)
+    got = _grads(lambda a, b: FAST[name](a, H, W, b, 0.0, 0.0), g, bg, weights)
+    want = _grads(lambda a, b: render_reference(a, H, W, b), g, bg, weights)
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-9 * y.abs().max().item())
+
+
+def _cutoff_bound(g, H, W, bg):
+    """Largest error the cut-offs may cause, per pixel ``[B, 1, H, W]``, from the reference's own
+    intermediates: each skipped Gaussian (alpha < 1/255) changes the pixel by at most alpha * T,
+    where T may grow by 255/254 for every skipped Gaussian in front of it; stopping at T < 1e-4
+    changes it by at most 1e-4 (colours and background lie in [0, 1])."""
+    x, y = pixel_centers(H, W, g)
+    gg = g[:, :, :, None, None]
+    dx, dy = x - gg[:, :, 0], y[:, None] - gg[:, :, 1]
+    c, s = torch.cos(gg[:, :, 4]), torch.sin(gg[:, :, 4])
+    q = ((c * dx + s * dy) / gg[:, :, 2]) ** 2 + ((c * dy - s * dx) / gg[:, :, 3]) ** 2
+    alpha = (gg[:, :, 8] * torch.exp(-0.5 * q)).clamp(max=0.999)
+    in_front = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
+    skipped = alpha < ALPHA_MIN
+    growth = (255 / 254) ** torch.cumsum(skipped.to(g.dtype), 1)
+    return (alpha * in_front * growth * skipped).sum(1, keepdim=True) + T_MIN
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_fast_cutoffs_stay_within_their_bound(name):
+    H, W = 40, 56
+    g = random_gaussians(3, 40, seed=7)
+    bg = torch.rand(3, 3, dtype=torch.float64)
+    err = (FAST[name](g, H, W, bg) - render_reference(g, H, W, bg)).abs()
+    bound = _cutoff_bound(g, H, W, bg)
+    assert (err <= bound + 1e-12).all(), float((err - bound).max())
+    assert err.max() > 1e-6  # the cut-offs really are active in this scene
+    assert bound.max() < 0.06  # ... and their effect is small
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_fast_float32_matches_reference(name):
+    """float32, cut-offs off, hard cases: forward to 1e-5, gradients to 1e-3 of each parameter's
+    largest gradient."""
+    H, W = 30, 44
+    g = random_gaussians(2, 32, dtype=torch.float32, seed=11)
+    bg = torch.rand(2, 3)
+    weights = torch.randn(2, 3, H, W)
+    torch.testing.assert_close(FAST[name](g, H, W, bg, 0.0, 0.0), render_reference(g, H, W, bg), rtol=0, atol=1e-5)
+    got = _grads(lambda a, b: FAST[name](a, H, W, b, 0.0, 0.0), g, bg, weights)
+    want = _grads(lambda a, b: render_reference(a, H, W, b), g, bg, weights)
+    for x, y in zip(got, want):
+        scale = y.abs().amax(dim=tuple(range(y.dim() - 1)), keepdim=True)
+        assert ((x - y).abs() / scale).max() < 1e-3
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cutoffs_effect_on_gradients(seed):
+    """What the gsplat-style cut-offs do to gradients, pinned: pixels where a Gaussian's alpha is
+    below 1/255 send it no gradient. For Gaussians with opacity >= 0.1 that changes colour and
+    opacity gradients by < 1% and geometry (mu, sigma, phi) gradients by < 15% of each
+    parameter's largest gradient; a Gaussian with opacity < 1/255 gets no gradient at all."""
+    H, W = 30, 44
+    g = random_gaussians(2, 32, seed=seed)
+    bg = torch.rand(2, 3, dtype=torch.float64)
+    weights = torch.randn(2, 3, H, W, dtype=torch.float64)
+    (fast, _), (ref, _) = _grads(lambda a, b: render_cpu(a, H, W, b), g, bg, weights), _grads(lambda a, b: render_reference(a, H, W, b), g, bg, weights)
+    rel = (fast - ref).abs() / ref.abs().amax(dim=(0, 1))
+    visible = g[..., 8] >= 0.1
+    assert rel[visible][:, 5:].max() < 0.01
+    assert rel[visible][:, :5].max() < 0.15
+    assert (fast[g[..., 8] < ALPHA_MIN] == 0).all()
+
+
+def test_backends_agree_with_each_other():
+    g = random_gaussians(2, 30, dtype=torch.float32, seed=5)
+    a = render_gaussians(g, 33, 47, 0.5, backend="cpu")
+    b = render_gaussians(g, 33, 47, 0.5, backend="chunked")
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+    torch.testing.assert_close(render_gaussians(g, 33, 47, 0.5), a)  # auto on CPU is the compiled kernel
+
+
+def _one_gaussian(mu, sigma, opacity, phi=0.0, colour=(1.0, 1.0, 1.0)):
+    return torch.tensor([[[mu[0], mu[1], sigma[0], sigma[1], phi, *colour, opacity]]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_isotropic_gaussian_values(backend):
+    """33 x 33 image: the centre pixel's centre is (0, 0); sigma = 4 pixels = 8/33 normalised."""
+    sigma = 8 / 33
+    img = render_gaussians(_one_gaussian((0.0, 0.0), (sigma, sigma), 0.7), 33, 33, backend=backend)
+    assert img[0, :, 16, 16].tolist() == pytest.approx([0.7] * 3, abs=1e-12)
+    expected = 0.7 * math.exp(-0.5)
+    for i, j in [(16, 20), (12, 16), (20, 16), (16, 12)]:  # one sigma away along each axis
+        assert img[0, :, i, j].tolist() == pytest.approx([expected] * 3, abs=1e-12)
+    assert img[0, 0, 16 + 3, 16 + 4].item() == pytest.approx(0.7 * math.exp(-0.5 * 25 / 16), abs=1e-12)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_rotated_anisotropic_gaussian(backend):
+    """phi rotates the Gaussian's own x axis from the image x axis (y points down)."""
+    s = 8 / 33
+    g = _one_gaussian((0.0, 0.0), (2 * s, s), 0.5, phi=math.pi / 2)  # long axis now vertical
+    img = render_gaussians(g, 33, 33, backend=backend)
+    assert img[0, 0, 16 + 8, 16].item() == pytest.approx(0.5 * math.exp(-0.5), abs=1e-9)  # 1 sigma along y
+    assert img[0, 0, 16, 16 + 4].item() == pytest.approx(0.5 * math.exp(-0.5), abs=1e-9)  # 1 sigma along x
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_opacity_zero_gives_background(backend):
+    g = _one_gaussian((0.1, -0.2), (0.3, 0.5), 0.0)
+    bg = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    img = render_gaussians(g, 9, 13, bg, backend=backend)
+    assert torch.equal(img, bg[None, :, None, None].expand(1, 3, 9, 13))
+
+
+def test_opaque_front_gaussian_hides_the_rest():
+    g = torch.cat([_one_gaussian((0, 0), (5, 5), 1.0, colour=(1, 0, 0)), _one_gaussian((0, 0), (5, 5), 1.0, colour=(0, 1, 0))], 1)
+    for backend in CPU_BACKENDS:
+        img = render_gaussians(g, 8, 8, backend=backend)
+        # alpha is capped at 0.999: the second Gaussian shows through with weight 0.001 * 0.999
+        torch.testing.assert_close(img[0, :, 4, 4], torch.tensor([0.999, 0.001 * 0.999, 0], dtype=torch.float64), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_resolution_independence(backend):
+    """The same Gaussians at 32 px and at 128 px (area-downsampled to 32) agree."""
+    g = random_gaussians(2, 20, dtype=torch.float32, seed=3)
+    g[..., 2:4] = g[..., 2:4].clamp(0.1, 1.0)
+    small = render_gaussians(g, 32, 32, backend=backend)
+    large = render_gaussians(g, 128, 128, backend=backend)
+    diff = (F.avg_pool2d(large, 4) - small).abs()
+    assert diff.mean() < 2e-3 and diff.max() < 0.03, (diff.mean().item(), diff.max().item())
+
+
+@pytest.mark.parametrize("backend", ["cpu", "chunked"])
+def test_backward_keeps_no_dense_intermediates(backend):
+    """Autograd keeps only O(B k) tensors for the fast backends (the reference keeps B k H W)."""
+    B, K, H, W = 2, 64, 64, 64
+    g = random_gaussians(B, K, dtype=torch.float32).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = render_gaussians(g, H, W, backend=backend)
+    assert max(saved) <= B * K * 9
+    out.sum().backward()
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        render_gaussians(g, H, W, backend="reference")
+    assert max(saved) >= B * K * H * W
+
+
+def test_fallback_without_compiler_warns_once_and_still_renders(monkeypatch):
+    g = random_gaussians(1, 10, dtype=torch.float32)
+    expected = render_chunked(g, 16, 16, torch.zeros(1, 3))
+    monkeypatch.setenv("TIMM_GVIT_NO_EXTENSION", "1")
+    load_extension.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="compiled CPU renderer is unavailable"):
+            out = render_gaussians(g, 16, 16, backend="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            render_gaussians(g, 16, 16, backend="cpu")  # said once, not on every call
+    finally:
+        load_extension.cache_clear()
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize(
+    "bg, expected",
+    [(None, [0, 0, 0]), (0.5, [0.5] * 3), ([0.1, 0.2, 0.3], [0.1, 0.2, 0.3]), (torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]), None)],
+)
+def test_background_forms(bg, expected):
+    g = _one_gaussian((0, 0), (0.1, 0.1), 0.0).float().expand(2, 1, 9)
+    img = render_gaussians(g, 4, 4, torch.as_tensor(bg) if isinstance(bg, list) else bg)
+    want = torch.tensor(expected).expand(2, 3) if expected is not None else bg
+    torch.testing.assert_close(img[:, :, 0, 0], want.float())
+
+
+@pytest.mark.parametrize(
+    "gaussians, height, width, background, match",
+    [
+        (torch.rand(2, 9), 8, 8, None, r"\[B, k, 9\]"),
+        (torch.rand(1, 4, 8), 8, 8, None, r"\[B, k, 9\]"),
+        (torch.ones(1, 4, 9).int(), 8, 8, None, "floating point"),
+        (torch.rand(1, 4, 9), 0, 8, None, "height must be an integer >= 1"),
+        (torch.rand(1, 4, 9), 8, 8.0, None, "width must be an integer >= 1"),
+        (torch.rand(1, 4, 9).index_put_((torch.tensor(0), torch.tensor(2), torch.tensor(5)), torch.tensor(float("nan"))), 8, 8, None, r"non-finite.*\[0, 2, 5\]"),
+        (torch.rand(1, 4, 9).index_put_((torch.tensor(0), torch.tensor(1), torch.tensor(3)), torch.tensor(-0.2)), 8, 8, None, r"must be > 0.*-0.2.*\[0, 1\]"),
+        (torch.rand(1, 4, 9), 8, 8, torch.zeros(2), "background must be"),
+        (torch.rand(1, 4, 9), 8, 8, torch.tensor([0.0, float("inf"), 0.0]), "background contains non-finite"),
+    ],
+)
+def test_bad_input_raises_value_error(gaussians, height, width, background, match):
+    with pytest.raises(ValueError, match=match):
+        render_gaussians(gaussians, height, width, background)
+
+
+def test_bad_backend_names():
+    g = torch.rand(1, 2, 9) + 0.1
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
+        render_gaussians(g, 4, 4, backend="cuda")
+    with pytest.raises(ValueError, match="backend='gsplat' needs CUDA tensors"):
+        render_gaussians(g, 4, 4, backend="gsplat")
+
+
+def test_pixel_space_culling_box_contains_every_visible_pixel():
+    """Outside a Gaussian's culling box its alpha is below 1/255, so culling adds no error."""
+    g = random_gaussians(1, 30, seed=9)
+    H, W = 37, 53
+    pix = to_pixel_space(g, H, W)
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=g.dtype) + 0.5, torch.arange(W, dtype=g.dtype) + 0.5, indexing="ij")
+    dx, dy = xs - pix.means[0, :, 0, None, None], ys - pix.means[0, :, 1, None, None]
+    A, B, C = (pix.conics[0, :, i, None, None] for i in range(3))
+    alpha = pix.opacity[0, :, None, None] * torch.exp(-0.5 * (A * dx * dx + 2 * B * dx * dy + C * dy * dy))
+    outside = (dx.abs() > pix.extent[0, :, 0, None, None]) | (dy.abs() > pix.extent[0, :, 1, None, None])
+    assert (alpha[outside] < ALPHA_MIN).all()
+    assert (alpha[~outside] >= ALPHA_MIN).any()

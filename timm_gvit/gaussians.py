@@ -1,0 +1,65 @@
+"""The 9-number Gaussian layout (gvit-method.md section 1): decoding, its inverse, initial layouts.
+
+A *raw* Gaussian is what networks and optimisers work with (unconstrained reals); a *decoded*
+Gaussian is the public form every API exchanges:
+
+    index  0, 1        2, 3              4     5, 6, 7    8
+    raw    u_x, u_y    s_x, s_y          phi   c_r..c_b   o
+    decoded tanh(u)    c * sigmoid(s)    phi   sigmoid(c) sigmoid(o)
+
+with ``c`` the scale bound (1.0 by default, the paper's best).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+NUM_PARAMS = 9
+PARAM_NAMES = ("mu_x", "mu_y", "sigma_x", "sigma_y", "phi", "r", "g", "b", "opacity")
+#: Decoded sigmas are kept at least this large, so that a saturated sigmoid cannot yield sigma 0.
+MIN_SIGMA = 1e-6
+
+
+def decode_gaussians(raw: Tensor, scale_bound: float = 1.0) -> Tensor:
+    """Raw ``[..., 9]`` -> decoded ``[..., 9]`` Gaussians."""
+    return torch.cat(
+        [
+            torch.tanh(raw[..., 0:2]),
+            (scale_bound * torch.sigmoid(raw[..., 2:4])).clamp_min(MIN_SIGMA),
+            raw[..., 4:5],
+            torch.sigmoid(raw[..., 5:9]),
+        ],
+        dim=-1,
+    )
+
+
+def encode_gaussians(gaussians: Tensor, scale_bound: float = 1.0, eps: float = 1e-4) -> Tensor:
+    """Decoded ``[..., 9]`` -> raw ``[..., 9]``, the inverse of :func:`decode_gaussians`.
+
+    Values on the boundary of their range (mu = +-1, sigma = c, colour 0 or 1) are pulled in by
+    ``eps`` so that the raw values stay finite.
+    """
+    return torch.cat(
+        [
+            torch.atanh(gaussians[..., 0:2].clamp(-1 + eps, 1 - eps)),
+            torch.logit((gaussians[..., 2:4] / scale_bound).clamp(eps, 1 - eps)),
+            gaussians[..., 4:5],
+            torch.logit(gaussians[..., 5:9].clamp(eps, 1 - eps)),
+        ],
+        dim=-1,
+    )
+
+
+def grid_layout(num_gaussians: int, height: int = 1, width: int = 1) -> tuple[Tensor, Tensor]:
+    """Centres ``[k, 2]`` of a near-regular grid over an ``height`` x ``width`` image, row by row,
+    and the grid spacing ``[2]`` (x, y) in normalised units."""
+    cols = max(1, math.ceil(math.sqrt(num_gaussians * width / height)))
+    rows = math.ceil(num_gaussians / cols)
+    xs = (torch.arange(cols) + 0.5) / cols * 2 - 1
+    ys = (torch.arange(rows) + 0.5) / rows * 2 - 1
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    centres = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)[:num_gaussians]
+    return centres, torch.tensor([2.0 / cols, 2.0 / rows])

@@ -1,0 +1,54 @@
+"""Pictures of Gaussians: 2-sigma ellipse overlays and side-by-side PNG panels."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """``[3, H, W]`` image in [0, 1] -> PIL RGB image."""
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round()
+    return Image.fromarray(array.astype(np.uint8), mode="RGB")
+
+
+def draw_ellipses(image: Tensor, gaussians: Tensor, num_sigmas: float = 2.0, scale: int = 4) -> Image.Image:
+    """Draw each Gaussian of ``gaussians`` ``[k, 9]`` as its ``num_sigmas`` ellipse over ``image``
+    ``[3, H, W]``, upsampled ``scale`` times so that thin outlines stay visible. Outline colour is
+    the Gaussian's own colour; more opaque Gaussians are drawn with stronger outlines."""
+    base = to_pil(image)
+    base = base.resize((base.width * scale, base.height * scale), Image.Resampling.NEAREST).convert("RGBA")
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    half_w, half_h = base.width / 2, base.height / 2
+    angles = torch.linspace(0, 2 * math.pi, 33, dtype=torch.float64)[:, None]
+    for g in gaussians.detach().double().cpu():
+        mx, my, sx, sy, phi = g[:5].tolist()
+        u, v = num_sigmas * sx * torch.cos(angles), num_sigmas * sy * torch.sin(angles)
+        x = (mx + u * math.cos(phi) - v * math.sin(phi) + 1) * half_w
+        y = (my + u * math.sin(phi) + v * math.cos(phi) + 1) * half_h
+        colour = tuple(int(c * 255) for c in g[5:8].clamp(0, 1).tolist())
+        draw.line(list(zip(x[:, 0].tolist(), y[:, 0].tolist())), fill=(*colour, int(80 + 175 * float(g[8]))), width=1)
+    return Image.alpha_composite(base, overlay).convert("RGB")
+
+
+def save_panels(panels: list[tuple[str, Image.Image]], path: str | Path, height: int = 256) -> Path:
+    """Save titled images side by side, each resized to ``height`` pixels high, as one PNG."""
+    resized = [(t, im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.NEAREST)) for t, im in panels]
+    title_h, gap = 18, 6
+    canvas = Image.new("RGB", (sum(im.width for _, im in resized) + gap * (len(resized) - 1), height + title_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for title, im in resized:
+        canvas.paste(im, (x, title_h))
+        draw.text((x + 2, 3), title, fill="black")
+        x += im.width + gap
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
