@@ -53,8 +53,8 @@ def to_gsplat(gaussians: Tensor, height: int, width: int) -> dict[str, Tensor]:
         "scales": torch.cat([gaussians[..., 2:4], zeros], dim=-1),
         "opacities": gaussians[..., 8],
         "colors": gaussians[..., 5:8],
-        "viewmats": torch.eye(4, dtype=gaussians.dtype, device=gaussians.device).expand(B, 1, 4, 4),
-        "Ks": Ks.expand(B, 1, 3, 3),
+        "viewmats": torch.eye(4, dtype=gaussians.dtype, device=gaussians.device).expand(B, 1, 4, 4).contiguous(),
+        "Ks": Ks.expand(B, 1, 3, 3).contiguous(),
     }
 
 

@@ -1,0 +1,95 @@
+"""The Gaussian classifier: a ViT whose tokens are k decoded Gaussians (gvit-method.md section 4)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from timm.layers import trunc_normal_
+from timm.models import checkpoint_seq
+from timm.models.vision_transformer import Block
+
+from .gaussians import NUM_PARAMS
+
+GLOBAL_POOLS = ("token", "avg", "")
+
+
+class GaussianClassifier(nn.Module):
+    """Decoded Gaussians ``[B, k, 9]`` -> logits ``[B, num_classes]``.
+
+    Each Gaussian's 9-vector is embedded linearly; a class token and learned position
+    embeddings (Gaussians are index-ordered slots) go in front; pre-norm transformer blocks,
+    a final norm, and a linear head on the class token (``global_pool='token'``) or on the mean
+    of the Gaussian tokens (``'avg'``).
+    """
+
+    def __init__(
+        self,
+        num_gaussians: int = 256,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        self.num_gaussians = num_gaussians
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.grad_checkpointing = False
+        self.gaussian_embed = nn.Linear(NUM_PARAMS, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_gaussians + 1, embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(
+            *[
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i])
+                for i in range(depth)
+            ]
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, gaussians: Tensor) -> Tensor:
+        """``[B, k, 9]`` -> normalised tokens ``[B, 1 + k, D]`` (class token first)."""
+        x = self.gaussian_embed(gaussians)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.pos_drop(x)
+        x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing and not torch.jit.is_scripting() else self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Tokens ``[B, 1 + k, D]`` -> logits ``[B, num_classes]`` (or pooled ``[B, D]``)."""
+        if self.global_pool == "avg":
+            x = x[:, 1:].mean(dim=1)
+        elif self.global_pool == "token":
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, gaussians: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(gaussians))

@@ -1,0 +1,164 @@
+"""Interpretability for GViT (paper section 4, gvit-method.md section 7), as functions and a command.
+
+    python -m timm_gvit.explain photo.jpg --model gvit_tiny --checkpoint run/export --out fig.png
+
+The figure shows, side by side: the input, the reconstruction from the model's Gaussians, their
+2-sigma ellipses, the det(Sigma) map (small determinants, bright, tend to cluster on
+class-relevant regions), and the CDAM grid for the predicted or a chosen class.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from .visualize import draw_ellipses, save_panels, to_pil
+
+# Colour ramps as (position, rgb) anchors: a dark-to-bright sequential one and a diverging one.
+SEQUENTIAL = ((0.0, (0.0, 0.0, 0.02)), (0.35, (0.45, 0.1, 0.5)), (0.7, (0.95, 0.4, 0.3)), (1.0, (1.0, 0.98, 0.75)))
+DIVERGING = ((0.0, (0.15, 0.3, 0.8)), (0.5, (1.0, 1.0, 1.0)), (1.0, (0.8, 0.1, 0.1)))
+
+
+def colormap(values: Tensor, ramp=SEQUENTIAL) -> Tensor:
+    """Values in [0, 1], any shape ``[...]`` -> colours ``[..., 3]`` by linear interpolation."""
+    positions = torch.tensor([p for p, _ in ramp], dtype=values.dtype, device=values.device)
+    colours = torch.tensor([c for _, c in ramp], dtype=values.dtype, device=values.device)
+    v = values.clamp(0, 1)
+    i = torch.searchsorted(positions, v.contiguous(), right=True).clamp(1, len(ramp) - 1)
+    t = ((v - positions[i - 1]) / (positions[i] - positions[i - 1]))[..., None]
+    return colours[i - 1] * (1 - t) + colours[i] * t
+
+
+def covariance_determinants(gaussians: Tensor) -> Tensor:
+    """det(Sigma) = (sigma_x sigma_y)^2 per Gaussian: ``[B, k, 9]`` -> ``[B, k]``."""
+    return (gaussians[..., 2] * gaussians[..., 3]).pow(2)
+
+
+def determinant_map(gaussians: Tensor, size: tuple[int, int], backend: str = "auto") -> Tensor:
+    """Render the Gaussians coloured by log det(Sigma), smallest brightest -> ``[B, 3, H, W]``."""
+    log_det = covariance_determinants(gaussians).clamp_min(1e-20).log()
+    lo, hi = log_det.amin(1, keepdim=True), log_det.amax(1, keepdim=True)
+    smallness = 1 - (log_det - lo) / (hi - lo).clamp_min(1e-6)
+    recoloured = torch.cat([gaussians[..., :5], colormap(smallness), gaussians[..., 8:]], dim=-1)
+    from .rendering import render_gaussians
+
+    return render_gaussians(recoloured, *size, backend=backend)
+
+
+def cdam_scores(model, gaussians: Tensor, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """CDAM relevance of each Gaussian for class ``target`` (default: the prediction).
+
+    S_i = sum_j x_ij * d f_c / d x_ij over the token x_i that enters the classifier's last
+    block. Returns ``(scores [B, k], target [B])``.
+    """
+    tokens = {}
+
+    def keep_input(_module, args):
+        args[0].retain_grad()
+        tokens["x"] = args[0]
+
+    handle = model.classifier.blocks[-1].register_forward_pre_hook(keep_input)
+    try:
+        with torch.enable_grad():
+            logits = model.classify(gaussians.detach())
+            if target is None:
+                target = logits.argmax(dim=1)
+            logits.gather(1, target[:, None]).sum().backward()
+    finally:
+        handle.remove()
+    x = tokens["x"]
+    return (x * x.grad).sum(-1)[:, 1:].detach(), target
+
+
+def cdam_grid(gaussians: Tensor, scores: Tensor, grid: int = 16) -> Tensor:
+    """Add each Gaussian's score to the cell of a ``grid`` x ``grid`` map holding its centre:
+    ``[B, k, 9]``, ``[B, k]`` -> ``[B, grid, grid]`` (empty cells 0)."""
+    cells = ((gaussians[..., 0:2] + 1) / 2 * grid).floor().long().clamp(0, grid - 1)  # [B, k, 2] (x, y)
+    flat = cells[..., 1] * grid + cells[..., 0]
+    out = scores.new_zeros(scores.shape[0], grid * grid).scatter_add_(1, flat, scores)
+    return out.reshape(-1, grid, grid)
+
+
+def explain(model, images: Tensor, targets: Tensor | None = None) -> dict[str, Tensor]:
+    """Everything the figure shows for normalised ``images`` ``[B, 3, H, W]``: ``gaussians``,
+    ``reconstruction``, ``det_map``, ``cdam`` grid ``[B, 16, 16]``, ``target`` and ``probs``."""
+    model.eval()
+    H, W = images.shape[-2:]
+    with torch.no_grad():
+        gaussians = model.encode(images)
+        probs = model.classify(gaussians).softmax(-1)
+        reconstruction = model.render(gaussians, (H, W))
+        det = determinant_map(gaussians, (H, W), model.render_backend)
+    scores, targets = cdam_scores(model, gaussians, targets)
+    return dict(gaussians=gaussians, reconstruction=reconstruction, det_map=det, cdam=cdam_grid(gaussians, scores), target=targets, probs=probs)
+
+
+def figure(image: Tensor, result: dict[str, Tensor], index: int = 0, class_name: str | None = None) -> list[tuple[str, Image.Image]]:
+    """Titled panels for one image: ``image`` ``[3, H, W]`` in [0, 1] and one :func:`explain` result."""
+    H, W = image.shape[-2:]
+    cdam = result["cdam"][index]
+    scale = cdam.abs().max().clamp_min(1e-12)
+    heat = colormap(cdam / (2 * scale) + 0.5, DIVERGING).permute(2, 0, 1)
+    heat = F.interpolate(heat[None], size=(H, W), mode="nearest")[0]
+    target = int(result["target"][index])
+    label = class_name or f"class {target}"
+    return [
+        ("input", to_pil(image)),
+        ("reconstruction", to_pil(result["reconstruction"][index])),
+        ("2-sigma ellipses", draw_ellipses(image, result["gaussians"][index])),
+        ("det(Sigma): small = bright", to_pil(result["det_map"][index])),
+        (f"CDAM: {label} ({result['probs'][index, target]:.0%})", to_pil(0.5 * heat + 0.5 * image.mean(0, keepdim=True))),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import timm
+    from timm.data import create_transform, resolve_model_data_config
+
+    parser = argparse.ArgumentParser(
+        prog="python -m timm_gvit.explain",
+        description="Explain a GViT prediction: input, reconstruction, 2-sigma ellipses, det(Sigma) map "
+        "and CDAM grid, side by side in one PNG.",
+    )
+    parser.add_argument("image", help="image file to explain")
+    parser.add_argument("--model", default="gvit_tiny", help="timm model name, tag, 'local-dir:PATH' or 'hf-hub:ORG/NAME' (default gvit_tiny)")
+    parser.add_argument("--pretrained", action="store_true", help="load the model's pretrained weights (implied by local-dir:/hf-hub:)")
+    parser.add_argument("--checkpoint", help="weights file (.safetensors or .pth) or exported folder to load")
+    parser.add_argument("--class", dest="target", type=int, help="class index to explain (default: the predicted class)")
+    parser.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="extra create_model kwargs, e.g. num_classes=10 img_size=64")
+    parser.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
+    args = parser.parse_args(argv)
+
+    kwargs = {}
+    for item in args.model_kwargs:
+        key, _, value = item.partition("=")
+        kwargs[key] = int(value) if value.lstrip("-").isdigit() else value
+    pretrained = args.pretrained or args.model.startswith(("local-dir:", "hf-hub:"))
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        if path.is_dir():
+            args.model, pretrained = f"local-dir:{path}", True
+        else:
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+            pretrained = True
+    model = timm.create_model(args.model, pretrained=pretrained, **kwargs).eval()
+    config = resolve_model_data_config(model)
+    transform = create_transform(**config)
+    photo = Image.open(args.image).convert("RGB")
+    images = transform(photo)[None]
+    mean = torch.tensor(config["mean"])[:, None, None]
+    std = torch.tensor(config["std"])[:, None, None]
+    result = explain(model, images, None if args.target is None else torch.tensor([args.target]))
+    top = result["probs"][0].topk(min(5, model.num_classes))
+    print("top classes:", ", ".join(f"{i} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist())))
+    path = save_panels(figure((images[0] * std + mean).clamp(0, 1), result), args.out, height=max(256, images.shape[-1]))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
