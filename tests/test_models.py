@@ -245,3 +245,15 @@ def test_cdam_grid_places_scores_by_centre():
     gaussians = model.encode(torch.randn(2, 3, 32, 32))
     scores, target = cdam_scores(model, gaussians)
     assert scores.shape == (2, 16) and torch.equal(target, model.classify(gaussians).argmax(1))
+
+
+def test_launcher_runs_a_timm_script_with_the_models_registered(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "list_models.py"
+    script.write_text("import sys, timm\nprint(sys.argv[1:], timm.list_models('gvit_*'))\n")
+    out = subprocess.run([sys.executable, "-m", "timm_gvit.run", str(script), "--model", "gvit_tiny"], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['--model', 'gvit_tiny'] ['gvit_base', 'gvit_small', 'gvit_tiny']"
+    missing = subprocess.run([sys.executable, "-m", "timm_gvit.run", str(tmp_path / "nope.py")], capture_output=True, text=True)
+    assert missing.returncode != 0 and "no such script" in missing.stderr

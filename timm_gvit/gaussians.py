@@ -63,3 +63,25 @@ def grid_layout(num_gaussians: int, height: int = 1, width: int = 1) -> tuple[Te
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     centres = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)[:num_gaussians]
     return centres, torch.tensor([2.0 / cols, 2.0 / rows])
+
+
+def sample_initial_gaussians(batch: int, num_gaussians: int, scale_bound: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """Random raw Gaussians ``[batch, k, 9]`` around a grid layout: the denoising encoder's g0.
+
+    The noise is in the geometry: Gaussian i sits in grid cell i (jittered by up to half a cell),
+    so that a slot keeps its rough place in the image, with sigma about half the spacing
+    (log-normal spread) and a random rotation. Colour and opacity start near mid-grey and 0.73
+    (raw N(0, 0.5) and N(1, 0.5)), for the encoder to read off the image.
+    """
+    centres, spacing = grid_layout(num_gaussians)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator)
+
+    g = torch.empty(batch, num_gaussians, NUM_PARAMS)
+    g[..., 0:2] = centres + (rand(batch, num_gaussians, 2) - 0.5) * spacing
+    g[..., 2:4] = (spacing / 2 * torch.exp(0.3 * torch.randn(batch, num_gaussians, 2, generator=generator))).clamp(max=0.9 * scale_bound)
+    g[..., 4] = rand(batch, num_gaussians) * math.pi
+    raw = encode_gaussians(g, scale_bound)
+    raw[..., 5:9] = 0.5 * torch.randn(batch, num_gaussians, 4, generator=generator) + torch.tensor([0.0, 0.0, 0.0, 1.0])
+    return raw

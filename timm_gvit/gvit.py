@@ -117,6 +117,7 @@ class GViT(nn.Module):
             num_heads=encoder_num_heads,
             mlp_ratio=mlp_ratio,
             gaussian_init=gaussian_init,
+            scale_bound=scale_bound,
             dynamic_img_size=dynamic_img_size,
             pos_drop_rate=pos_drop_rate,
             proj_drop_rate=proj_drop_rate,
@@ -233,7 +234,9 @@ class GViT(nn.Module):
         """Decoded Gaussians ``[B, k, 9]`` -> images ``[B, 3, H, W]`` in [0, 1], at ``size``
         (default: the model's ``img_size``)."""
         H, W = to_2tuple(size) if size is not None else self.img_size
-        return render_gaussians(gaussians, H, W, background, backend=self.render_backend)
+        with torch.autocast(gaussians.device.type, enabled=False):  # the renderers work in float32
+            half = gaussians.dtype in (torch.float16, torch.bfloat16)
+            return render_gaussians(gaussians.float() if half else gaussians, H, W, background, backend=self.render_backend)
 
     def forward_train(self, images: Tensor, detach_gaussians: bool = False) -> GViTOutput:
         """Logits, Gaussians and their rendering at the input's size, in one pass.

@@ -52,3 +52,22 @@ def save_panels(panels: list[tuple[str, Image.Image]], path: str | Path, height:
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def save_reconstruction_grid(originals: Tensor, reconstructions: Tensor, gaussians: Tensor, path: str | Path, max_images: int = 4, cell: int = 160) -> Path:
+    """One row per image (up to ``max_images``): original, reconstruction, 2-sigma ellipses.
+    Images ``[B, 3, H, W]`` in [0, 1], Gaussians ``[B, k, 9]``."""
+    n = min(max_images, originals.shape[0])
+    title_h, gap = 18, 4
+    canvas = Image.new("RGB", (3 * cell + 2 * gap, n * (cell + gap) + title_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for col, title in enumerate(("original", "reconstruction", "2-sigma ellipses")):
+        draw.text((col * (cell + gap) + 2, 3), title, fill="black")
+    for row in range(n):
+        tiles = (to_pil(originals[row]), to_pil(reconstructions[row]), draw_ellipses(originals[row], gaussians[row]))
+        for col, tile in enumerate(tiles):
+            canvas.paste(tile.resize((cell, cell), Image.Resampling.NEAREST), (col * (cell + gap), title_h + row * (cell + gap)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

@@ -1,0 +1,107 @@
+"""Build a timm-compatible export folder from a trained model, and upload it.
+
+An export folder holds ``config.json`` (architecture, model kwargs, pretrained cfg, label names),
+``model.safetensors``, ``train_config.yaml`` and a ``README.md`` model card. Both
+``timm.create_model('local-dir:FOLDER', pretrained=True)`` and, once uploaded,
+``'hf-hub:ORG/NAME'`` load it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from string import Template
+
+import yaml
+from timm.models import save_for_hf
+
+TEMPLATE = Path(__file__).with_name("model_card_template.md")
+
+
+class PushError(RuntimeError):
+    """Uploading to the Hub failed; the message says why. The local folder is left as it was."""
+
+
+def render_model_card(values: dict) -> str:
+    """Fill the model card template; every placeholder must have a value."""
+    return Template(TEMPLATE.read_text()).substitute({k: str(v) for k, v in values.items()})
+
+
+def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None = None) -> Path:
+    """Write ``model`` and the card for ``run`` to ``folder``.
+
+    ``run`` holds the resolved training config (``config``), the data (``dataset``,
+    ``class_names``, ``train_size``, ``val_size``), the ``schedule`` in steps, ``global_batch``,
+    ``lr`` and the final validation ``metrics`` (``top1``, ``top5``, ``psnr``).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_for_hf(model, folder, model_config={"label_names": run["class_names"]}, safe_serialization=True)
+    config, schedule, metrics = run["config"], run["schedule"], run["metrics"]
+    (folder / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    cfg = model.pretrained_cfg
+    model_args = json.loads((folder / "config.json").read_text()).get("model_args", {})
+    card = render_model_card(
+        {
+            "repo_name": repo_name or folder.name,
+            "dataset": run["dataset"],
+            "model": config["model"],
+            "params_m": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}",
+            "img_size": model.img_size[0],
+            "mean": tuple(round(m, 3) for m in cfg["mean"]),
+            "std": tuple(round(s, 3) for s in cfg["std"]),
+            "num_gaussians": model.num_gaussians,
+            "num_classes": model.num_classes,
+            "model_kwargs": json.dumps(model_args),
+            "train_size": run["train_size"],
+            "val_size": run["val_size"],
+            "global_batch": run["global_batch"],
+            "recon_steps": schedule["recon_steps"],
+            "dssim_from": schedule["dssim_from"],
+            "classifier_steps": schedule["classifier_steps"],
+            "joint_steps": schedule["joint_steps"],
+            "guidance_steps": schedule["guidance_steps"] if schedule["gamma"] else 0,
+            "guidance_every": schedule["guidance_every"],
+            "gamma": schedule["gamma"],
+            "pixel_loss": config["pixel_loss"].upper(),
+            "lambda_perc": config["lambda_perc"],
+            "betas": tuple(config["betas"]),
+            "weight_decay": config["weight_decay"],
+            "lr": f"{run['lr']:.3g}",
+            "base_lr": config["base_lr"],
+            "warmup_steps": run["warmup_steps"],
+            "mixed_precision": run["mixed_precision"],
+            "seed": config["seed"],
+            "top1": f"{metrics['top1']:.2f}",
+            "top5": f"{metrics['top5']:.2f}",
+            "psnr": f"{metrics['psnr']:.2f}",
+        }
+    )
+    (folder / "README.md").write_text(card)
+    return folder
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload an export folder to the Hub repository ``repo_id`` (created if needed); returns its URL.
+
+    The token comes from ``token``, ``HF_TOKEN`` or ``huggingface-cli login``. Raises
+    :class:`PushError` with the reason on any failure.
+    """
+    from huggingface_hub import HfApi, get_token
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise PushError(f"{folder} is not an export folder (needs config.json and model.safetensors)")
+    if not repo_id or repo_id.count("/") != 1:
+        raise PushError(f"--hub-model-id must look like ORG/NAME, got {repo_id!r}")
+    token = token or get_token()
+    if not token:
+        raise PushError("no Hugging Face token: set HF_TOKEN or run `huggingface-cli login`, then push again with "
+                        f"`python -m hub.publish {folder} --hub-model-id {repo_id}`")
+    try:
+        api = HfApi(token=token)
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload GViT model from timm-gvit")
+    except Exception as exc:
+        raise PushError(f"pushing {folder} to the Hub repository {repo_id} failed: {type(exc).__name__}: {exc}") from exc
+    return str(url)

@@ -1,0 +1,126 @@
+"""Datasets for the trainer, through Hugging Face ``datasets``.
+
+A dataset is a Hub id, a local imagefolder directory (one sub-folder per class), a folder
+written by ``save_to_disk``, or, by default, scikit-learn's 8x8 digits (1,797 real scans of
+handwritten digits, shipped inside scikit-learn) turned into RGB images. Items are checked as
+they are read: an unreadable image or a label out of range raises a ``ValueError`` that names
+the dataset and the item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+VAL_SPLIT_NAMES = ("validation", "val", "test")
+DIGITS = "sklearn-digits"
+
+
+@dataclass
+class DataInfo:
+    name: str
+    num_classes: int
+    class_names: list[str]
+    train_size: int
+    val_size: int
+
+
+class ImageClassificationDataset(torch.utils.data.Dataset):
+    """(transformed image, label) pairs from a ``datasets.Dataset``, validated item by item."""
+
+    def __init__(self, data, name: str, image_column: str, label_column: str, num_classes: int, transform=None):
+        self.data, self.name = data, name
+        self.image_column, self.label_column = image_column, label_column
+        self.num_classes, self.transform = num_classes, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        where = f"dataset '{self.name}', item {index}"
+        try:
+            item = self.data[index]
+            image = _to_pil(item[self.image_column]).convert("RGB")
+        except Exception as exc:
+            raise ValueError(f"{where}: cannot read the image in column '{self.image_column}': {exc}") from exc
+        label = item[self.label_column]
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes:
+            raise ValueError(f"{where}: label {label!r} in column '{self.label_column}' is not an integer in 0..{self.num_classes - 1}")
+        return (self.transform(image) if self.transform else image), int(label)
+
+
+def _to_pil(value) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        import io
+
+        return Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+    if isinstance(value, (str, Path)):
+        return Image.open(value)
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    raise TypeError(f"unsupported image value of type {type(value).__name__}")
+
+
+def _digits():
+    import datasets
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [Image.fromarray((x * 255 / 16).clip(0, 255).astype(np.uint8)).convert("RGB") for x in digits.images]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)})
+
+
+def _load(source: str):
+    import datasets
+
+    path = Path(source)
+    if path.exists():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            loaded = datasets.load_from_disk(str(path))
+        elif path.is_dir():
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+        else:
+            raise ValueError(f"dataset '{source}': a file, expected an imagefolder or save_to_disk directory")
+    else:
+        try:
+            loaded = datasets.load_dataset(source)
+        except Exception as exc:
+            raise ValueError(f"dataset '{source}': not a local folder, and loading it from the Hugging Face Hub failed: {exc}") from exc
+    return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+
+
+def load_splits(config) -> tuple[object, object, DataInfo]:
+    """The training and validation ``datasets.Dataset`` of ``config`` and what they hold."""
+    name = config.dataset or DIGITS
+    splits = _digits() if config.dataset is None else _load(config.dataset)
+    if config.train_split not in splits:
+        raise ValueError(f"dataset '{name}' has no split '{config.train_split}'; it has {sorted(splits)}")
+    train = splits[config.train_split]
+    for column in (config.image_column, config.label_column):
+        if column not in train.column_names:
+            raise ValueError(f"dataset '{name}' has no column '{column}'; its columns are {train.column_names} (see --image-column / --label-column)")
+    val_name = config.val_split or next((s for s in VAL_SPLIT_NAMES if s in splits and s != config.train_split), None)
+    if config.val_split and config.val_split not in splits:
+        raise ValueError(f"dataset '{name}' has no split '{config.val_split}'; it has {sorted(splits)}")
+    if val_name is None:
+        parts = train.train_test_split(test_size=config.val_fraction, seed=config.seed)
+        train, val = parts["train"], parts["test"]
+    else:
+        val = splits[val_name]
+    if config.max_train_samples:
+        train = train.select(range(min(config.max_train_samples, len(train))))
+    if config.max_val_samples:
+        val = val.select(range(min(config.max_val_samples, len(val))))
+    feature = train.features.get(config.label_column)
+    if hasattr(feature, "names"):
+        class_names = list(feature.names)
+    else:
+        class_names = [str(i) for i in range(int(max(train[config.label_column])) + 1)]
+    return train, val, DataInfo(name, len(class_names), class_names, len(train), len(val))

@@ -1,0 +1,38 @@
+"""Training losses (gvit-method.md section 5). Renderings and targets are ``[B, 3, H, W]`` in [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim
+from torch import Tensor
+
+PIXEL_LOSSES = ("bce", "mse")
+
+
+def pixel_loss(rendered: Tensor, target: Tensor, kind: str = "bce") -> Tensor:
+    """Binary cross-entropy (the paper's choice) or mean squared error."""
+    if kind == "bce":
+        return F.binary_cross_entropy(rendered.float().clamp(1e-6, 1 - 1e-6), target.float())
+    if kind == "mse":
+        return F.mse_loss(rendered.float(), target.float())
+    raise ValueError(f"pixel loss must be one of {PIXEL_LOSSES}, got {kind!r}")
+
+
+def dssim(rendered: Tensor, target: Tensor) -> Tensor:
+    """D-SSIM = (1 - SSIM) / 2, with pytorch-msssim's Gaussian-window SSIM (window 11, or the
+    largest odd size that fits a small image)."""
+    window = min(11, min(rendered.shape[-2:]) // 2 * 2 - 1)
+    return (1 - ssim(rendered.float(), target.float(), data_range=1.0, size_average=True, win_size=max(window, 1))) / 2
+
+
+def reconstruction_loss(rendered: Tensor, target: Tensor, kind: str, lambda_perc: float, with_dssim: bool) -> Tensor:
+    """L_pix + lambda_perc * D-SSIM (the latter only once it is switched on)."""
+    loss = pixel_loss(rendered, target, kind)
+    return loss + lambda_perc * dssim(rendered, target) if with_dssim and lambda_perc > 0 else loss
+
+
+def psnr(rendered: Tensor, target: Tensor) -> Tensor:
+    """PSNR in dB per image -> ``[B]``."""
+    mse = (rendered.float() - target.float()).pow(2).flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-12))
