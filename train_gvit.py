@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             if state["step"] >= schedule.total_steps:
                 break
             step = state["step"]
+            state["batch_in_epoch"] = batch_index + 1  # consumed, whether it ends in a step or not
             if schedule.phase(step) != phase:
                 phase = schedule.phase(step)
                 accelerator.print(f"step {step}: phase '{phase}'")
@@ -208,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
                     state["guidance_steps"] += 1
                 else:
                     state["skipped_steps"] += 1
-            state["batch_in_epoch"] = batch_index + 1
             current_lr = optimizer.param_groups[0]["lr"]
             rate = seen / (time.perf_counter() - started)
             bar.update(config.grad_accum_steps)
@@ -224,10 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             if step % config.checkpoint_every == 0:
                 save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints)
         bar.close()
-        if state["batch_in_epoch"] < len(train_loader) and state["step"] < schedule.total_steps:
-            continue  # an epoch cut short only by skipped steps; unreachable in normal runs
         results = evaluate(ema.module if ema is not None else model, val_loader, accelerator, mean, std)
-        epoch_record = {"epoch": epoch, "step": state["step"], "phase": phase, **results,
+        epoch_record = {"epoch": epoch, "step": state["step"], "phase": schedule.phase(max(state["step"] - 1, 0)), **results,
                         **{f"train_{k}" if not k.startswith("train") else k: v / max(1, len(loader)) for k, v in sums.items()}}
         history.append(epoch_record)
         accelerator.print(f"epoch {epoch}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, PSNR {results['psnr']:.2f} dB")

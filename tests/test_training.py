@@ -138,7 +138,7 @@ def test_config_file_flags_override_and_resolved_config_is_saved(tmp_path):
     (tmp_path / "c.yaml").write_text("gamma: 0.05\nbatch_size: 8\nmodel: gvit_small\n")
     config = parse_config(["--config", str(tmp_path / "c.yaml"), "--batch-size", "4"])
     assert (config.gamma, config.batch_size, config.model) == (0.05, 4, "gvit_small")
-    assert config.img_size == 32  # the built-in digits preset fills what neither gives
+    assert config.img_size == 16  # the built-in digits preset fills what neither gives
     (tmp_path / "bad.yaml").write_text("gama: 0.1\n")
     with pytest.raises(SystemExit, match="unknown option"):
         parse_config(["--config", str(tmp_path / "bad.yaml")])
@@ -232,3 +232,9 @@ def test_killed_run_resumes_to_the_same_step_count(tmp_path):
     assert cut["total_steps"] == full["total_steps"] == 16
     assert cut["guidance_steps"] == full["guidance_steps"]
     assert [(e["epoch"], e["step"], e["phase"]) for e in cut["epochs"]] == [(e["epoch"], e["step"], e["phase"]) for e in full["epochs"]]
+
+
+def test_persistent_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, capsys):
+    with pytest.raises(RuntimeError, match="3 non-finite losses in a row"):
+        train(tmp_path, "--base-lr", "1e38", "--warmup-epochs", "0", "--max-nonfinite", "3")
+    assert "non-finite loss, step skipped (1 in a row)" in capsys.readouterr().out
