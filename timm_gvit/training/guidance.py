@@ -30,11 +30,14 @@ def guidance_step(model, optimizer, images: Tensor, targets: Tensor, labels: Ten
     params = [p for p in model.encoder.parameters() if p.requires_grad]
     distributed = accelerator is not None and accelerator.num_processes > 1
     with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
-        out = model.forward_train(images)
-        rec = reconstruction_loss(out.reconstruction, targets, pixel_loss, lambda_perc, with_dssim)
-        cls = F.cross_entropy(out.logits.float(), labels)
+        gaussians = model.encode(images)
+        finite = torch.isfinite(gaussians.detach()).all()
+        if not (accelerator.gather(finite[None]).all() if distributed else finite):  # every process skips together
+            return {}
+        rec = reconstruction_loss(model.render(gaussians, tuple(images.shape[-2:])), targets, pixel_loss, lambda_perc, with_dssim)
+        cls = F.cross_entropy(model.classify(gaussians).float(), labels)
     finite = torch.isfinite(rec.detach()) & torch.isfinite(cls.detach())
-    if not (accelerator.gather(finite[None]).all() if distributed else finite):  # every process skips together
+    if not (accelerator.gather(finite[None]).all() if distributed else finite):
         return {}
     rec_grads = torch.autograd.grad(rec, params, retain_graph=True, allow_unused=True)
     cls_grads = torch.autograd.grad(cls, params, allow_unused=True)

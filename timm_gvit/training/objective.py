@@ -34,6 +34,8 @@ class GViTObjective(nn.Module):
         self.cls_into_encoder, self.label_smoothing = cls_into_encoder, label_smoothing
 
     def _reconstruction(self, gaussians: Tensor, targets: Tensor, with_dssim: bool) -> Tensor:
+        if not torch.isfinite(gaussians).all():  # diverged weights: a non-finite loss, which the trainer skips
+            return gaussians.sum() * float("nan")
         rendered = self.model.render(gaussians, tuple(targets.shape[-2:]))
         return reconstruction_loss(rendered, targets, self.pixel_loss, self.lambda_perc, with_dssim)
 
