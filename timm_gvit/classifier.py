@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq
-from timm.models.vision_transformer import Block
 
 from .gaussians import NUM_PARAMS
+from .layers import transformer_blocks, xavier_init_linears
 
 GLOBAL_POOLS = ("token", "avg", "")
 
@@ -49,22 +49,13 @@ class GaussianClassifier(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_gaussians + 1, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.Sequential(
-            *[
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i])
-                for i in range(depth)
-            ]
-        )
+        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, proj_drop_rate, attn_drop_rate, drop_path_rate)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        xavier_init_linears(self)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:

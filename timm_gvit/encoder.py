@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 from timm.layers import Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models import checkpoint_seq
-from timm.models.vision_transformer import Block
 
 from .gaussians import NUM_PARAMS, sample_initial_gaussians
+from .layers import transformer_blocks, xavier_init_linears
 
 GAUSSIAN_INITS = ("denoise", "queries")
 
@@ -91,13 +91,7 @@ class GaussianEncoder(nn.Module):
         generator = torch.Generator().manual_seed(eval_seed)
         self.register_buffer("eval_g0", sample_initial_gaussians(1, num_gaussians, scale_bound, generator))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.Sequential(
-            *[
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i])
-                for i in range(depth)
-            ]
-        )
+        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, proj_drop_rate, attn_drop_rate, drop_path_rate)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.gaussian_head = Mlp(embed_dim, embed_dim, NUM_PARAMS)
         self._init_weights()
@@ -109,10 +103,7 @@ class GaussianEncoder(nn.Module):
 
     def _init_weights(self) -> None:
         trunc_normal_(self.slot_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)  # the paper's init for transformer layers
-                nn.init.zeros_(m.bias)
+        xavier_init_linears(self)
         # The residual starts at zero: an untrained denoising encoder returns g0 itself.
         nn.init.zeros_(self.gaussian_head.fc2.weight)
 

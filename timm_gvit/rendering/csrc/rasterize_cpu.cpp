@@ -54,57 +54,73 @@ struct Params {
   double alpha_min, alpha_max, t_min;
 };
 
+// The Gaussians of one image and the compositing settings.
+template <typename scalar_t>
+struct ImageScene {
+  const scalar_t *means, *conics, *colors, *opacity, *qmax, *extent, *background;
+  scalar_t alpha_min, alpha_max, t_min;
+
+  ImageScene(const at::Tensor& m, const at::Tensor& q, const at::Tensor& c, const at::Tensor& o, const at::Tensor& qm,
+             const at::Tensor& e, const at::Tensor& bg, const Params& p, int64_t b)
+      : means(m.data_ptr<scalar_t>() + b * p.K * 2), conics(q.data_ptr<scalar_t>() + b * p.K * 3),
+        colors(c.data_ptr<scalar_t>() + b * p.K * 3), opacity(o.data_ptr<scalar_t>() + b * p.K),
+        qmax(qm.data_ptr<scalar_t>() + b * p.K), extent(e.data_ptr<scalar_t>() + b * p.K * 2),
+        background(bg.data_ptr<scalar_t>() + b * 3), alpha_min(p.alpha_min), alpha_max(p.alpha_max), t_min(p.t_min) {}
+
+  // Composite one pixel front to back over a tile's list, calling
+  // on_hit(g, alpha, T_in_front, gauss, dx, dy, clamped) for every contributing Gaussian.
+  // Forward and backward both walk pixels through here, so they make the same decisions.
+  // Returns the final transmittance.
+  template <typename OnHit>
+  scalar_t walk(const std::vector<int32_t>& list, scalar_t px, scalar_t py, OnHit on_hit) const {
+    scalar_t T = 1;
+    for (int32_t g : list) {
+      const scalar_t dx = px - means[2 * g], dy = py - means[2 * g + 1];
+      const scalar_t* q = conics + 3 * g;
+      const scalar_t mahal = q[0] * dx * dx + 2 * q[1] * dx * dy + q[2] * dy * dy;
+      if (mahal > qmax[g]) continue;
+      const scalar_t gauss = std::exp(scalar_t(-0.5) * mahal);
+      const scalar_t raw = opacity[g] * gauss;
+      const scalar_t alpha = std::min(alpha_max, raw);
+      if (alpha < alpha_min || !(gauss > 0)) continue;  // gauss 0: no effect, and no 0 * inf below
+      on_hit(g, alpha, T, gauss, dx, dy, raw > alpha_max);
+      T *= 1 - alpha;
+      if (T < t_min) break;
+    }
+    return T;
+  }
+};
+
+// Run fn(pixel_index, list, px, py) for every pixel of tile row ty of image b.
+template <typename scalar_t, typename Fn>
+void for_each_pixel(const ImageScene<scalar_t>& scene, const Params& p, int64_t ty, Fn fn) {
+  const auto lists = bin_tile_row(scene.means, scene.extent, scene.qmax, p.K, ty, p.H, p.W);
+  for (int64_t tx = 0; tx < int64_t(lists.size()); ++tx) {
+    for (int64_t i = ty * kTile; i < std::min(p.H, (ty + 1) * kTile); ++i) {
+      for (int64_t j = tx * kTile; j < std::min(p.W, (tx + 1) * kTile); ++j) {
+        fn(i * p.W + j, lists[tx], j + scalar_t(0.5), i + scalar_t(0.5));
+      }
+    }
+  }
+}
+
 template <typename scalar_t>
 void forward_impl(const at::Tensor& means, const at::Tensor& conics, const at::Tensor& colors,
                   const at::Tensor& opacity, const at::Tensor& qmax, const at::Tensor& extent,
                   const at::Tensor& background, at::Tensor& out, const Params& p) {
-  const scalar_t* M = means.data_ptr<scalar_t>();
-  const scalar_t* Q = conics.data_ptr<scalar_t>();
-  const scalar_t* Cl = colors.data_ptr<scalar_t>();
-  const scalar_t* O = opacity.data_ptr<scalar_t>();
-  const scalar_t* QM = qmax.data_ptr<scalar_t>();
-  const scalar_t* E = extent.data_ptr<scalar_t>();
-  const scalar_t* BG = background.data_ptr<scalar_t>();
-  scalar_t* OUT = out.data_ptr<scalar_t>();
-  const int64_t tiles_y = (p.H + kTile - 1) / kTile, K = p.K, HW = p.H * p.W;
-  const scalar_t a_min = p.alpha_min, a_max = p.alpha_max, t_min = p.t_min;
-
+  const int64_t tiles_y = (p.H + kTile - 1) / kTile, HW = p.H * p.W;
   at::parallel_for(0, p.B * tiles_y, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / tiles_y, ty = task % tiles_y;
-      const scalar_t *m = M + b * K * 2, *q = Q + b * K * 3, *c = Cl + b * K * 3, *o = O + b * K;
-      const scalar_t* qm = QM + b * K;
-      const scalar_t* bg = BG + b * 3;
-      scalar_t* img = OUT + b * 3 * HW;
-      auto lists = bin_tile_row(m, E + b * K * 2, qm, K, ty, p.H, p.W);
-      for (int64_t tx = 0; tx < int64_t(lists.size()); ++tx) {
-        const auto& list = lists[tx];
-        for (int64_t i = ty * kTile; i < std::min(p.H, (ty + 1) * kTile); ++i) {
-          const scalar_t py = i + scalar_t(0.5);
-          for (int64_t j = tx * kTile; j < std::min(p.W, (tx + 1) * kTile); ++j) {
-            const scalar_t px = j + scalar_t(0.5);
-            scalar_t T = 1, r = 0, gr = 0, bl = 0;
-            for (int32_t g : list) {
-              const scalar_t dx = px - m[2 * g], dy = py - m[2 * g + 1];
-              const scalar_t mahal = q[3 * g] * dx * dx + 2 * q[3 * g + 1] * dx * dy + q[3 * g + 2] * dy * dy;
-              if (mahal > qm[g]) continue;
-              const scalar_t gauss = std::exp(scalar_t(-0.5) * mahal);
-              const scalar_t alpha = std::min(a_max, o[g] * gauss);
-              if (alpha < a_min || !(gauss > 0)) continue;  // gauss 0: no effect, and no 0 * inf below
-              const scalar_t w = alpha * T;
-              r += w * c[3 * g];
-              gr += w * c[3 * g + 1];
-              bl += w * c[3 * g + 2];
-              T *= 1 - alpha;
-              if (T < t_min) break;
-            }
-            const int64_t pix = i * p.W + j;
-            img[pix] = r + T * bg[0];
-            img[HW + pix] = gr + T * bg[1];
-            img[2 * HW + pix] = bl + T * bg[2];
-          }
-        }
-      }
+      const int64_t b = task / tiles_y;
+      const ImageScene<scalar_t> scene(means, conics, colors, opacity, qmax, extent, background, p, b);
+      scalar_t* img = out.data_ptr<scalar_t>() + b * 3 * HW;
+      for_each_pixel(scene, p, task % tiles_y, [&](int64_t pix, const std::vector<int32_t>& list, scalar_t px, scalar_t py) {
+        scalar_t rgb[3] = {0, 0, 0};
+        const scalar_t T = scene.walk(list, px, py, [&](int32_t g, scalar_t alpha, scalar_t t, scalar_t, scalar_t, scalar_t, bool) {
+          for (int ch = 0; ch < 3; ++ch) rgb[ch] += alpha * t * scene.colors[3 * g + ch];
+        });
+        for (int ch = 0; ch < 3; ++ch) img[ch * HW + pix] = rgb[ch] + T * scene.background[ch];
+      });
     }
   });
 }
@@ -122,84 +138,51 @@ void backward_impl(const at::Tensor& means, const at::Tensor& conics, const at::
                    const at::Tensor& background, const at::Tensor& grad_out, at::Tensor& grads,
                    at::Tensor& grad_bg, const Params& p) {
   // grads: [B, tiles_y, K, 9] (means 2, conics 3, colors 3, opacity 1), one slice per task.
-  const scalar_t* M = means.data_ptr<scalar_t>();
-  const scalar_t* Q = conics.data_ptr<scalar_t>();
-  const scalar_t* Cl = colors.data_ptr<scalar_t>();
-  const scalar_t* O = opacity.data_ptr<scalar_t>();
-  const scalar_t* QM = qmax.data_ptr<scalar_t>();
-  const scalar_t* E = extent.data_ptr<scalar_t>();
-  const scalar_t* BG = background.data_ptr<scalar_t>();
-  const scalar_t* GO = grad_out.data_ptr<scalar_t>();
-  scalar_t* GR = grads.data_ptr<scalar_t>();
-  scalar_t* GBG = grad_bg.data_ptr<scalar_t>();
-  const int64_t tiles_y = (p.H + kTile - 1) / kTile, K = p.K, HW = p.H * p.W;
-  const scalar_t a_min = p.alpha_min, a_max = p.alpha_max, t_min = p.t_min;
-
+  const int64_t tiles_y = (p.H + kTile - 1) / kTile, HW = p.H * p.W;
   at::parallel_for(0, p.B * tiles_y, 1, [&](int64_t begin, int64_t end) {
     std::vector<Hit<scalar_t>> hits;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / tiles_y, ty = task % tiles_y;
-      const scalar_t *m = M + b * K * 2, *q = Q + b * K * 3, *c = Cl + b * K * 3, *o = O + b * K;
-      const scalar_t* qm = QM + b * K;
-      const scalar_t* bg = BG + b * 3;
-      const scalar_t* go = GO + b * 3 * HW;
-      scalar_t* gr = GR + task * K * 9;
-      scalar_t* gbg = GBG + task * 3;
-      auto lists = bin_tile_row(m, E + b * K * 2, qm, K, ty, p.H, p.W);
-      for (int64_t tx = 0; tx < int64_t(lists.size()); ++tx) {
-        const auto& list = lists[tx];
-        for (int64_t i = ty * kTile; i < std::min(p.H, (ty + 1) * kTile); ++i) {
-          const scalar_t py = i + scalar_t(0.5);
-          for (int64_t j = tx * kTile; j < std::min(p.W, (tx + 1) * kTile); ++j) {
-            const scalar_t px = j + scalar_t(0.5);
-            // Forward again, remembering what each contributing Gaussian did to this pixel.
-            hits.clear();
-            scalar_t T = 1;
-            for (int32_t g : list) {
-              const scalar_t dx = px - m[2 * g], dy = py - m[2 * g + 1];
-              const scalar_t mahal = q[3 * g] * dx * dx + 2 * q[3 * g + 1] * dx * dy + q[3 * g + 2] * dy * dy;
-              if (mahal > qm[g]) continue;
-              const scalar_t gauss = std::exp(scalar_t(-0.5) * mahal);
-              const scalar_t raw = o[g] * gauss;
-              const scalar_t alpha = std::min(a_max, raw);
-              if (alpha < a_min || !(gauss > 0)) continue;  // gauss 0: no effect, and no 0 * inf below
-              hits.push_back({g, alpha, T, gauss, dx, dy, raw > a_max});
-              T *= 1 - alpha;
-              if (T < t_min) break;
-            }
-            const int64_t pix = i * p.W + j;
-            const scalar_t g0 = go[pix], g1 = go[HW + pix], g2 = go[2 * HW + pix];
-            gbg[0] += T * g0;
-            gbg[1] += T * g1;
-            gbg[2] += T * g2;
-            // Back to front: S = composite of everything behind the current Gaussian, as seen
-            // with transmittance 1 (starts as the background).
-            scalar_t s0 = bg[0], s1 = bg[1], s2 = bg[2];
-            for (auto h = hits.rbegin(); h != hits.rend(); ++h) {
-              const int32_t g = h->g;
-              const scalar_t c0 = c[3 * g], c1 = c[3 * g + 1], c2 = c[3 * g + 2];
-              scalar_t* gg = gr + 9 * g;
-              const scalar_t w = h->alpha * h->T;
-              gg[5] += w * g0;
-              gg[6] += w * g1;
-              gg[7] += w * g2;
-              const scalar_t d_alpha = h->T * (g0 * (c0 - s0) + g1 * (c1 - s1) + g2 * (c2 - s2));
-              s0 = h->alpha * c0 + (1 - h->alpha) * s0;
-              s1 = h->alpha * c1 + (1 - h->alpha) * s1;
-              s2 = h->alpha * c2 + (1 - h->alpha) * s2;
-              if (h->clamped) continue;
-              gg[8] += d_alpha * h->gauss;
-              const scalar_t d_q = scalar_t(-0.5) * d_alpha * h->alpha;
-              const scalar_t dx = h->dx, dy = h->dy;
-              gg[2] += d_q * dx * dx;
-              gg[3] += d_q * 2 * dx * dy;
-              gg[4] += d_q * dy * dy;
-              gg[0] -= d_q * 2 * (q[3 * g] * dx + q[3 * g + 1] * dy);
-              gg[1] -= d_q * 2 * (q[3 * g + 1] * dx + q[3 * g + 2] * dy);
-            }
-          }
+      const int64_t b = task / tiles_y;
+      const ImageScene<scalar_t> scene(means, conics, colors, opacity, qmax, extent, background, p, b);
+      const scalar_t* go = grad_out.data_ptr<scalar_t>() + b * 3 * HW;
+      scalar_t* gr = grads.data_ptr<scalar_t>() + task * p.K * 9;
+      scalar_t* gbg = grad_bg.data_ptr<scalar_t>() + task * 3;
+      for_each_pixel(scene, p, task % tiles_y, [&](int64_t pix, const std::vector<int32_t>& list, scalar_t px, scalar_t py) {
+        // Forward again, remembering what each contributing Gaussian did to this pixel.
+        hits.clear();
+        const scalar_t T = scene.walk(list, px, py, [&](int32_t g, scalar_t alpha, scalar_t t, scalar_t gauss, scalar_t dx, scalar_t dy, bool clamped) {
+          hits.push_back({g, alpha, t, gauss, dx, dy, clamped});
+        });
+        const scalar_t gout[3] = {go[pix], go[HW + pix], go[2 * HW + pix]};
+        // Back to front: s = composite of everything behind the current Gaussian, as seen
+        // with transmittance 1 (starts as the background).
+        scalar_t s[3];
+        for (int ch = 0; ch < 3; ++ch) {
+          gbg[ch] += T * gout[ch];
+          s[ch] = scene.background[ch];
         }
-      }
+        for (auto h = hits.rbegin(); h != hits.rend(); ++h) {
+          const int32_t g = h->g;
+          const scalar_t* c = scene.colors + 3 * g;
+          const scalar_t* q = scene.conics + 3 * g;
+          scalar_t* gg = gr + 9 * g;
+          scalar_t d_alpha = 0;
+          for (int ch = 0; ch < 3; ++ch) {
+            gg[5 + ch] += h->alpha * h->T * gout[ch];
+            d_alpha += h->T * gout[ch] * (c[ch] - s[ch]);
+            s[ch] = h->alpha * c[ch] + (1 - h->alpha) * s[ch];
+          }
+          if (h->clamped) continue;
+          gg[8] += d_alpha * h->gauss;
+          const scalar_t d_q = scalar_t(-0.5) * d_alpha * h->alpha;
+          const scalar_t dx = h->dx, dy = h->dy;
+          gg[2] += d_q * dx * dx;
+          gg[3] += d_q * 2 * dx * dy;
+          gg[4] += d_q * dy * dy;
+          gg[0] -= d_q * 2 * (q[0] * dx + q[1] * dy);
+          gg[1] -= d_q * 2 * (q[1] * dx + q[2] * dy);
+        }
+      });
     }
   });
 }
