@@ -204,11 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             if ema is not None:
                 ema.update(model, step=step)
             if schedule.guidance_due(step - 1):
-                if guidance_step(model, optimizer, images, targets, labels, gamma=config.gamma, pixel_loss=config.pixel_loss,
-                                 lambda_perc=config.lambda_perc, with_dssim=schedule.dssim_on(step - 1), accelerator=accelerator):
-                    state["guidance_steps"] += 1
-                else:
-                    state["skipped_steps"] += 1
+                guided = guidance_step(model, optimizer, images, targets, labels, gamma=config.gamma, pixel_loss=config.pixel_loss,
+                                       lambda_perc=config.lambda_perc, with_dssim=schedule.dssim_on(step - 1), accelerator=accelerator)
+                state["guidance_steps" if guided else "skipped_steps"] += 1
+                accelerator.log(guided, step=step)
             current_lr = optimizer.param_groups[0]["lr"]
             rate = seen / (time.perf_counter() - started)
             bar.update(config.grad_accum_steps)
