@@ -14,6 +14,7 @@ export folder that ``timm.create_model('local-dir:RUN/export', pretrained=True)`
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import sys
 import time
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(config.output_dir)
 
     # ---------------------------------------------------------------- accelerator
+    if config.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise SystemExit("--report-to wandb: wandb is not installed (pip install wandb), or use tensorboard / none")
     mixed = config.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
