@@ -238,3 +238,14 @@ def test_persistent_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, ca
     with pytest.raises(RuntimeError, match="3 non-finite losses in a row"):
         train(tmp_path, "--base-lr", "1e38", "--warmup-epochs", "0", "--max-nonfinite", "3")
     assert "non-finite loss, step skipped (1 in a row)" in capsys.readouterr().out
+
+
+def test_sample_limits_draw_from_every_class_of_a_sorted_split(tmp_path):
+    from timm_gvit.training.data import load_splits
+
+    make_imagefolder(tmp_path / "shapes" / "train", per_class=12)  # imagefolder splits come sorted by class
+    make_imagefolder(tmp_path / "shapes" / "val", per_class=6)
+    config = parse_config(["--dataset", str(tmp_path / "shapes"), "--max-train-samples", "9", "--max-val-samples", "6"])
+    train_split, val_split, info = load_splits(config)
+    assert len(train_split) == 9 and len(val_split) == 6 and info.num_classes == 3
+    assert len(set(train_split["label"])) == 3 and len(set(val_split["label"])) > 1

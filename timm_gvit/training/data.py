@@ -114,10 +114,11 @@ def load_splits(config) -> tuple[object, object, DataInfo]:
         train, val = parts["train"], parts["test"]
     else:
         val = splits[val_name]
+    # subsets are random (seeded): splits are often sorted by class, and a prefix would hold few classes
     if config.max_train_samples:
-        train = train.select(range(min(config.max_train_samples, len(train))))
+        train = train.shuffle(seed=config.seed).select(range(min(config.max_train_samples, len(train))))
     if config.max_val_samples:
-        val = val.select(range(min(config.max_val_samples, len(val))))
+        val = val.shuffle(seed=config.seed).select(range(min(config.max_val_samples, len(val))))
     feature = train.features.get(config.label_column)
     if hasattr(feature, "names"):
         class_names = list(feature.names)
