@@ -33,11 +33,11 @@ from tqdm.auto import tqdm
 
 import timm_gvit  # noqa: F401  (registers the models)
 from hub import PushError, export_model, push_folder
+from timm_gvit.fitting import psnr
 from timm_gvit.training.checkpoints import load_checkpoint, load_encoder_weights, resolve_resume, save_checkpoint
 from timm_gvit.training.config import TrainConfig, parse_config, save_config
 from timm_gvit.training.data import ImageClassificationDataset, load_splits
 from timm_gvit.training.guidance import guidance_step
-from timm_gvit.training.losses import psnr
 from timm_gvit.training.objective import GViTObjective
 from timm_gvit.training.schedule import PHASES, Schedule
 from timm_gvit.visualize import save_reconstruction_grid

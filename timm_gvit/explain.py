@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .rendering import render_gaussians
 from .visualize import draw_ellipses, save_panels, to_pil
 
 # Colour ramps as (position, rgb) anchors: a dark-to-bright sequential one and a diverging one.
@@ -45,8 +46,6 @@ def determinant_map(gaussians: Tensor, size: tuple[int, int], backend: str = "au
     lo, hi = log_det.amin(1, keepdim=True), log_det.amax(1, keepdim=True)
     smallness = 1 - (log_det - lo) / (hi - lo).clamp_min(1e-6)
     recoloured = torch.cat([gaussians[..., :5], colormap(smallness), gaussians[..., 8:]], dim=-1)
-    from .rendering import render_gaussians
-
     return render_gaussians(recoloured, *size, backend=backend)
 
 

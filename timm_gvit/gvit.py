@@ -241,8 +241,9 @@ class GViT(nn.Module):
     def forward_train(self, images: Tensor, detach_gaussians: bool = False) -> GViTOutput:
         """Logits, Gaussians and their rendering at the input's size, in one pass.
 
-        ``detach_gaussians`` stops the classification loss from reaching the encoder (the
-        trainer's default for normal steps; gvit-method.md section 6).
+        ``detach_gaussians`` stops the classification loss from reaching the encoder
+        (gvit-method.md section 6: in normal joint steps the encoder learns from reconstruction
+        only).
         """
         gaussians = self.encode(images)
         logits = self.classifier(gaussians.detach() if detach_gaussians else gaussians)

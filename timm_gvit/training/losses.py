@@ -31,8 +31,3 @@ def reconstruction_loss(rendered: Tensor, target: Tensor, kind: str, lambda_perc
     loss = pixel_loss(rendered, target, kind)
     return loss + lambda_perc * dssim(rendered, target) if with_dssim and lambda_perc > 0 else loss
 
-
-def psnr(rendered: Tensor, target: Tensor) -> Tensor:
-    """PSNR in dB per image -> ``[B]``."""
-    mse = (rendered.float() - target.float()).pow(2).flatten(1).mean(1)
-    return -10 * torch.log10(mse.clamp_min(1e-12))
