@@ -66,6 +66,8 @@ def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     config: TrainConfig = parse_config(argv)
+    if config.eval_every < 1:
+        raise SystemExit(f"--eval-every must be >= 1, got {config.eval_every}")
     run_dir = Path(config.output_dir)
 
     # ---------------------------------------------------------------- accelerator
@@ -226,20 +228,23 @@ def main(argv: list[str] | None = None) -> int:
             if step % config.checkpoint_every == 0:
                 save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints)
         bar.close()
-        results = evaluate(ema.module if ema is not None else model, val_loader, accelerator, mean, std)
-        epoch_record = {"epoch": epoch, "step": state["step"], "phase": schedule.phase(max(state["step"] - 1, 0)), **results,
+        last_epoch = state["step"] >= schedule.total_steps
+        epoch_record = {"epoch": epoch, "step": state["step"], "phase": schedule.phase(max(state["step"] - 1, 0)),
                         **{f"train_{k}" if not k.startswith("train") else k: v / max(1, len(loader)) for k, v in sums.items()}}
+        if last_epoch or (epoch + 1) % config.eval_every == 0:
+            results = evaluate(ema.module if ema is not None else model, val_loader, accelerator, mean, std)
+            epoch_record.update(results)
+            accelerator.print(f"epoch {epoch}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, PSNR {results['psnr']:.2f} dB")
+            accelerator.log({f"val/{k}": v for k, v in results.items()}, step=state["step"])
         history.append(epoch_record)
-        accelerator.print(f"epoch {epoch}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, PSNR {results['psnr']:.2f} dB")
-        accelerator.log({f"val/{k}": v for k, v in results.items()}, step=state["step"])
         state.update(epoch=epoch + 1, batch_in_epoch=0)
         save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints)
         write_metrics()
-        if state["step"] >= schedule.total_steps:
+        if last_epoch:
             break
 
     # ---------------------------------------------------------------- results and export
-    final = history[-1] if history else evaluate(ema.module if ema is not None else model, val_loader, accelerator, mean, std)
+    final = history[-1] if history and "top1" in history[-1] else evaluate(ema.module if ema is not None else model, val_loader, accelerator, mean, std)
     write_metrics(final)
     accelerator.end_training()
     status = 0

@@ -86,11 +86,14 @@ def test_end_to_end_on_digits_walks_all_phases_and_exports(digits_run):
     assert json.loads((export / "config.json").read_text())["label_names"] == [str(d) for d in range(10)]
 
 
-def test_gamma_zero_gives_no_guidance_steps(tmp_path):
-    assert train(tmp_path, "--gamma", "0") == 0
+def test_gamma_zero_gives_no_guidance_steps_and_eval_every_skips_epochs(tmp_path):
+    assert train(tmp_path, "--gamma", "0", "--eval-every", "3") == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["guidance_steps"] == 0 and metrics["total_steps"] == 16
     assert [e["phase"] for e in metrics["epochs"]][-1] == "joint"
+    # validated after the 3rd epoch and the last (4th) one only
+    assert ["top1" in e for e in metrics["epochs"]] == [False, False, True, True]
+    assert metrics["final"]["top1"] == metrics["epochs"][-1]["top1"]
 
 
 def test_guidance_step_descends_cross_entropy_and_moves_only_the_encoder():

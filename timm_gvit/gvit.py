@@ -1,7 +1,7 @@
 """GViT: image classifiers that see an image as a few hundred 2D Gaussians (arXiv:2506.23532).
 
 The timm model family: ``GViT`` (Gaussian encoder + Gaussian classifier), its pretrained cfgs and
-the registered entrypoints ``gvit_tiny``, ``gvit_small`` and ``gvit_base``. ``import timm_gvit``
+the registered entrypoints ``gvit_nano``, ``gvit_tiny``, ``gvit_small`` and ``gvit_base``. ``import timm_gvit``
 registers them, after which they behave like any timm model::
 
     model = timm.create_model('gvit_small', num_classes=10)
@@ -17,6 +17,7 @@ you trained and pushed yourself with ``pretrained=True``.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -294,9 +295,17 @@ def _cfg(model_tag: str, **kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs(
-    {name: _cfg(name) for name in ("gvit_tiny.in1k", "gvit_small.in1k", "gvit_base.in1k")}
-)
+#: Weights that ship inside the package: they load with ``pretrained=True`` and no network.
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+default_cfgs = generate_default_cfgs({
+    # trained on Imagenette at 64 px (MODEL_CARD.md); research use only, as ImageNet
+    "gvit_nano.imagenette_64": _cfg(
+        "gvit_nano.imagenette_64", hf_hub_id=None, file=str(WEIGHTS_DIR / "gvit_nano.imagenette_64.safetensors"),
+        num_classes=10, input_size=(3, 64, 64), license="other",  # ImageNet terms: research and education only
+    ),
+    **{name: _cfg(name) for name in ("gvit_tiny.in1k", "gvit_small.in1k", "gvit_base.in1k")},
+})
 
 
 def _has_weights_source(variant: str, kwargs: dict) -> bool:
@@ -330,6 +339,15 @@ def _create_gvit(variant: str, pretrained: bool = False, **kwargs) -> GViT:
         # the data config must match the image size the model was built for
         model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "input_size": (3, *model.img_size)}
     return model
+
+
+@register_model
+def gvit_nano(pretrained: bool = False, **kwargs) -> GViT:
+    """GViT-N: 128 wide, 6 deep, 4 heads in both halves; 64 Gaussians over 16 px patches of 64 px
+    images. The CPU-scale variant of the Imagenette study (MODEL_CARD.md)."""
+    args = dict(patch_size=16, num_gaussians=64, encoder_embed_dim=128, encoder_depth=6, encoder_num_heads=4,
+                embed_dim=128, depth=6, num_heads=4)
+    return _create_gvit("gvit_nano", pretrained=pretrained, **dict(args, **kwargs))
 
 
 @register_model

@@ -73,6 +73,7 @@ class TrainConfig:
     checkpoint_every: int = _opt(500, "save a checkpoint every N optimiser steps (and at the end of every epoch)")
     keep_checkpoints: int = _opt(2, "how many checkpoints to keep")
     resume: str | None = _opt(None, "'latest' or a checkpoint folder to continue from", type=str)
+    eval_every: int = _opt(1, "validate after every N-th epoch (and always after the last)")
     log_every: int = _opt(20, "log losses to the trackers every N steps")
     image_every: int = _opt(500, "write a PNG of originals, reconstructions and ellipses every N steps")
     report_to: str = _opt("tensorboard", "experiment tracker", choices=("tensorboard", "wandb", "none"))

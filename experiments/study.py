@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""The Imagenette study's trainer runs: every run's exact flags, run in dependency order.
+
+    python experiments/prepare_imagenette.py          # once: runs/data/imagenette-80
+    python experiments/study.py --jobs 2              # all runs (about 1.5 h on 2 cores), resumable
+    python experiments/study.py --only guidance --dry-run   # print the commands of one group
+
+Each run is ``train_gvit.py --config experiments/configs/imagenette_nano.yaml`` plus the flags
+below, in ``runs/imagenette/<name>``. A finished run (its metrics.json has "final") is skipped; an
+interrupted one continues with ``--resume latest``. To save compute, phase 1 (reconstruction
+warm-up) runs once per encoder setting ("encoder-*" runs) and the classifier/joint phases of
+every seed start from it with ``--init-encoder-from``; runs with the same seed and different
+gamma are therefore paired: identical up to the first guidance step.
+
+Protocols (epochs of the 6,000 training images, batch 64):
+- long  = phase 1: 4 epochs reconstruction (D-SSIM from epoch 2); then 2 epochs classifier
+          pre-training and 3 epochs joint, guidance in the last 2 (a guidance step after every
+          5th joint step, about 37 in all).
+- short = the same phase 1, then 2 epochs classifier pre-training on the frozen encoder.
+Results go to experiments/results/trainer_runs.json (``--collect`` rebuilds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "imagenette"
+CONFIG = ROOT / "experiments" / "configs" / "imagenette_nano.yaml"
+RESULTS = ROOT / "experiments" / "results" / "trainer_runs.json"
+SEEDS = (0, 1, 2)
+PHASE1 = ["--recon-epochs", "4", "--dssim-from", "2", "--classifier-epochs", "0", "--joint-epochs", "0", "--guidance-epochs", "0"]
+LONG = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "2", "--joint-epochs", "3", "--guidance-epochs", "2", "--guidance-every", "5"]
+SHORT = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "2", "--joint-epochs", "0", "--guidance-epochs", "0", "--gamma", "0"]
+
+
+@dataclass
+class Run:
+    name: str
+    group: str
+    flags: list[str]
+    after: str | None = None  # the encoder run this one starts from
+    about: dict = field(default_factory=dict)  # the variables of this run, for the tables
+
+    @property
+    def dir(self) -> Path:
+        return RUNS / self.name
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, str(ROOT / "train_gvit.py"), "--config", str(CONFIG), "--output-dir", str(self.dir), "--eval-every", "2", *self.flags]
+        if self.after:
+            cmd += ["--init-encoder-from", str(RUNS / self.after / "export")]
+        if (self.dir / "checkpoints").is_dir() and any((self.dir / "checkpoints").iterdir()):
+            cmd += ["--resume", "latest"]
+        return cmd
+
+    def finished(self) -> bool:
+        metrics = self.dir / "metrics.json"
+        return metrics.is_file() and "final" in json.loads(metrics.read_text()) and (self.dir / "export").is_dir()
+
+
+def encoder(name: str, k: int = 64, loss: str = "bce+dssim", init: str = "denoise") -> Run:
+    flags = [*PHASE1, "--num-gaussians", str(k)]
+    if loss == "mse+dssim":
+        flags += ["--pixel-loss", "mse"]
+    if loss == "bce":
+        flags += ["--lambda-perc", "0"]
+    if init != "denoise":
+        flags += ["--model-kwargs", f"gaussian_init={init}"]
+    return Run(name, "encoders", flags, about=dict(k=k, loss=loss, init=init))
+
+
+def heads(name: str, group: str, after: str, protocol: list[str], gamma: float, seed: int, enc: Run) -> Run:
+    flags = [*protocol, "--gamma", str(gamma), "--seed", str(seed), *enc.flags[len(PHASE1):]]
+    return Run(name, group, flags, after=after, about={**enc.about, "gamma": gamma, "seed": seed,
+                                                        "protocol": "long" if protocol is LONG else "short"})
+
+
+def all_runs() -> list[Run]:
+    """Every run, in the order they start (the dearest, k=256, early so that it overlaps the rest)."""
+    base = encoder("encoder-k64")
+    long = {(gamma, seed): heads(f"long-g{gamma:g}-s{seed}", "guidance", base.name, LONG, gamma, seed, base)
+            for seed in SEEDS for gamma in (0.1, 0.0)}
+    # 3./4. reconstruction loss and learned queries (short protocol; denoising BCE+D-SSIM is short-k64)
+    variants = {name: encoder(f"encoder-k64-{name}", **kwargs)
+                for name, kwargs in (("mse", dict(loss="mse+dssim")), ("bce", dict(loss="bce")), ("queries", dict(init="queries")))}
+    # 2. number of Gaussians (short protocol; k=64 is short-k64)
+    sizes = {k: encoder(f"encoder-k{k}", k=k) for k in (16, 32, 256)}
+    short = lambda name, enc: heads(name, "short", enc.name, SHORT, 0.0, 0, enc)  # noqa: E731
+    return [
+        base, long[0.1, 0], long[0.0, 0], sizes[256], long[0.1, 1], long[0.0, 1], long[0.1, 2], long[0.0, 2],
+        short("short-k256", sizes[256]), short("short-k64", base),
+        *[r for name, enc in variants.items() for r in (enc, short(f"short-k64-{name}", enc))],
+        *[r for k in (16, 32) for r in (sizes[k], short(f"short-k{k}", sizes[k]))],
+    ]
+
+
+def _seconds(run: Run) -> float | None:
+    path = RUNS / f"{run.name}.seconds"
+    return float(path.read_text()) if path.is_file() else None
+
+
+def collect(runs: list[Run]) -> dict:
+    out = {}
+    for run in runs:
+        metrics = run.dir / "metrics.json"
+        if not metrics.is_file():
+            continue
+        data = json.loads(metrics.read_text())
+        info = json.loads((run.dir / "run_info.json").read_text()) if (run.dir / "run_info.json").is_file() else {}
+        out[run.name] = {"group": run.group, **run.about, "starts_from": run.after, "finished": "final" in data,
+                         "command": " ".join(["python train_gvit.py", "--config", str(CONFIG.relative_to(ROOT)),
+                                              "--output-dir", str(run.dir.relative_to(ROOT)), "--eval-every", "2", *run.flags,
+                                              *(["--init-encoder-from", f"runs/imagenette/{run.after}/export"] if run.after else [])]),
+                         "final": data.get("final"), "epochs": data.get("epochs"), "guidance_steps": data.get("guidance_steps"),
+                         "wall_seconds": _seconds(run), "steps_per_epoch": info.get("steps_per_epoch")}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Groups: encoders, guidance, short.")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time; each gets cores // jobs threads")
+    parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    parser.add_argument("--collect", action="store_true", help="only rebuild experiments/results/trainer_runs.json")
+    args = parser.parse_args()
+    runs = all_runs()
+    if args.collect:
+        print(f"{len(collect(runs))} runs -> {RESULTS}")
+        return
+    if args.only:
+        wanted = [r for r in runs if r.group in args.only or r.name in args.only]
+        needed = {r.after for r in wanted if r.after}
+        runs = [r for r in runs if r in wanted or r.name in needed]
+    todo = [r for r in runs if not r.finished()]
+    if args.dry_run:
+        for r in todo:
+            print(" ".join(r.command()))
+        return
+    threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    failed: set[str] = set()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    while todo or running:
+        for name, (proc, started) in list(running.items()):
+            if proc.poll() is not None:
+                del running[name]
+                ok = proc.returncode == 0
+                if ok:
+                    (RUNS / f"{name}.seconds").write_text(f"{time.time() - started:.0f}\n")
+                print(f"{'done' if ok else 'FAILED'}: {name} ({(time.time() - started) / 60:.1f} min, log runs/imagenette/{name}.log)", flush=True)
+                if not ok:
+                    failed.add(name)
+        ready = [r for r in todo if r.after is None or (RUNS / r.after / "export").is_dir()]
+        blocked = [r for r in todo if r.after in failed]
+        for r in blocked:
+            print(f"skipped: {r.name} (its encoder run {r.after} failed)", flush=True)
+            todo.remove(r)
+        while ready and len(running) < args.jobs:
+            r = ready.pop(0)
+            todo.remove(r)
+            print(f"start: {r.name}", flush=True)
+            log = open(RUNS / f"{r.name}.log", "a")
+            running[r.name] = (subprocess.Popen(r.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), time.time())
+        if not ready and not running and todo:
+            raise SystemExit(f"cannot start {[r.name for r in todo]}: their encoder runs are missing")
+        time.sleep(5)
+        collect(all_runs())
+    collect(all_runs())
+    if failed:
+        raise SystemExit(f"failed runs: {sorted(failed)}")
+
+
+if __name__ == "__main__":
+    main()
