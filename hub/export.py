@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from string import Template
 
+import torch
 import yaml
 from timm.models import save_for_hf
 
@@ -25,6 +26,19 @@ class PushError(RuntimeError):
 def render_model_card(values: dict) -> str:
     """Fill the model card template; every placeholder must have a value."""
     return Template(TEMPLATE.read_text()).substitute({k: str(v) for k, v in values.items()})
+
+
+def forward_gflops(model) -> float:
+    """FLOPs of one forward pass on one image of the model's input size, in billions."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, *model.img_size, device=param.device, dtype=param.dtype))
+    model.train(was_training)
+    return counter.get_total_flops() / 1e9
 
 
 def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None = None) -> Path:
@@ -47,6 +61,7 @@ def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None 
             "dataset": run["dataset"],
             "model": config["model"],
             "params_m": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}",
+            "gflops": f"{forward_gflops(model):.2f}",
             "img_size": model.img_size[0],
             "mean": tuple(round(m, 3) for m in cfg["mean"]),
             "std": tuple(round(s, 3) for s in cfg["std"]),
@@ -72,6 +87,8 @@ def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None 
             "warmup_steps": run["warmup_steps"],
             "mixed_precision": run["mixed_precision"],
             "seed": config["seed"],
+            "encoder_origin": f"The encoder started from `{config['init_encoder_from']}` (`--init-encoder-from`), whose own "
+            "training is not counted in the steps above." if config.get("init_encoder_from") else "All weights started from random initialisation.",
             "top1": f"{metrics['top1']:.2f}",
             "top5": f"{metrics['top5']:.2f}",
             "psnr": f"{metrics['psnr']:.2f}",

@@ -1,6 +1,7 @@
 """Interpretability for GViT (paper section 4, gvit-method.md section 7), as functions and a command.
 
-    python -m timm_gvit.explain photo.jpg --model gvit_tiny --checkpoint run/export --out fig.png
+    python -m timm_gvit.explain photo.jpg                       # the shipped gvit_nano.imagenette_64 weights
+    python -m timm_gvit.explain photo.jpg --checkpoint run/export --out fig.png
 
 The figure shows, side by side: the input, the reconstruction from the model's Gaussians, their
 2-sigma ellipses, the det(Sigma) map (small determinants, bright, tend to cluster on
@@ -118,6 +119,7 @@ def figure(image: Tensor, result: dict[str, Tensor], index: int = 0, class_name:
 def main(argv: list[str] | None = None) -> None:
     import timm
     from timm.data import create_transform, resolve_model_data_config
+    from timm.models import get_pretrained_cfg
 
     parser = argparse.ArgumentParser(
         prog="python -m timm_gvit.explain",
@@ -125,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         "and CDAM grid, side by side in one PNG.",
     )
     parser.add_argument("image", help="image file to explain")
-    parser.add_argument("--model", default="gvit_tiny", help="timm model name, tag, 'local-dir:PATH' or 'hf-hub:ORG/NAME' (default gvit_tiny)")
-    parser.add_argument("--pretrained", action="store_true", help="load the model's pretrained weights (implied by local-dir:/hf-hub:)")
+    parser.add_argument("--model", default="gvit_nano.imagenette_64", help="timm model name, tag, 'local-dir:PATH' or 'hf-hub:ORG/NAME' (default gvit_nano.imagenette_64, whose weights ship with the package)")
+    parser.add_argument("--pretrained", action="store_true", help="load the model's pretrained weights (implied by local-dir:/hf-hub: and by weights that ship with the package)")
     parser.add_argument("--checkpoint", help="weights file (.safetensors or .pth) or exported folder to load")
     parser.add_argument("--class", dest="target", type=int, help="class index to explain (default: the predicted class)")
     parser.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="extra create_model kwargs, e.g. num_classes=10 img_size=64")
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     for item in args.model_kwargs:
         key, _, value = item.partition("=")
         kwargs[key] = int(value) if value.lstrip("-").isdigit() else value
-    pretrained = args.pretrained or args.model.startswith(("local-dir:", "hf-hub:"))
+    shipped = get_pretrained_cfg(args.model, allow_unregistered=True) if "." in args.model else None
+    pretrained = args.pretrained or args.model.startswith(("local-dir:", "hf-hub:")) or bool(shipped and shipped.file and Path(shipped.file).is_file())
     if args.checkpoint:
         path = Path(args.checkpoint)
         if path.is_dir():
@@ -153,9 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     mean = torch.tensor(config["mean"])[:, None, None]
     std = torch.tensor(config["std"])[:, None, None]
     result = explain(model, images, None if args.target is None else torch.tensor([args.target]))
+    names = model.pretrained_cfg.get("label_names") or [str(i) for i in range(model.num_classes)]
     top = result["probs"][0].topk(min(5, model.num_classes))
-    print("top classes:", ", ".join(f"{i} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist())))
-    path = save_panels(figure((images[0] * std + mean).clamp(0, 1), result), args.out, height=max(256, images.shape[-1]))
+    print("top classes:", ", ".join(f"{names[i]} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist())))
+    class_name = names[int(result["target"][0])]
+    path = save_panels(figure((images[0] * std + mean).clamp(0, 1), result, class_name=class_name), args.out, height=max(256, images.shape[-1]))
     print(f"wrote {path}")
 
 

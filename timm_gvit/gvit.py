@@ -295,6 +295,9 @@ def _cfg(model_tag: str, **kwargs) -> dict:
     }
 
 
+#: Imagenette's classes in label order (sorted WordNet ids n01440764 ... n03888257).
+IMAGENETTE_CLASSES = ("tench", "English springer", "cassette player", "chain saw", "church", "French horn",
+                      "garbage truck", "gas pump", "golf ball", "parachute")
 #: Weights that ship inside the package: they load with ``pretrained=True`` and no network.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -303,6 +306,7 @@ default_cfgs = generate_default_cfgs({
     "gvit_nano.imagenette_64": _cfg(
         "gvit_nano.imagenette_64", hf_hub_id=None, file=str(WEIGHTS_DIR / "gvit_nano.imagenette_64.safetensors"),
         num_classes=10, input_size=(3, 64, 64), license="other",  # ImageNet terms: research and education only
+        label_names=IMAGENETTE_CLASSES,
     ),
     **{name: _cfg(name) for name in ("gvit_tiny.in1k", "gvit_small.in1k", "gvit_base.in1k")},
 })

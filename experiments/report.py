@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""Turn the Imagenette study's JSON results into tables, figures and the numbers in the docs.
+
+    python experiments/report.py        # after experiments/study.py and experiments/gaussian_study.py
+
+Reads experiments/results/{trainer_runs,gaussian_study}.json and writes
+experiments/results/summary.json, docs/results/*.png, and the tables between the
+``<!-- results:NAME -->`` / ``<!-- /results:NAME -->`` markers of MODEL_CARD.md and README.md,
+so that no number in them is copied by hand. Needs matplotlib (``pip install -e ".[experiments]"``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results"
+FIGURES = ROOT / "docs" / "results"
+
+
+def load(name: str) -> dict:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def final(runs: dict, name: str, key: str = "top1") -> float | None:
+    run = runs.get(name)
+    return run["final"][key] if run and run.get("finished") and run.get("final") else None
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "pending" if value is None else f"{value:.{digits}f}"
+
+
+def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def guidance(runs: dict) -> tuple[dict, str]:
+    seeds = sorted({r["seed"] for r in runs.values() if r["group"] == "guidance"})
+    per_seed = {s: (final(runs, f"long-g0.1-s{s}"), final(runs, f"long-g0-s{s}")) for s in seeds}
+    done = {s: v for s, v in per_seed.items() if None not in v}
+    on, off = mean_sd([v[0] for v in done.values()]), mean_sd([v[1] for v in done.values()])
+    diff = mean_sd([v[0] - v[1] for v in done.values()])
+    psnr_on = mean_sd([final(runs, f"long-g0.1-s{s}", "psnr") for s in done])
+    psnr_off = mean_sd([final(runs, f"long-g0-s{s}", "psnr") for s in done])
+    rows = [[f"seed {s}", fmt(a), fmt(b), fmt(None if None in (a, b) else a - b)] for s, (a, b) in per_seed.items()]
+    rows.append([f"**mean ± sd ({len(done)} seeds)**", f"**{fmt(on[0])} ± {fmt(on[1])}**", f"**{fmt(off[0])} ± {fmt(off[1])}**",
+                 f"**{fmt(diff[0], 2)} ± {fmt(diff[1], 2)}**"])
+    rows.append(["val PSNR, dB", f"{fmt(psnr_on[0], 2)}", f"{fmt(psnr_off[0], 2)}", ""])
+    rows.append(["paper: GViT-S, ImageNet-1k", "72.4", "68.3", "+4.1"])
+    md = table(["gvit_nano, Imagenette 64 px, top-1 %", "gamma = 0.1", "gamma = 0 (no guidance)", "difference"], rows)
+    return {"per_seed": per_seed, "with": on, "without": off, "difference": diff}, md
+
+
+def gaussians_sweep(runs: dict) -> tuple[dict, str]:
+    ks = (16, 32, 64, 256)
+    data = {k: (final(runs, f"short-k{k}"), final(runs, f"short-k{k}", "psnr")) for k in ks}
+    paper = {64: "44.5", 1024: "75.1"}
+    rows = [[str(k), fmt(a), fmt(p, 2), paper.get(k, "")] for k, (a, p) in data.items()]
+    md = table(["Gaussians k", "top-1 %", "val PSNR, dB", "paper (mini-ImageNet-100, no guidance)"], rows)
+    return data, md + "\n\nThe paper's curve rises from 44.5 (64) to 75.1 (1024) and is flat past about 512."
+
+
+def losses(runs: dict) -> tuple[dict, str]:
+    names = {"MSE + D-SSIM": ("short-k64-mse", "69.8"), "BCE": ("short-k64-bce", "71.7"), "BCE + D-SSIM": ("short-k64", "72.3")}
+    data = {label: (final(runs, run), final(runs, run, "psnr")) for label, (run, _) in names.items()}
+    rows = [[label, fmt(data[label][0]), fmt(data[label][1], 2), paper] for label, (_, paper) in names.items()]
+    return data, table(["reconstruction loss", "top-1 %", "val PSNR, dB", "paper (mini-ImageNet-100)"], rows)
+
+
+def fitting(runs: dict, study: dict, guided: dict) -> tuple[dict, str]:
+    sgd = study.get("gaussians_sgd", {}).get("val_sgd")
+    learned_cached = study.get("gaussians_learned", {}).get("val_learned")
+    long_off = guided["without"][0]
+    rows = [
+        ["offline SGD (per-image fit, 25 Adam steps)", "classifier on fixed crops, 6 epochs", fmt(sgd), fmt(study.get("psnr_sgd_val"), 2), "70.5"],
+        ["denoising encoder (same protocol as SGD)", "classifier on fixed crops, 6 epochs", fmt(learned_cached), fmt(study.get("psnr_learned_val"), 2), ""],
+        ["learned queries", "short", fmt(final(runs, "short-k64-queries")), fmt(final(runs, "short-k64-queries", "psnr"), 2), "71.4"],
+        ["denoising", "short", fmt(final(runs, "short-k64")), fmt(final(runs, "short-k64", "psnr"), 2), ""],
+        ["denoising (no guidance)", "long, 3-seed mean", fmt(long_off), "", "74.8"],
+        ["guidance", "long, 3-seed mean", fmt(guided["with"][0]), "", "75.2"],
+    ]
+    data = {"sgd": sgd, "learned_cached": learned_cached, "queries": final(runs, "short-k64-queries"), "denoising_short": final(runs, "short-k64"),
+            "denoising_long": long_off, "guidance_long": guided["with"][0]}
+    return data, table(["how the Gaussians are made", "protocol", "top-1 %", "val PSNR, dB", "paper (mini-ImageNet-100)"], rows)
+
+
+def leakage(study: dict) -> tuple[dict, str]:
+    g = {name: study.get(f"gaussians_{name}", {}) for name in ("learned", "sgd")}
+    r = {name: study.get(f"renderings_{name}", {}).get("val") for name in ("learned", "sgd")}
+    rows = [
+        ["learned (encoder)", fmt(g["learned"].get("val_learned")), fmt(r["learned"]), fmt(g["learned"].get("val_sgd"))],
+        ["offline SGD", fmt(g["sgd"].get("val_sgd")), fmt(r["sgd"]), fmt(g["sgd"].get("val_learned"))],
+        ["the photographs themselves (ViT/8)", "", fmt(study.get("photos_vit8", {}).get("val")), ""],
+    ]
+    md = table(["Gaussians used for training and test", "classifier on Gaussians", "ViT/8 on their renderings",
+                "classifier tested on the other set (cross-training)"], rows)
+    return {"gaussians": g, "renderings": r}, md + "\n\nPaper: classifiers on renderings score 1 to 3 points below those on Gaussians, with the same ranking."
+
+
+def baseline(runs: dict, study: dict, guided: dict) -> tuple[dict, str]:
+    vit = study.get("photos_vit8_rrc10", {}).get("val")
+    rows = [["gvit_nano (gamma 0.1), long protocol, 3-seed mean", "9 (4 reconstruction, 2 classifier, 3 joint)", fmt(guided["with"][0])],
+            ["timm ViT, 128 wide, 6 deep, patch 8; the same crops, flips and optimiser", "10", fmt(vit)]]
+    md = table(["model (Imagenette, 64 px)", "epochs", "top-1 %"], rows)
+    return {"vit8": vit, "gvit": guided["with"][0]}, md + "\n\nPaper: ViT-S/16 77.5 vs GViT-S 72.4; ViT-B/16 78.7 vs GViT-B 76.9 (ImageNet-1k)."
+
+
+def headline(guided: dict, k_data: dict, loss_data: dict, fit_data: dict, leak_data: dict, base_data: dict) -> str:
+    def pair(a, b, digits=1):
+        return f"{fmt(a, digits)} vs {fmt(b, digits)}"
+    ks = sorted(k_data)
+    rows = [
+        ["guidance: gamma 0.1 vs 0 (3 paired seeds, mean)", pair(guided["with"][0], guided["without"][0]), "72.4 vs 68.3 (GViT-S, ImageNet)"],
+        [f"Gaussians: k = {' / '.join(map(str, ks))}", " / ".join(fmt(k_data[k][0]) for k in ks), "44.5 at 64 -> 75.1 at 1024"],
+        ["loss: BCE+D-SSIM / BCE / MSE+D-SSIM", " / ".join(fmt(loss_data[n][0]) for n in ("BCE + D-SSIM", "BCE", "MSE + D-SSIM")), "72.3 / 71.7 / 69.8"],
+        ["Gaussians from: offline SGD vs the encoder (same classifier protocol)", pair(fit_data["sgd"], fit_data["learned_cached"]), "70.5 vs 74.8"],
+        ["leakage: classifier on encoder Gaussians vs ViT on their renderings",
+         pair(leak_data["gaussians"]["learned"].get("val_learned"), leak_data["renderings"]["learned"]), "renderings 1-3 points lower"],
+        ["timm ViT/8 on patches vs gvit_nano (gamma 0.1)", pair(base_data["vit8"], base_data["gvit"]), "77.5 vs 72.4 (S, ImageNet)"],
+    ]
+    return table(["finding (Imagenette, 64 px, top-1 %)", "this study", "paper"], rows)
+
+
+def shipped(runs: dict) -> tuple[dict, str]:
+    data = load("shipped_weights.json")
+    if not data:
+        return {}, "Pending: run `python experiments/ship_weights.py`."
+    val, bundled, run = data["val"], data["bundled"], data["run"]
+    rows = [["full validation split (3,925 images)", f"{val['top1']:.2f}", f"{val['top5']:.2f}", f"{val['psnr']:.2f}"]]
+    md = table(["`gvit_nano.imagenette_64`, loaded with `pretrained=True`", "top-1 %", "top-5 %", "PSNR, dB"], rows)
+    return data, md + (
+        f"\n\nThe weights come from the study's run `{run}`. That run is the best of the six long-protocol runs on"
+        f" validation top-1 ({runs[run]['final']['top1']:.2f}% in float32), so the pick is mildly optimistic; the"
+        f" 3-seed mean is in table 1. Stored in float16 ({data['megabytes']:.1f} MB). The model classifies"
+        f" {bundled['correct']} of the {bundled['images']} validation images bundled with the tests"
+        f" (`tests/data/imagenette-val`, the first two of each class), and `tests/test_pretrained.py` checks this.")
+
+
+def explain_figures() -> str:
+    names = {"n03028079": "church", "n03888257": "parachute", "n02102040": "English springer"}
+    found = [(wnid, name) for wnid, name in names.items() if (FIGURES / f"explain_{wnid}.png").is_file()]
+    return "\n\n".join(f"![explain: {name}](docs/results/explain_{wnid}.png)" for wnid, name in found) or "Pending."
+
+
+def compute(runs: dict, study: dict) -> str:
+    trainer = sum(r.get("wall_seconds") or 0 for r in runs.values())
+    classifier_only = (study.get("config") or {}).get("wall_seconds_so_far", 0)
+    return (f"**Compute:** the trainer runs took {trainer / 3600:.2f} h of wall time in total ({len(runs)} runs, mostly two at a time"
+            f" on the 2 cores, each with one thread). The classifier-only study took {classifier_only / 3600:.2f} h alongside them."
+            " Every run's time is in `trainer_runs.json` (`wall_seconds`).")
+
+
+def variants() -> tuple[dict, str]:
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import timm_gvit  # noqa: F401
+
+    rows, data = [], {}
+    for name in ("gvit_nano", "gvit_tiny", "gvit_small", "gvit_base"):
+        model = timm.create_model(name, num_classes=1000 if name != "gvit_nano" else 10, render_backend="reference").eval()
+        size = model.pretrained_cfg["input_size"]
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.randn(1, *size))
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        gflops = counter.get_total_flops() / 1e9
+        data[name] = {"params_m": params, "gflops": gflops, "input": size[1:], "k": model.num_gaussians}
+        rows.append([f"`{name}`", f"{params:.1f}", f"{gflops:.2f}", f"{size[1]} px", str(model.patch_size), str(model.num_gaussians),
+                     f"{model.encoder.pos_embed.shape[-1]}x{len(model.encoder.blocks)}", f"{model.classifier.embed_dim}x{len(model.classifier.blocks)}"])
+    return data, table(["model", "params (M)", "GFLOPs / image", "input", "patch", "Gaussians", "encoder width x depth", "classifier width x depth"], rows)
+
+
+def figures(k_data: dict, guided: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    done = {k: v for k, v in k_data.items() if v[0] is not None}
+    if done:
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+        ks = sorted(done)
+        ax.plot(ks, [done[k][0] for k in ks], "o-", color="C0", label="top-1 % (left)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("Gaussians per image, k")
+        ax.set_ylabel("top-1 %")
+        ax2 = ax.twinx()
+        ax2.plot(ks, [done[k][1] for k in ks], "s--", color="C1", label="val PSNR, dB (right)")
+        ax2.set_ylabel("PSNR, dB")
+        fig.legend(loc="lower right", bbox_to_anchor=(0.88, 0.18), fontsize=8)
+        ax.set_title("gvit_nano on Imagenette, 64 px (short protocol)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(FIGURES / "accuracy_vs_gaussians.png")
+        plt.close(fig)
+    per_seed = {s: v for s, v in guided["per_seed"].items() if None not in v}
+    if per_seed:
+        fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=120)
+        for s, (on, off) in per_seed.items():
+            ax.plot([0, 1], [off, on], "o-", color="0.6", lw=1)
+            ax.annotate(f"seed {s}", (1.04, on), fontsize=7, va="center")
+        ax.errorbar([0, 1], [guided["without"][0], guided["with"][0]], yerr=[guided["without"][1], guided["with"][1]],
+                    fmt="D", color="C3", capsize=4, label="mean ± sd")
+        ax.set_xticks([0, 1], ["gamma = 0\n(no guidance)", "gamma = 0.1"])
+        ax.set_xlim(-0.4, 1.4)
+        ax.set_ylabel("top-1 %")
+        ax.legend(fontsize=8)
+        ax.set_title("Guidance, paired seeds (long protocol)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(FIGURES / "guidance.png")
+        plt.close(fig)
+
+
+def fill(path: Path, sections: dict[str, str]) -> None:
+    if not path.is_file():
+        return
+    text = path.read_text()
+    for name, body in sections.items():
+        text = re.sub(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", lambda m: m.group(1) + body + m.group(2), text, flags=re.S)
+    path.write_text(text)
+
+
+def main() -> None:
+    runs, study = load("trainer_runs.json"), load("gaussian_study.json")
+    guided, guidance_md = guidance(runs)
+    k_data, k_md = gaussians_sweep(runs)
+    loss_data, loss_md = losses(runs)
+    fit_data, fit_md = fitting(runs, study, guided)
+    leak_data, leak_md = leakage(study)
+    base_data, base_md = baseline(runs, study, guided)
+    variant_data, variant_md = variants()
+    figures(k_data, guided)
+    summary = {"guidance": guided, "num_gaussians": k_data, "losses": loss_data, "fitting": fit_data, "leakage": leak_data,
+               "patch_baseline": base_data, "variants": variant_data}
+    shipped_data, shipped_md = shipped(runs)
+    sections = {"guidance": guidance_md, "gaussians": k_md, "losses": loss_md, "fitting": fit_md, "leakage": leak_md,
+                "baseline": base_md, "variants": variant_md, "shipped": shipped_md, "explain": explain_figures(),
+                "compute": compute(runs, study), "headline": headline(guided, k_data, loss_data, fit_data, leak_data, base_data)}
+    summary["shipped_weights"] = shipped_data
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    for target in ("MODEL_CARD.md", "README.md"):
+        fill(ROOT / target, sections)
+    for name, md in sections.items():
+        print(f"\n## {name}\n{md}")
+
+
+if __name__ == "__main__":
+    main()

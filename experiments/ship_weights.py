@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Put the study's best gvit_nano run into the package as ``gvit_nano.imagenette_64``.
+
+    python experiments/ship_weights.py                 # the best finished long-protocol run
+    python experiments/ship_weights.py --run long-g0.1-s1
+
+Writes timm_gvit/weights/gvit_nano.imagenette_64.safetensors (float16: half the size; the model
+computes in float32), then checks it the way a user loads it, ``timm.create_model(
+'gvit_nano.imagenette_64', pretrained=True)`` with timm's own eval transform, on the whole
+validation split and on the few validation images bundled with the tests
+(tests/data/imagenette-val, the first --per-class files of each class). The numbers go to
+experiments/results/shipped_weights.json, from where report.py puts them in MODEL_CARD.md, and
+the explain figures of three bundled photographs to docs/results/explain_*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from timm.data import create_transform, resolve_model_data_config
+from torchvision.datasets import ImageFolder
+from tqdm import tqdm
+
+import timm_gvit  # noqa: F401
+from timm_gvit.explain import main as explain_main
+from timm_gvit.fitting import psnr
+from timm_gvit.gvit import WEIGHTS_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "imagenette"
+BUNDLED = ROOT / "tests" / "data" / "imagenette-val"
+TAG = "gvit_nano.imagenette_64"
+FIGURES = ROOT / "docs" / "results"
+EXPLAINED = ("n03028079", "n03888257", "n02102040")  # church, parachute, English springer
+
+
+@torch.no_grad()
+def evaluate(model, folder: ImageFolder, mean: torch.Tensor, std: torch.Tensor) -> dict:
+    loader = torch.utils.data.DataLoader(folder, batch_size=128)
+    correct = correct5 = quality = 0.0
+    predictions = []
+    for images, labels in tqdm(loader, desc=f"evaluating on {len(folder)} images"):
+        gaussians = model.encode(images)
+        logits = model.classify(gaussians)
+        top5 = logits.topk(5, dim=1).indices
+        predictions += top5[:, 0].tolist()
+        correct += (top5[:, 0] == labels).sum().item()
+        correct5 += (top5 == labels[:, None]).any(1).sum().item()
+        quality += psnr(model.render(gaussians), (images * std + mean).clamp(0, 1)).sum().item()
+    n = len(folder)
+    return {"images": n, "correct": int(correct), "top1": 100 * correct / n, "top5": 100 * correct5 / n, "psnr": quality / n,
+            "predictions": predictions}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", help="run folder name under runs/imagenette (default: the best finished long-g* run)")
+    parser.add_argument("--data", default=str(ROOT / "runs" / "data" / "imagenette-80"), help="the prepared imagefolder")
+    parser.add_argument("--per-class", type=int, default=2, help="validation images per class to bundle with the tests")
+    args = parser.parse_args()
+    runs = json.loads((ROOT / "experiments" / "results" / "trainer_runs.json").read_text())
+    if args.run is None:
+        finished = {n: r for n, r in runs.items() if n.startswith("long-") and r["finished"]}
+        if not finished:
+            raise SystemExit("no finished long-protocol run in experiments/results/trainer_runs.json")
+        args.run = max(finished, key=lambda n: finished[n]["final"]["top1"])
+    export = RUNS / args.run / "export" / "model.safetensors"
+    state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(export).items()}
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    target = WEIGHTS_DIR / f"{TAG}.safetensors"
+    save_file(state, target, metadata={"source_run": args.run, "format": "pt"})
+    print(f"{export} -> {target} ({target.stat().st_size / 1e6:.1f} MB)")
+
+    model = timm.create_model(TAG, pretrained=True).eval()
+    config = resolve_model_data_config(model)
+    transform = create_transform(**config)
+    mean, std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
+    val = ImageFolder(str(Path(args.data) / "val"), transform=transform)
+    full = evaluate(model, val, mean, std)
+
+    if BUNDLED.exists():
+        shutil.rmtree(BUNDLED)
+    for wnid in val.classes:
+        files = sorted((Path(args.data) / "val" / wnid).iterdir())[: args.per_class]
+        (BUNDLED / wnid).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, BUNDLED / wnid / f.name)
+    bundled = evaluate(model, ImageFolder(str(BUNDLED), transform=transform), mean, std)
+    result = {"run": args.run, "file": str(target.relative_to(ROOT)), "megabytes": round(target.stat().st_size / 1e6, 2),
+              "run_final": runs[args.run]["final"], "val": {k: v for k, v in full.items() if k != "predictions"}, "bundled": bundled}
+    (ROOT / "experiments" / "results" / "shipped_weights.json").write_text(json.dumps(result, indent=2))
+    # the explain figures of the README and the card, for one bundled photo of three classes
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    for wnid in EXPLAINED:
+        photo = sorted((BUNDLED / wnid).iterdir())[0]
+        explain_main([str(photo), "--model", TAG, "--out", str(FIGURES / f"explain_{wnid}.png")])
+    print(f"{TAG}: val top-1 {full['top1']:.2f}% (run: {runs[args.run]['final']['top1']:.2f}%), top-5 {full['top5']:.2f}%, "
+          f"PSNR {full['psnr']:.2f} dB; bundled {bundled['correct']}/{bundled['images']}")
+
+
+if __name__ == "__main__":
+    main()

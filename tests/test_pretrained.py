@@ -1,0 +1,72 @@
+"""The weights that ship with the package load like any timm model's, offline, and score what the
+model card says on the validation images bundled with the tests."""
+
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.data import create_transform, resolve_model_data_config
+from torchvision.datasets import ImageFolder
+
+import timm_gvit  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "tests" / "data" / "imagenette-val"
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """gvit_nano.imagenette_64 created with pretrained=True while the Hub is unreachable."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("empty-hf-home")))
+        return timm.create_model("gvit_nano.imagenette_64", pretrained=True).eval()
+
+
+def card_claim() -> tuple[int, int]:
+    """'N of the M bundled validation images' as MODEL_CARD.md states it."""
+    match = re.search(r"classifies (\d+) of the (\d+) validation images bundled", (ROOT / "MODEL_CARD.md").read_text())
+    assert match, "MODEL_CARD.md must state how many bundled validation images the shipped weights classify correctly"
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_shipped_weights_load_offline_with_their_config(shipped):
+    cfg = shipped.pretrained_cfg
+    assert cfg["tag"] == "imagenette_64" and cfg["input_size"] == (3, 64, 64) and len(cfg["label_names"]) == 10
+    assert shipped.num_classes == 10 and shipped.num_gaussians == 64
+    random = timm.create_model("gvit_nano")
+    assert not torch.equal(shipped.classifier.head.weight, random.classifier.head.weight)
+
+
+def test_shipped_weights_score_the_card_accuracy_on_bundled_validation_images(shipped):
+    correct_claimed, total_claimed = card_claim()
+    config = resolve_model_data_config(shipped)
+    images = ImageFolder(str(BUNDLED), transform=create_transform(**config))
+    assert len(images) == total_claimed and len(images.classes) == 10
+    batch = torch.stack([images[i][0] for i in range(len(images))])
+    labels = torch.tensor(images.targets)
+    with torch.no_grad():
+        predictions = shipped(batch).argmax(1)
+    assert (predictions == labels).sum().item() == correct_claimed
+    # far above chance (10%), and the Gaussians still reconstruct the photographs
+    assert correct_claimed / total_claimed >= 0.3
+    mean, std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        rendered = shipped.render(shipped.encode(batch))
+    mse = (rendered - (batch * std + mean).clamp(0, 1)).pow(2).mean()
+    assert -10 * torch.log10(mse) > 14.0
+
+
+def test_explain_command_uses_the_shipped_weights_and_class_names(tmp_path, capsys):
+    from PIL import Image
+
+    from timm_gvit.explain import main
+
+    photo = sorted((BUNDLED / "n03888257").iterdir())[0]  # a parachute
+    out = tmp_path / "explain.png"
+    main([str(photo), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "top classes:" in printed and any(name in printed for name in ("parachute", "golf ball", "church"))
+    assert Image.open(out).width > 5 * 256
