@@ -229,7 +229,8 @@ def fill(path: Path, sections: dict[str, str]) -> None:
         return
     text = path.read_text()
     for name, body in sections.items():
-        text = re.sub(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", lambda m: m.group(1) + body + m.group(2), text, flags=re.S)
+        text = re.sub(rf"(<!-- results:{name} -->)\n(?:.*?\n)?(<!-- /results:{name} -->)",
+                      lambda m: f"{m.group(1)}\n{body}\n{m.group(2)}", text, flags=re.S)
     path.write_text(text)
 
 

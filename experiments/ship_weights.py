@@ -4,7 +4,8 @@
     python experiments/ship_weights.py                 # the best finished long-protocol run
     python experiments/ship_weights.py --run long-g0.1-s1
 
-Writes timm_gvit/weights/gvit_nano.imagenette_64.safetensors (float16: half the size; the model
+Writes the run's export, in the Hub folder format, to timm_gvit/weights/gvit_nano.imagenette_64/
+(config.json, README.md model card, model.safetensors in float16: half the size; the model
 computes in float32), then checks it the way a user loads it, ``timm.create_model(
 'gvit_nano.imagenette_64', pretrained=True)`` with timm's own eval transform, on the whole
 validation split and on the few validation images bundled with the tests
@@ -18,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import timm
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from timm.data import create_transform, resolve_model_data_config
 from torchvision.datasets import ImageFolder
@@ -30,9 +33,11 @@ from tqdm import tqdm
 import timm_gvit  # noqa: F401
 from timm_gvit.explain import main as explain_main
 from timm_gvit.fitting import psnr
-from timm_gvit.gvit import WEIGHTS_DIR
+from timm_gvit.gvit import HUB_ORG, IMAGENETTE_CLASSES, WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # hub/ is a repository-level package, next to train_gvit.py
+from hub import export_model  # noqa: E402
 RUNS = ROOT / "runs" / "imagenette"
 BUNDLED = ROOT / "tests" / "data" / "imagenette-val"
 TAG = "gvit_nano.imagenette_64"
@@ -70,12 +75,23 @@ def main() -> None:
         if not finished:
             raise SystemExit("no finished long-protocol run in experiments/results/trainer_runs.json")
         args.run = max(finished, key=lambda n: finished[n]["final"]["top1"])
-    export = RUNS / args.run / "export" / "model.safetensors"
-    state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(export).items()}
-    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    target = WEIGHTS_DIR / f"{TAG}.safetensors"
-    save_file(state, target, metadata={"source_run": args.run, "format": "pt"})
-    print(f"{export} -> {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    run_dir = RUNS / args.run
+    trained = timm.create_model(f"local-dir:{run_dir / 'export'}", pretrained=True)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for key in ("output_dir", "init_encoder_from"):  # paths as they read from the repository root
+        if config.get(key) and Path(config[key]).is_absolute():
+            config[key] = str(Path(config[key]).relative_to(ROOT))
+    run = {**info, "config": config, "metrics": runs[args.run]["final"],
+           "dataset": "imagenette", "class_names": list(IMAGENETTE_CLASSES)}
+    folder = WEIGHTS_DIR / TAG
+    if folder.exists():
+        shutil.rmtree(folder)
+    export_model(trained, folder, run=run, repo_name=f"{HUB_ORG}/{TAG}")  # the Hub folder format
+    target = folder / "model.safetensors"
+    state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(target).items()}
+    save_file(state, target, metadata={"format": "pt", "source_run": args.run})
+    print(f"{run_dir / 'export'} -> {folder} ({target.stat().st_size / 1e6:.1f} MB of float16 weights)")
 
     model = timm.create_model(TAG, pretrained=True).eval()
     config = resolve_model_data_config(model)

@@ -254,6 +254,6 @@ def test_launcher_runs_a_timm_script_with_the_models_registered(tmp_path):
     script = tmp_path / "list_models.py"
     script.write_text("import sys, timm\nprint(sys.argv[1:], timm.list_models('gvit_*'))\n")
     out = subprocess.run([sys.executable, "-m", "timm_gvit.run", str(script), "--model", "gvit_tiny"], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['--model', 'gvit_tiny'] ['gvit_base', 'gvit_small', 'gvit_tiny']"
+    assert out.strip() == "['--model', 'gvit_tiny'] ['gvit_base', 'gvit_nano', 'gvit_small', 'gvit_tiny']"
     missing = subprocess.run([sys.executable, "-m", "timm_gvit.run", str(tmp_path / "nope.py")], capture_output=True, text=True)
     assert missing.returncode != 0 and "no such script" in missing.stderr

@@ -298,13 +298,15 @@ def _cfg(model_tag: str, **kwargs) -> dict:
 #: Imagenette's classes in label order (sorted WordNet ids n01440764 ... n03888257).
 IMAGENETTE_CLASSES = ("tench", "English springer", "cassette player", "chain saw", "church", "French horn",
                       "garbage truck", "gas pump", "golf ball", "parachute")
-#: Weights that ship inside the package: they load with ``pretrained=True`` and no network.
+#: Weights that ship inside the package, one Hub-format folder per tag (config.json,
+#: model.safetensors, README.md): ``pretrained=True`` loads them with no network, and
+#: ``python -m hub.publish`` can upload a folder as it is.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 default_cfgs = generate_default_cfgs({
     # trained on Imagenette at 64 px (MODEL_CARD.md); research use only, as ImageNet
     "gvit_nano.imagenette_64": _cfg(
-        "gvit_nano.imagenette_64", hf_hub_id=None, file=str(WEIGHTS_DIR / "gvit_nano.imagenette_64.safetensors"),
+        "gvit_nano.imagenette_64", hf_hub_id=None, file=str(WEIGHTS_DIR / "gvit_nano.imagenette_64" / "model.safetensors"),
         num_classes=10, input_size=(3, 64, 64), license="other",  # ImageNet terms: research and education only
         label_names=IMAGENETTE_CLASSES,
     ),
