@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Put the study's best gvit_nano run into the package as ``gvit_nano.imagenette_64``.
+"""Put the study's gvit_nano run for shipping into the package as ``gvit_nano.imagenette_64``.
 
-    python experiments/ship_weights.py                 # the best finished long-protocol run
+    python experiments/ship_weights.py                 # final-k64, else the best finished long-protocol run
     python experiments/ship_weights.py --run long-g0.1-s1
 
 Writes the run's export, in the Hub folder format, to timm_gvit/weights/gvit_nano.imagenette_64/
@@ -70,10 +70,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=2, help="validation images per class to bundle with the tests")
     args = parser.parse_args()
     runs = json.loads((ROOT / "experiments" / "results" / "trainer_runs.json").read_text())
+    if args.run is None and runs.get("final-k64", {}).get("finished"):
+        args.run = "final-k64"
     if args.run is None:
         finished = {n: r for n, r in runs.items() if n.startswith("long-") and r["finished"]}
         if not finished:
-            raise SystemExit("no finished long-protocol run in experiments/results/trainer_runs.json")
+            raise SystemExit("no finished final-k64 or long-protocol run in experiments/results/trainer_runs.json")
         args.run = max(finished, key=lambda n: finished[n]["final"]["top1"])
     run_dir = RUNS / args.run
     trained = timm.create_model(f"local-dir:{run_dir / 'export'}", pretrained=True)

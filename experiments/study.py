@@ -15,8 +15,10 @@ gamma are therefore paired: identical up to the first guidance step.
 Protocols (epochs of the 6,000 training images, batch 64):
 - long  = phase 1: 4 epochs reconstruction (D-SSIM from epoch 2); then 2 epochs classifier
           pre-training and 3 epochs joint, guidance in the last 2 (a guidance step after every
-          5th joint step, about 37 in all).
+          5th joint step, 38 in all).
 - short = the same phase 1, then 2 epochs classifier pre-training on the frozen encoder.
+- final = phase 1, then 6 more epochs of reconstruction, 3 of classifier pre-training and 4
+          joint (guidance in the last 2): the run behind the shipped weights.
 Results go to experiments/results/trainer_runs.json (``--collect`` rebuilds it).
 """
 
@@ -38,6 +40,7 @@ RESULTS = ROOT / "experiments" / "results" / "trainer_runs.json"
 SEEDS = (0, 1, 2)
 PHASE1 = ["--recon-epochs", "4", "--dssim-from", "2", "--classifier-epochs", "0", "--joint-epochs", "0", "--guidance-epochs", "0"]
 LONG = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "2", "--joint-epochs", "3", "--guidance-epochs", "2", "--guidance-every", "5"]
+FINAL = ["--recon-epochs", "6", "--dssim-from", "0", "--classifier-epochs", "3", "--joint-epochs", "4", "--guidance-epochs", "2", "--guidance-every", "5"]
 SHORT = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "2", "--joint-epochs", "0", "--guidance-epochs", "0", "--gamma", "0"]
 
 
@@ -80,7 +83,7 @@ def encoder(name: str, k: int = 64, loss: str = "bce+dssim", init: str = "denois
 def heads(name: str, group: str, after: str, protocol: list[str], gamma: float, seed: int, enc: Run) -> Run:
     flags = [*protocol, "--gamma", str(gamma), "--seed", str(seed), *enc.flags[len(PHASE1):]]
     return Run(name, group, flags, after=after, about={**enc.about, "gamma": gamma, "seed": seed,
-                                                        "protocol": "long" if protocol is LONG else "short"})
+                                                        "protocol": {id(LONG): "long", id(SHORT): "short", id(FINAL): "final"}[id(protocol)]})
 
 
 def all_runs() -> list[Run]:
@@ -92,13 +95,15 @@ def all_runs() -> list[Run]:
     variants = {name: encoder(f"encoder-k64-{name}", **kwargs)
                 for name, kwargs in (("mse", dict(loss="mse+dssim")), ("bce", dict(loss="bce")), ("queries", dict(init="queries")))}
     # 2. number of Gaussians (short protocol; k=64 is short-k64)
-    sizes = {k: encoder(f"encoder-k{k}", k=k) for k in (16, 32, 256)}
+    sizes = {k: encoder(f"encoder-k{k}", k=k) for k in (16, 32, 128, 256)}
     short = lambda name, enc: heads(name, "short", enc.name, SHORT, 0.0, 0, enc)  # noqa: E731
     return [
         base, long[0.1, 0], long[0.0, 0], sizes[256], long[0.1, 1], long[0.0, 1], long[0.1, 2], long[0.0, 2],
         short("short-k256", sizes[256]), short("short-k64", base),
         *[r for name, enc in variants.items() for r in (enc, short(f"short-k64-{name}", enc))],
-        *[r for k in (16, 32) for r in (sizes[k], short(f"short-k{k}", sizes[k]))],
+        *[r for k in (16, 32, 128) for r in (sizes[k], short(f"short-k{k}", sizes[k]))],
+        # the shipped weights: the long protocol, trained longer (6 more reconstruction epochs)
+        heads("final-k64", "final", base.name, FINAL, 0.1, 0, base),
     ]
 
 
@@ -128,7 +133,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short.")
+                                     epilog="Groups: encoders, guidance, short, final.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time; each gets cores // jobs threads")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
