@@ -7,7 +7,8 @@
 
 Each run is ``train_gvit.py --config experiments/configs/imagenette_nano.yaml`` plus the flags
 below, in ``runs/imagenette/<name>``. A finished run (its metrics.json has "final") is skipped; an
-interrupted one continues with ``--resume latest``. To save compute, phase 1 (reconstruction
+interrupted one continues with ``--resume latest``; a run that another process is training
+(another ``study.py``, or a command pasted by hand) is left to it. To save compute, phase 1 (reconstruction
 warm-up) runs once per encoder setting ("encoder-*" runs) and the classifier/joint phases of
 every seed start from it with ``--init-encoder-from``; runs with the same seed and different
 gamma are therefore paired: identical up to the first guidance step.
@@ -107,6 +108,21 @@ def all_runs() -> list[Run]:
     ]
 
 
+def running_elsewhere() -> set[str]:
+    """Names of runs that some other process is training now (Linux: read from /proc)."""
+    names = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--output-dir" in args and any(a.endswith(b"train_gvit.py") for a in args):
+            directory = Path(args[args.index(b"--output-dir") + 1].decode())
+            if directory.parent == RUNS:
+                names.add(directory.name)
+    return names
+
+
 def _seconds(run: Run) -> float | None:
     path = RUNS / f"{run.name}.seconds"
     return float(path.read_text()) if path.is_file() else None
@@ -134,8 +150,9 @@ def collect(runs: list[Run]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Groups: encoders, guidance, short, final.")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time; each gets cores // jobs threads")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
+    parser.add_argument("--skip", nargs="*", default=[], help="leave out these runs")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     parser.add_argument("--collect", action="store_true", help="only rebuild experiments/results/trainer_runs.json")
     args = parser.parse_args()
@@ -148,6 +165,8 @@ def main() -> None:
         needed = {r.after for r in wanted if r.after}
         runs = [r for r in runs if r in wanted or r.name in needed]
     todo = [r for r in runs if not r.finished()]
+    if args.skip:
+        todo = [r for r in todo if r.name not in args.skip]
     if args.dry_run:
         for r in todo:
             print(" ".join(r.command()))
@@ -167,18 +186,21 @@ def main() -> None:
                 print(f"{'done' if ok else 'FAILED'}: {name} ({(time.time() - started) / 60:.1f} min, log runs/imagenette/{name}.log)", flush=True)
                 if not ok:
                     failed.add(name)
-        ready = [r for r in todo if r.after is None or (RUNS / r.after / "export").is_dir()]
+        for r in [r for r in todo if r.finished()]:  # finished by another process meanwhile
+            todo.remove(r)
+        elsewhere = running_elsewhere() - set(running)
+        ready = [r for r in todo if r.name not in elsewhere and (r.after is None or (RUNS / r.after / "export").is_dir())]
         blocked = [r for r in todo if r.after in failed]
         for r in blocked:
             print(f"skipped: {r.name} (its encoder run {r.after} failed)", flush=True)
             todo.remove(r)
-        while ready and len(running) < args.jobs:
+        while ready and len(running) + len(elsewhere) < args.jobs:  # runs trained elsewhere share the cores
             r = ready.pop(0)
             todo.remove(r)
             print(f"start: {r.name}", flush=True)
             log = open(RUNS / f"{r.name}.log", "a")
             running[r.name] = (subprocess.Popen(r.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), time.time())
-        if not ready and not running and todo:
+        if not ready and not running and todo and not elsewhere:
             raise SystemExit(f"cannot start {[r.name for r in todo]}: their encoder runs are missing")
         time.sleep(5)
         collect(all_runs())
