@@ -95,25 +95,15 @@ def flip_gaussians(g: Tensor) -> Tensor:
     return g
 
 
-def train_classifier(model: nn.Module, inputs: Tensor, labels: Tensor, epochs: int, flip, desc: str,
-                     seed: int = 0, batch: int = 64, lr: float = 3e-4) -> nn.Module:
-    """AdamW + half-epoch warm-up + cosine, random flips, on an in-memory tensor dataset."""
-    gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = len(inputs) // batch
-    total, warmup = epochs * steps_per_epoch, steps_per_epoch // 2
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup if s < warmup else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+def optimise(model: nn.Module, batches, total: int, warmup: int, param_groups: list[dict], desc: str) -> None:
+    """Cross-entropy with AdamW (lr 3e-4, betas 0.9/0.95), linear warm-up then cosine to 1%, over
+    ``total`` steps of ``batches`` (an iterable of ``(inputs, labels)``)."""
+    opt = torch.optim.AdamW(param_groups, lr=3e-4, betas=(0.9, 0.95))
+    cosine = lambda s: (s + 1) / warmup if s < warmup else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     model.train()
-    bar = tqdm(total=total, desc=desc, mininterval=10)
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=gen)
-        for i in range(steps_per_epoch):
-            idx = order[i * batch:(i + 1) * batch]
-            x, y = inputs[idx], labels[idx]
-            flips = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flips.view(-1, *[1] * (x.dim() - 1)), flip(x), x)
+    with tqdm(total=total, desc=desc, mininterval=10) as bar:
+        for x, y in batches:
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -121,8 +111,30 @@ def train_classifier(model: nn.Module, inputs: Tensor, labels: Tensor, epochs: i
             sched.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    bar.close()
-    return model.eval()
+    model.eval()
+
+
+def train_classifier(model: nn.Module, inputs: Tensor, labels: Tensor, epochs: int, flip, desc: str,
+                     seed: int = 0, batch: int = 64) -> nn.Module:
+    """Half-epoch warm-up, random flips, no weight decay on norms, biases and position
+    embeddings; on an in-memory tensor dataset."""
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = len(inputs) // batch
+
+    def batches():
+        for _ in range(epochs):
+            order = torch.randperm(len(inputs), generator=gen)
+            for i in range(steps_per_epoch):
+                idx = order[i * batch:(i + 1) * batch]
+                x = inputs[idx]
+                flips = torch.rand(len(idx), generator=gen) < 0.5
+                yield torch.where(flips.view(-1, *[1] * (x.dim() - 1)), flip(x), x), labels[idx]
+
+    decayed = lambda n, p: p.ndim > 1 and "pos_embed" not in n  # noqa: E731
+    groups = [{"params": [p for n, p in model.named_parameters() if decayed(n, p)], "weight_decay": 0.05},
+              {"params": [p for n, p in model.named_parameters() if not decayed(n, p)], "weight_decay": 0.0}]
+    optimise(model, batches(), epochs * steps_per_epoch, steps_per_epoch // 2, groups, desc)
+    return model
 
 
 @torch.no_grad()
@@ -145,20 +157,8 @@ def train_vit_augmented(data: Path, patch: int, epochs: int, seed: int, val: dic
     folder = ImageFolder(str(data / "train"), transform=transform)
     loader = torch.utils.data.DataLoader(folder, batch_size=64, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(seed))
-    total, warmup = epochs * len(loader), len(loader) // 2
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup if s < warmup else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
-    bar = tqdm(total=total, desc=f"ViT patch {patch}, random-resized crops", mininterval=10)
-    model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-    bar.close()
+    optimise(model, (b for _ in range(epochs) for b in loader), epochs * len(loader), len(loader) // 2,
+             [{"params": list(model.parameters()), "weight_decay": 0.05}], f"ViT patch {patch}, random-resized crops")
     return accuracy(model, normalise(val["images"]), val["labels"])
 
 
