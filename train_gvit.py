@@ -36,7 +36,7 @@ from hub import PushError, export_model, push_folder
 from timm_gvit.fitting import psnr
 from timm_gvit.training.checkpoints import load_checkpoint, load_encoder_weights, resolve_resume, save_checkpoint
 from timm_gvit.training.config import TrainConfig, parse_config, save_config
-from timm_gvit.training.data import ImageClassificationDataset, load_splits
+from timm_gvit.training.data import ImageClassificationDataset, load_splits, training_transform
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.objective import GViTObjective
 from timm_gvit.training.schedule import PHASES, Schedule
@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         count = load_encoder_weights(model, config.init_encoder_from)
         accelerator.print(f"encoder initialised from {config.init_encoder_from} ({count} tensors)")
     data_config = resolve_model_data_config(model)
-    train_transform = create_transform(
-        **{k: v for k, v in data_config.items() if k not in ("crop_pct", "crop_mode")},
-        is_training=True, scale=(0.5, 1.0), hflip=config.hflip, color_jitter=None, auto_augment=None, re_prob=0.0,
-    )
+    train_transform = training_transform(data_config, config.hflip)
     val_transform = create_transform(**{**data_config, "crop_pct": config.eval_crop_pct or data_config["crop_pct"]})
     dataset = lambda data, transform: ImageClassificationDataset(  # noqa: E731
         data, info.name, config.image_column, config.label_column, info.num_classes, transform

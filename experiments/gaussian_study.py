@@ -39,6 +39,7 @@ import timm_gvit  # noqa: F401
 from timm_gvit import render_gaussians
 from timm_gvit.classifier import GaussianClassifier
 from timm_gvit.fitting import fit_gaussians, psnr
+from timm_gvit.training.data import training_transform
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "imagenette"
@@ -152,9 +153,7 @@ def train_vit_augmented(data: Path, patch: int, epochs: int, seed: int, val: dic
     """timm's ViT with the trainer's training transform (random-resized crop 0.5-1, flips)."""
     model = vit(patch)
     config = resolve_model_data_config(timm.create_model("gvit_nano"))
-    transform = create_transform(**{k: v for k, v in config.items() if k not in ("crop_pct", "crop_mode")},
-                                 is_training=True, scale=(0.5, 1.0), hflip=0.5, color_jitter=None, auto_augment=None, re_prob=0.0)
-    folder = ImageFolder(str(data / "train"), transform=transform)
+    folder = ImageFolder(str(data / "train"), transform=training_transform(config, hflip=0.5))
     loader = torch.utils.data.DataLoader(folder, batch_size=64, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(seed))
     optimise(model, (b for _ in range(epochs) for b in loader), epochs * len(loader), len(loader) // 2,

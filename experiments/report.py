@@ -174,20 +174,21 @@ def compute(runs: dict, study: dict) -> str:
 
 
 def variants() -> tuple[dict, str]:
+    import sys
+
     import timm
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     import timm_gvit  # noqa: F401
+
+    sys.path.insert(0, str(ROOT))  # hub/ is a repository-level package, next to train_gvit.py
+    from hub.export import forward_gflops
 
     rows, data = [], {}
     for name in ("gvit_nano", "gvit_tiny", "gvit_small", "gvit_base"):
         model = timm.create_model(name, num_classes=1000 if name != "gvit_nano" else 10, render_backend="reference").eval()
         size = model.pretrained_cfg["input_size"]
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.randn(1, *size))
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        gflops = counter.get_total_flops() / 1e9
+        gflops = forward_gflops(model)
         data[name] = {"params_m": params, "gflops": gflops, "input": size[1:], "k": model.num_gaussians}
         rows.append([f"`{name}`", f"{params:.1f}", f"{gflops:.2f}", f"{size[1]} px", str(model.patch_size), str(model.num_gaussians),
                      f"{model.encoder.pos_embed.shape[-1]}x{len(model.encoder.blocks)}", f"{model.classifier.embed_dim}x{len(model.classifier.blocks)}"])

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 VAL_SPLIT_NAMES = ("validation", "val", "test")
+#: Random-resized-crop scale range of the paper's training augmentation.
+CROP_SCALE = (0.5, 1.0)
 DIGITS = "sklearn-digits"
 
 
@@ -125,3 +127,13 @@ def load_splits(config) -> tuple[object, object, DataInfo]:
     else:
         class_names = [str(i) for i in range(int(max(train[config.label_column])) + 1)]
     return train, val, DataInfo(name, len(class_names), class_names, len(train), len(val))
+
+
+def training_transform(data_config: dict, hflip: float):
+    """The paper's training augmentation for a model's timm data config: random-resized crops
+    (scale 0.5-1) and horizontal flips with probability ``hflip``; no colour jitter, no
+    auto-augment, no random erasing."""
+    from timm.data import create_transform
+
+    return create_transform(**{k: v for k, v in data_config.items() if k not in ("crop_pct", "crop_mode")},
+                            is_training=True, scale=CROP_SCALE, hflip=hflip, color_jitter=None, auto_augment=None, re_prob=0.0)
