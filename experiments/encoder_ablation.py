@@ -11,7 +11,8 @@ from half-way, AdamW with the trainer's parameter groups, warm-up then cosine), 
 PSNR of its eval-mode Gaussians on the full 3,925-image validation split (centre crops, the
 trainer's eval transform) and its training throughput. Rows differ from the ``paper`` row, the
 study's recipe, in the settings they name. The data is decoded once into memory, so the rows time
-the model, not JPEG decoding. Results go to experiments/results/encoder_ablation.json.
+the model, not JPEG decoding. Results go to experiments/results/encoder_ablation.json, each row's
+encoder weights to runs/encoder_ablation/.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import timm
 import torch
 import torchvision.transforms.v2.functional as TF
+from safetensors.torch import save_file
 from timm.optim import create_optimizer_v2
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
@@ -36,6 +38,8 @@ from timm_gvit.training.losses import reconstruction_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "encoder_ablation.json"
+#: each row's trained encoder (a state dict of GViT.encoder), for the classifier rows
+ENCODERS = ROOT / "runs" / "encoder_ablation"
 PAPER = dict(lr=3e-4, clip=None, warmup=0.5, betas=(0.9, 0.95), loss="bce", model={})
 
 #: name -> (what it changes, settings over PAPER)
@@ -81,7 +85,7 @@ def train_crops(images: torch.Tensor, size: int, generator: torch.Generator) -> 
     return torch.stack(out).float().div(255).clamp(0, 1)
 
 
-def run_row(name: str, settings: dict, train: torch.Tensor, val: torch.Tensor, epochs: float, seed: int, batch: int = 64) -> dict:
+def run_row(name: str, settings: dict, train: torch.Tensor, val: torch.Tensor, epochs: float, seed: int, save_dir: Path, batch: int = 64) -> dict:
     s = {**PAPER, **settings}
     torch.manual_seed(seed)
     model = timm.create_model("gvit_nano", num_classes=10, **s["model"])
@@ -117,6 +121,8 @@ def run_row(name: str, settings: dict, train: torch.Tensor, val: torch.Tensor, e
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / train_time:.0f}", refresh=False)
     model.eval()
+    save_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, save_dir / f"{name}.safetensors")
     with torch.no_grad():
         scores = torch.cat([psnr(model.render(model.encode((x - mean) / std)), x) for x in val.split(256)])
     finite = [g for g in grad_norms if math.isfinite(g)]
@@ -152,7 +158,7 @@ def main() -> None:
     train, _ = load_split(data / "train")
     val = eval_crops(load_split(data / "val")[0], 64)
     for name in todo:
-        row = run_row(name, ROWS[name][1], train, val, args.epochs, args.seed)
+        row = run_row(name, ROWS[name][1], train, val, args.epochs, args.seed, ENCODERS)
         print(f"{name}: val PSNR {row['val_psnr']:.2f} dB, {row['train_img_s']:.0f} img/s, grad norm median {row['grad_norm_median']}")
         results = json.loads(results_path.read_text()) if results_path.is_file() else {}
         results[name] = row
