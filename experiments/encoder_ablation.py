@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "encoder_ablation.json"
 #: each row's trained encoder (a state dict of GViT.encoder), for the classifier rows
 ENCODERS = ROOT / "runs" / "encoder_ablation"
-PAPER = dict(lr=3e-4, clip=None, warmup=0.5, betas=(0.9, 0.95), loss="bce", model={})
+PAPER = dict(lr=3e-4, clip=None, warmup=0.5, betas=(0.9, 0.95), loss="bce", model=dict(patch_size=16))
 
 #: name -> (what it changes, settings over PAPER)
 ROWS = {
@@ -50,6 +50,8 @@ ROWS = {
     "patch8": ("patch 8 (64 patch tokens)", dict(model=dict(patch_size=8))),
     "patch8-lr1e-3-clip": ("patch 8, lr 1e-3, clip 1", dict(lr=1e-3, clip=1.0, model=dict(patch_size=8))),
     "patch8-mse": ("patch 8, MSE instead of BCE", dict(loss="mse", model=dict(patch_size=8))),
+    "patch8-lr3e-3-clip": ("patch 8, lr 3e-3, clip 1", dict(lr=3e-3, clip=1.0, model=dict(patch_size=8))),
+    "patch8-lr1e-3-clip-mse": ("patch 8, lr 1e-3, clip 1, MSE instead of BCE", dict(lr=1e-3, clip=1.0, loss="mse", model=dict(patch_size=8))),
     "patch8-c0.5": ("patch 8, scale bound c = 0.5", dict(model=dict(patch_size=8, scale_bound=0.5))),
 }
 
