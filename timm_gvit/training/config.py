@@ -77,7 +77,7 @@ class TrainConfig:
     output_dir: str = _opt("runs/gvit", "run folder: config, checkpoints, metrics, figures, export")
     checkpoint_every: int = _opt(500, "save a checkpoint every N optimiser steps (and at the end of every epoch)")
     keep_checkpoints: int = _opt(2, "how many checkpoints to keep (0: all)")
-    resume: str | None = _opt(None, "'latest' or a checkpoint folder to continue from", type=str)
+    resume: str | None = _opt(None, "'latest' (the newest complete checkpoint) or a checkpoint folder to continue from; the run's saved config.yaml gives every option that the command line does not change safely", type=str)
     eval_every: int = _opt(1, "validate after every N-th epoch (and always after the last)")
     log_every: int = _opt(20, "log losses to the trackers every N steps")
     image_every: int = _opt(500, "write a PNG of originals, reconstructions and ellipses every N steps")
