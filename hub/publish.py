@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.source
     else:
         run_dir, checkpoint = _run_dir_and_checkpoint(args.source)
-        folder = build_export_from_checkpoint(checkpoint, args.out or run_dir / f"export-{checkpoint.name}", args.hub_model_id)
+        folder = build_export_from_checkpoint(checkpoint, args.out or run_dir / f"export-{checkpoint.name.removeprefix('.tmp-')}", args.hub_model_id)
     import timm_gvit  # noqa: F401
 
     model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()

@@ -142,7 +142,7 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path:
         root = checkpoint_root(run_dir)
         found = list_checkpoints(run_dir)
         for skipped in sorted(root.glob("step-*")) if root.is_dir() else []:
-            if found and skipped.name > found[-1].name:
+            if found and skipped.name > found[-1].name.removeprefix(".tmp-"):
                 print(f"--resume latest: skipping incomplete checkpoint {skipped} ({checkpoint_problem(skipped)})", file=sys.stderr)
         if not found:
             raise FileNotFoundError(f"--resume latest: no complete checkpoint under {root}; start the run again without --resume")
@@ -151,6 +151,10 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path:
     problem = checkpoint_problem(path)
     if problem is not None:
         raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder ({problem})")
+    newer = [p.name for p in list_checkpoints(run_dir) if p.name.removeprefix(".tmp-") > path.name]
+    if newer:  # they would be taken for this continuation's checkpoints, and --resume latest would return to them
+        raise FileExistsError(f"--resume {resume}: the run has newer checkpoints {newer}; move them out of "
+                              f"{checkpoint_root(run_dir)} to continue from this one")
     return path
 
 
