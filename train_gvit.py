@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 finite = accelerator.gather(torch.isfinite(loss.detach())[None]).all()
                 if finite:
                     accelerator.backward(loss)
+                    if config.clip_grad is not None and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(objective.parameters(), config.clip_grad)
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             if not finite:

@@ -69,6 +69,7 @@ class TrainConfig:
     warmup_epochs: float = _opt(10.0, "linear learning-rate warm-up, in --phase-unit")
     weight_decay: float = _opt(0.05, "AdamW weight decay (none on norms, biases, position embeddings)")
     betas: tuple = _opt((0.9, 0.95), "AdamW betas", nargs=2, type=float)
+    clip_grad: float | None = _opt(None, "clip the global gradient norm of each step to this value (the paper: no clipping)", type=float)
     mixed_precision: str = _opt("auto", "auto (bf16 on GPUs that have it, else none), no, bf16 or fp16", choices=("auto", "no", "bf16", "fp16"))
     ema_decay: float | None = _opt(None, "keep an EMA of the weights (timm ModelEmaV3) with this decay; evaluation and export then use it", type=float)
     max_nonfinite: int = _opt(20, "stop when this many consecutive steps have non-finite losses (each one is skipped)")
