@@ -249,6 +249,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     check("label_smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)")
     check("eval_crop_pct", config.eval_crop_pct is None or 0 < config.eval_crop_pct <= 1, "in (0, 1]")
     check("ema_decay", config.ema_decay is None or 0 < config.ema_decay < 1, "in (0, 1)")
+    check("clip_grad", config.clip_grad is None or config.clip_grad > 0, "> 0 (or left out)")
     check("betas", all(0 <= b < 1 for b in config.betas), "two numbers in [0, 1)")
     check("guidance_epochs", config.guidance_epochs <= config.joint_epochs, f"<= --joint-epochs ({config.joint_epochs})")
     check("joint_epochs", config.recon_epochs + config.classifier_epochs + config.joint_epochs > 0,
