@@ -43,9 +43,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit), I (32-bit int, what 16-bit PNGs may open as)
         values = np.asarray(image).astype(np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max)
-        image = Image.fromarray(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8))
     elif image.mode == "F":  # 32-bit float greyscale, taken to be in [0, 1]
-        image = Image.fromarray(np.round(np.asarray(image).clip(0, 1) * 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.round(np.asarray(image).clip(0, 1) * 255).astype(np.uint8))
     return image.convert("RGB")
 
 
