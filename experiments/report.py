@@ -120,6 +120,39 @@ def baseline(runs: dict, study: dict, guided: dict) -> tuple[dict, str]:
     return {"vit8": vit, "gvit": guided["with"][0]}, md + "\n\nPaper: ViT-S/16 77.5 vs GViT-S 72.4; ViT-B/16 78.7 vs GViT-B 76.9 (ImageNet-1k)."
 
 
+def encoder_ablation() -> tuple[dict, str]:
+    """The encoder ablation (experiments/encoder_ablation.py): val PSNR after the same budget."""
+    data = load("encoder_ablation.json")
+    if not data:
+        return {}, "Pending: run `python experiments/encoder_ablation.py`."
+    paper = data.get("paper", {}).get("val_psnr")
+    rows = []
+    for name, row in data.items():
+        delta = "" if paper is None or name == "paper" else f"{row['val_psnr'] - paper:+.2f}"
+        rows.append([f"`{name}`", row["about"], f"{row['val_psnr']:.2f}", delta,
+                     f"{row['train_img_s']:.0f}", f"{row['grad_norm_median']:.2f} / {row['grad_norm_max']:.2f}",
+                     str(row["nonfinite_steps"])])
+    epochs = next(iter(data.values()))["epochs"]
+    md = table(["row", "change from the paper's recipe", "val PSNR, dB", "vs paper row", "train img/s",
+                "grad norm median / max", "non-finite steps"], rows)
+    return data, md + (
+        f"\n\nEach row: gvit_nano's encoder, k = 64, {epochs:g} epochs of the 6,000 training images at 64 px (batch 64,"
+        " BCE, D-SSIM from half-way), PSNR of the eval-mode Gaussians on all 3,925 validation images. img/s is the"
+        " training step alone, measured while other jobs shared the 2 cores, so compare it within a table only.")
+
+
+def classifier_ablation() -> tuple[dict, str]:
+    """The classifier rows (experiments/classifier_ablation.py) on each encoder's fixed Gaussians."""
+    data = load("classifier_ablation.json")
+    if not data:
+        return {}, "Pending: run `python experiments/classifier_ablation.py`."
+    rows = [[f"`{name}`", fmt(entry.get("val_psnr"), 2), *(fmt(entry.get(r, {}).get("val_top1")) for r in ("linear", "centre_features", "vit8_renderings"))]
+            for name, entry in data.items()]
+    md = table(["encoder (ablation row)", "val PSNR, dB", "classifier, linear embedding (paper)", "classifier + centre features",
+                "ViT/8 on the renderings"], rows)
+    return data, md
+
+
 def headline(guided: dict, k_data: dict, loss_data: dict, fit_data: dict, leak_data: dict, base_data: dict) -> str:
     def pair(a, b, digits=1):
         return f"{fmt(a, digits)} vs {fmt(b, digits)}"
@@ -255,12 +288,15 @@ def main() -> None:
     leak_data, leak_md = leakage(study)
     base_data, base_md = baseline(runs, study, guided)
     variant_data, variant_md = variants()
+    ablation_data, ablation_md = encoder_ablation()
+    cls_ablation_data, cls_ablation_md = classifier_ablation()
     figures(k_data, guided)
     summary = {"guidance": guided, "num_gaussians": k_data, "losses": loss_data, "fitting": fit_data, "leakage": leak_data,
-               "patch_baseline": base_data, "variants": variant_data}
+               "patch_baseline": base_data, "variants": variant_data, "encoder_ablation": ablation_data,
+               "classifier_ablation": cls_ablation_data}
     shipped_data, shipped_md = shipped(runs)
     sections = {"guidance": guidance_md, "gaussians": k_md, "losses": loss_md, "fitting": fit_md, "leakage": leak_md,
-                "baseline": base_md, "variants": variant_md, "shipped": shipped_md, "explain": explain_figures(),
+                "baseline": base_md, "variants": variant_md, "encoder_ablation": ablation_md, "classifier_ablation": cls_ablation_md, "shipped": shipped_md, "explain": explain_figures(),
                 "compute": compute(runs, study), "headline": headline(guided, k_data, loss_data, fit_data, leak_data, base_data)}
     summary["shipped_weights"] = shipped_data
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
