@@ -181,6 +181,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if there is one, else cpu)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_step.json", help="JSON output")
     args = parser.parse_args(argv)
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
     for name in ("batch", "steps", "img_size", "num_gaussians", "num_classes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(targets))
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
                     "torch": torch.__version__, "renderer": model.render_backend,
                     "gsplat": (gsplat_error() or "available") if device.type == "cuda" else "not used"},
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
