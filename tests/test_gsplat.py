@@ -1,8 +1,9 @@
 """The gsplat backend.
 
 On the CPU: the inputs we hand gsplat's rasteriser (centres, conics, radii, depth order) against
-our projection and analytic values, and rendered through gsplat's own plain-PyTorch tile
-binning plus a plain-PyTorch copy of its compositing rules, against the CPU kernel; how a failed
+our projection and analytic values; those inputs through gsplat's own plain-PyTorch tile binning
+and a plain-PyTorch copy of its kernel's rules, against the CPU kernel; the backend's own calls
+through gsplat's real Python wrappers with that copy in place of the CUDA function; how a failed
 gsplat load is reported. On a CUDA GPU with gsplat's kernels: the real rasteriser against the
 reference and the CPU kernel.
 """
@@ -93,23 +94,22 @@ def test_thin_rotated_gaussians_keep_exact_conics_in_float32():
     assert ((single - exact).abs() / exact.abs().amax(-1, keepdim=True)).max() < 1e-5
 
 
-def _rasterize_like_gsplat(inputs, height, width, background):
-    """gsplat 1.5.3's ``rasterize_to_pixels`` in plain PyTorch, fed by gsplat's own plain-PyTorch
-    ``_isect_tiles`` / ``_isect_offset_encode``: per 16 x 16 tile, the Gaussians listed for it,
-    front to back in depth order; skip alpha < 1/255; stop before the Gaussian that would take
-    the transmittance to 1e-4 or below (RasterizeToPixels3DGSFwd.cu). Differentiable."""
-    gsplat_torch = pytest.importorskip("gsplat.cuda._torch_impl", reason="gsplat is not installed")
-    B, K = inputs.opacities.shape
-    tx, ty = math.ceil(width / 16), math.ceil(height / 16)
-    _, isect_ids, flatten_ids = gsplat_torch._isect_tiles(inputs.means2d, inputs.radii, inputs.depths, 16, tx, ty)
-    starts = gsplat_torch._isect_offset_encode(isect_ids, B, tx, ty).flatten().tolist()
+def _composite_like_gsplat(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets, flatten_ids,
+                           backgrounds):
+    """gsplat 1.5.3's rasteriser kernel (RasterizeToPixels3DGSFwd.cu) in plain PyTorch, same
+    arguments: per tile, the Gaussians listed for it, front to back; skip alpha < 1/255; stop
+    before the Gaussian that would take the transmittance to 1e-4 or below -> ``[B, H, W, 3]``.
+    Differentiable (autograd stands in for its backward kernel)."""
+    B, K = opacities.shape
+    ty, tx = isect_offsets.shape[-2:]
+    starts = isect_offsets.flatten().tolist()
     ends = starts[1:] + [len(flatten_ids)]
-    means, conics = inputs.means2d.reshape(B * K, 2), inputs.conics.reshape(B * K, 3)
-    colors, opacities = inputs.colors.reshape(B * K, 3), inputs.opacities.reshape(B * K)
-    image = inputs.means2d.new_zeros(B, 3, height, width)
+    means, conics = means2d.reshape(B * K, 2), conics.reshape(B * K, 3)
+    colors, opacities = colors.reshape(B * K, 3), opacities.reshape(B * K)
+    image = means2d.new_zeros(B, height, width, 3)
     for tile, (start, end) in enumerate(zip(starts, ends)):
-        b, y0, x0 = tile // (tx * ty), tile // tx % ty * 16, tile % tx * 16
-        y1, x1 = min(height, y0 + 16), min(width, x0 + 16)
+        b, y0, x0 = tile // (tx * ty), tile // tx % ty * tile_size, tile % tx * tile_size
+        y1, x1 = min(height, y0 + tile_size), min(width, x0 + tile_size)
         ids = flatten_ids[start:end].long()
         assert (ids // K == b).all()  # a tile of image b lists only image b's Gaussians
         y = torch.arange(y0, y1, dtype=means.dtype) + 0.5
@@ -125,8 +125,69 @@ def _rasterize_like_gsplat(inputs, height, width, background):
         keep = torch.cumprod((after > 1e-4).to(alpha.dtype), dim=0)  # 0 from the crossing Gaussian on
         weights = alpha * before * keep
         final_t = torch.prod(1 - alpha * keep, dim=0)
-        image[b, :, y0:y1, x0:x1] = torch.einsum("nhw,nc->chw", weights, colors[ids]) + final_t * background[b, :, None, None]
+        image[b, y0:y1, x0:x1] = torch.einsum("nhw,nc->hwc", weights, colors[ids]) + final_t[..., None] * backgrounds[b]
     return image
+
+
+def _gsplat_torch():
+    return pytest.importorskip("gsplat.cuda._torch_impl", reason="gsplat is not installed")
+
+
+def _rasterize_like_gsplat(inputs, height, width, background):
+    """Our rasteriser inputs through gsplat's own plain-PyTorch tile binning (``_isect_tiles``,
+    ``_isect_offset_encode``) and :func:`_composite_like_gsplat` -> ``[B, 3, H, W]``."""
+    gsplat_torch = _gsplat_torch()
+    tx, ty = math.ceil(width / 16), math.ceil(height / 16)
+    _, isect_ids, flatten_ids = gsplat_torch._isect_tiles(inputs.means2d, inputs.radii, inputs.depths, 16, tx, ty)
+    offsets = gsplat_torch._isect_offset_encode(isect_ids, inputs.opacities.shape[0], tx, ty)
+    return _composite_like_gsplat(inputs.means2d, inputs.conics, inputs.colors, inputs.opacities, width, height, 16,
+                                  offsets, flatten_ids, background).permute(0, 3, 1, 2)
+
+
+class _PlainRasterizeToPixels:
+    """In place of gsplat's CUDA autograd function (same arguments): the kernel's rules in plain
+    PyTorch, so that gsplat's own Python wrapper runs on the CPU."""
+
+    @staticmethod
+    def apply(means2d, conics, colors, opacities, backgrounds, masks, width, height, tile_size, isect_offsets,
+              flatten_ids, absgrad):
+        assert masks is None and not absgrad and means2d.dtype == conics.dtype == colors.dtype == torch.float32
+        image = _composite_like_gsplat(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets,
+                                       flatten_ids, backgrounds)
+        return image, image.new_zeros(*image.shape[:-1], 1)
+
+
+@pytest.fixture
+def gsplat_on_cpu(monkeypatch):
+    """gsplat's public isect_tiles / isect_offset_encode replaced by its plain-PyTorch versions, and
+    its rasteriser's CUDA function by :class:`_PlainRasterizeToPixels`; gsplat's
+    ``rasterize_to_pixels`` wrapper itself (its checks, its calling convention) is the real one."""
+    gsplat_torch = _gsplat_torch()
+    import gsplat
+    import gsplat.cuda._wrapper
+
+    monkeypatch.setattr(gsplat, "isect_tiles", lambda *args: gsplat_torch._isect_tiles(*args))
+    monkeypatch.setattr(gsplat, "isect_offset_encode", gsplat_torch._isect_offset_encode)
+    monkeypatch.setattr(gsplat.cuda._wrapper, "_RasterizeToPixels", _PlainRasterizeToPixels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_render_gsplat_calls_gsplat_right(gsplat_on_cpu, dtype):
+    """The backend's own code (argument order, tile grid, layout [B, H, W, 3] -> contiguous
+    [B, 3, H, W], float32 compute, the input's dtype back) on the CPU, against the CPU kernel:
+    forward to 2e-6, gradients to 1e-4 of their scale."""
+    H, W = 29, 45
+    g, bg = _moderate_gaussians(3, 12, seed=21, dtype=dtype), torch.rand(3, 3, dtype=dtype)
+    weights = torch.randn(3, 3, H, W, dtype=dtype)
+    out = gsplat_backend.render_gsplat(g, H, W, bg)
+    assert out.shape == (3, 3, H, W) and out.dtype == dtype and out.is_contiguous()
+    want = render_cpu(g.float(), H, W, bg.float())
+    torch.testing.assert_close(out.float(), want, rtol=0, atol=2e-6)
+    got = _grads(lambda a, b: gsplat_backend.render_gsplat(a, H, W, b), g, bg, weights)
+    ref = _grads(lambda a, b: render_cpu(a.float(), H, W, b.float()), g, bg, weights)
+    for x, y in zip(got, ref):
+        assert x.dtype == dtype
+        assert ((x - y).abs() / y.abs().amax(dim=tuple(range(y.dim() - 1)), keepdim=True)).max() < 1e-4
 
 
 def _reference_alpha(g, H, W):
