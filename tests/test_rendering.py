@@ -72,8 +72,10 @@ def test_fast_equals_reference_without_cutoffs(name, size):
 def _cutoff_bound(g, H, W, bg):
     """Largest error the cut-offs may cause, per pixel ``[B, 1, H, W]``, from the reference's own
     intermediates: each skipped Gaussian (alpha < 1/255) changes the pixel by at most alpha * T,
-    where T may grow by 255/254 for every skipped Gaussian in front of it; stopping at T < 1e-4
-    changes it by at most 1e-4 (colours and background lie in [0, 1])."""
+    where T may grow by 255/254 for every skipped Gaussian in front of it. Stopping before a
+    Gaussian leaves out at most the transmittance in front of it (colours and background lie in
+    [0, 1]); a fast backend stops only where its transmittance after that Gaussian, which is at
+    least the reference's, is at most 1e-4."""
     x, y = pixel_centers(H, W, g)
     gg = g[:, :, :, None, None]
     dx, dy = x - gg[:, :, 0], y[:, None] - gg[:, :, 1]
@@ -83,7 +85,9 @@ def _cutoff_bound(g, H, W, bg):
     in_front = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
     skipped = alpha < ALPHA_MIN
     growth = (255 / 254) ** torch.cumsum(skipped.to(g.dtype), 1)
-    return (alpha * in_front * growth * skipped).sum(1, keepdim=True) + T_MIN
+    could_stop = in_front * (1 - alpha) <= T_MIN
+    stop = (in_front * growth * could_stop).amax(1, keepdim=True)
+    return (alpha * in_front * growth * skipped).sum(1, keepdim=True) + stop
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
@@ -175,11 +179,15 @@ def test_opacity_zero_gives_background(backend):
 
 
 def test_opaque_front_gaussian_hides_the_rest():
+    """Alpha is capped at 0.999, so the reference shows the second Gaussian with weight
+    0.001 * 0.999. The fast backends, like gsplat, stop before it (it would take the
+    transmittance to 1e-6 <= 1e-4) and show the background through the 0.001 left instead."""
     g = torch.cat([_one_gaussian((0, 0), (5, 5), 1.0, colour=(1, 0, 0)), _one_gaussian((0, 0), (5, 5), 1.0, colour=(0, 1, 0))], 1)
+    blue = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    want = {"reference": [0.999, 0.001 * 0.999, 0.001 * 0.001], "cpu": [0.999, 0, 0.001], "chunked": [0.999, 0, 0.001]}
     for backend in CPU_BACKENDS:
-        img = render_gaussians(g, 8, 8, backend=backend)
-        # alpha is capped at 0.999: the second Gaussian shows through with weight 0.001 * 0.999
-        torch.testing.assert_close(img[0, :, 4, 4], torch.tensor([0.999, 0.001 * 0.999, 0], dtype=torch.float64), rtol=0, atol=1e-4)
+        img = render_gaussians(g, 8, 8, blue, backend=backend)
+        torch.testing.assert_close(img[0, :, 4, 4], torch.tensor(want[backend], dtype=torch.float64), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -10,9 +10,9 @@ One entry point, :func:`render_gaussians`, over interchangeable backends:
 - ``"auto"``: ``"gsplat"`` for CUDA tensors when its kernels load, ``"cpu"`` for CPU tensors,
   ``"chunked"`` otherwise (with a warning that says why gsplat is not used).
 
-The fast backends skip contributions with alpha < 1/255 and stop a pixel once its
-transmittance is below 1e-4 (:mod:`~timm_gvit.rendering.projection`); ``"reference"`` has no
-cut-offs.
+The fast backends skip contributions with alpha < 1/255 and stop a pixel before the Gaussian
+that would take its transmittance to 1e-4 or below, all as gsplat does
+(:mod:`~timm_gvit.rendering.projection`); ``"reference"`` has no cut-offs.
 
 Every backend computes in float32 (float64 inputs: float64, except gsplat) whatever autocast
 says, reads opacity and colour clamped to [0, 1], and returns the input's dtype.

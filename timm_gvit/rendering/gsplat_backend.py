@@ -18,10 +18,8 @@ Why not ``gsplat.rasterization`` on a flat 3D scene seen by a pinhole camera (as
 The rasteriser's gradients (means, conics, colours, opacities, background) are gsplat's; the
 projection is plain PyTorch, so autograd carries them back to the nine parameters.
 
-Differences from the reference: gsplat skips alpha < 1/255 (as our CPU kernel does) and, when a
-pixel's transmittance would fall to 1e-4 or below, drops the Gaussian that would cross it (our
-kernel keeps it). That Gaussian can only be hidden behind 99.9% opacity in front of it, so the
-difference is at most the transmittance before it.
+Its cut-offs are those of our other fast backends: it skips alpha < 1/255 and stops a pixel
+before the Gaussian that would take its transmittance to 1e-4 or below.
 
 Host syncs: one per render, inside ``isect_tiles`` (it reads the number of tile intersections
 back to size its buffers). Nothing here adds another.

@@ -19,8 +19,8 @@ from torch import Tensor
 ALPHA_MAX = 0.999
 #: Fast backends skip contributions below this alpha, as gsplat does.
 ALPHA_MIN = 1.0 / 255.0
-#: Fast backends stop a pixel once its transmittance falls below this, as gsplat does
-#: (unlike gsplat, the Gaussian that crosses the threshold still counts).
+#: Fast backends stop a pixel before the Gaussian that would take its transmittance to this or
+#: below (that Gaussian and those behind it do not count), as gsplat does.
 T_MIN = 1e-4
 
 
