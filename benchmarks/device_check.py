@@ -141,16 +141,17 @@ def preflight(args, work: Path, installed: bool) -> list[str]:
     if problems:  # the flag checks below import the scripts
         return problems
     sys.path.insert(0, str(ROOT))
-    cmds = commands(work, args.quick)
-    try:
-        from benchmarks import render, train_step
-        from timm_gvit.training.config import parse_config
+    from benchmarks import render, train_step
+    from timm_gvit.training.config import parse_config
 
-        render.build_parser().parse_args(cmds["render"][2:])
-        train_step.parse_args(cmds["train_step"][2:])
-        parse_config(cmds["train_gvit"][2:])
-    except SystemExit as exc:
-        problems.append(f"a step's flags were rejected ({exc})")
+    for quick in (False, True):  # both plans, whichever runs
+        cmds = commands(work, quick)
+        try:
+            render.build_parser().parse_args(cmds["render"][2:])
+            train_step.parse_args(cmds["train_step"][2:])
+            parse_config(cmds["train_gvit"][2:])
+        except SystemExit as exc:
+            problems.append(f"a step's flags were rejected ({'--quick plan' if quick else 'plan'}: exit {exc})")
     return problems
 
 
@@ -309,8 +310,8 @@ def save_build(manifest: dict, out: Path) -> list[str]:
 
 def build_step(run: Run, info: dict):
     def action(limit):
-        arch = run.env.setdefault("TORCH_CUDA_ARCH_LIST", info["capability"])
-        run.env.setdefault("MAX_JOBS", str(os.cpu_count() or 8))
+        arch = run.env["TORCH_CUDA_ARCH_LIST"] = info["capability"]  # this GPU only, whatever the image sets
+        run.env["MAX_JOBS"] = str(os.cpu_count() or 8)
         manifest = build_manifest(info, arch)
         extra = {"arch": arch, "max_jobs": run.env["MAX_JOBS"]}
         why = restore_build(run.args.gsplat_build, manifest) if run.args.gsplat_build else "no saved build given"
