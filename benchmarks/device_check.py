@@ -37,6 +37,7 @@ With the device tool (about 8 minutes on an H100 with a fresh build, less with a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import io
 import json
@@ -141,9 +142,11 @@ def preflight(args, work: Path, installed: bool) -> list[str]:
     if problems:  # the flag checks below import the scripts
         return problems
     sys.path.insert(0, str(ROOT))
-    from benchmarks import render, train_step
-    from timm_gvit.training.config import parse_config
-
+    try:
+        from benchmarks import render, train_step
+        from timm_gvit.training.config import parse_config
+    except Exception as exc:  # a module the scripts import is missing or broken
+        return [f"cannot import the benchmark scripts: {type(exc).__name__}: {exc}"]
     for quick in (False, True):  # both plans, whichever runs
         cmds = commands(work, quick)
         try:
@@ -198,7 +201,8 @@ class Run:
         try:
             rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             rc = None
         reader.join(timeout=10)
