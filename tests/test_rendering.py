@@ -3,6 +3,7 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ def test_exported_from_package_root():
 def test_gradcheck_float64(backend):
     g = random_gaussians(2, 6, seed=1)
     g[..., 2:4] = g[..., 2:4].clamp(0.05, 0.8)  # keep finite differences away from sub-pixel spikes
+    g[..., 5:9] = g[..., 5:9].clamp(0.05, 0.95)  # ... and from the clamp of colour and opacity at 0 and 1
     g = g.requires_grad_()
     bg = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.3]], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: render_gaussians(a, 7, 10, b, backend=backend), (g, bg), eps=1e-6, atol=1e-5)
@@ -70,8 +72,10 @@ def test_fast_equals_reference_without_cutoffs(name, size):
 def _cutoff_bound(g, H, W, bg):
     """Largest error the cut-offs may cause, per pixel ``[B, 1, H, W]``, from the reference's own
     intermediates: each skipped Gaussian (alpha < 1/255) changes the pixel by at most alpha * T,
-    where T may grow by 255/254 for every skipped Gaussian in front of it; stopping at T < 1e-4
-    changes it by at most 1e-4 (colours and background lie in [0, 1])."""
+    where T may grow by 255/254 for every skipped Gaussian in front of it. Stopping before a
+    Gaussian leaves out at most the transmittance in front of it (colours and background lie in
+    [0, 1]); a fast backend stops only where its transmittance after that Gaussian, which is at
+    least the reference's, is at most 1e-4."""
     x, y = pixel_centers(H, W, g)
     gg = g[:, :, :, None, None]
     dx, dy = x - gg[:, :, 0], y[:, None] - gg[:, :, 1]
@@ -81,7 +85,9 @@ def _cutoff_bound(g, H, W, bg):
     in_front = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
     skipped = alpha < ALPHA_MIN
     growth = (255 / 254) ** torch.cumsum(skipped.to(g.dtype), 1)
-    return (alpha * in_front * growth * skipped).sum(1, keepdim=True) + T_MIN
+    could_stop = in_front * (1 - alpha) <= T_MIN
+    stop = (in_front * growth * could_stop).amax(1, keepdim=True)
+    return (alpha * in_front * growth * skipped).sum(1, keepdim=True) + stop
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
@@ -173,11 +179,15 @@ def test_opacity_zero_gives_background(backend):
 
 
 def test_opaque_front_gaussian_hides_the_rest():
+    """Alpha is capped at 0.999, so the reference shows the second Gaussian with weight
+    0.001 * 0.999. The fast backends, like gsplat, stop before it (it would take the
+    transmittance to 1e-6 <= 1e-4) and show the background through the 0.001 left instead."""
     g = torch.cat([_one_gaussian((0, 0), (5, 5), 1.0, colour=(1, 0, 0)), _one_gaussian((0, 0), (5, 5), 1.0, colour=(0, 1, 0))], 1)
+    blue = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    want = {"reference": [0.999, 0.001 * 0.999, 0.001 * 0.001], "cpu": [0.999, 0, 0.001], "chunked": [0.999, 0, 0.001]}
     for backend in CPU_BACKENDS:
-        img = render_gaussians(g, 8, 8, backend=backend)
-        # alpha is capped at 0.999: the second Gaussian shows through with weight 0.001 * 0.999
-        torch.testing.assert_close(img[0, :, 4, 4], torch.tensor([0.999, 0.001 * 0.999, 0], dtype=torch.float64), rtol=0, atol=1e-4)
+        img = render_gaussians(g, 8, 8, blue, backend=backend)
+        torch.testing.assert_close(img[0, :, 4, 4], torch.tensor(want[backend], dtype=torch.float64), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -273,3 +283,99 @@ def test_pixel_space_culling_box_contains_every_visible_pixel():
     outside = (dx.abs() > pix.extent[0, :, 0, None, None]) | (dy.abs() > pix.extent[0, :, 1, None, None])
     assert (alpha[outside] < ALPHA_MIN).all()
     assert (alpha[~outside] >= ALPHA_MIN).any()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_renders_in_float32(backend, dtype):
+    """float16/bfloat16 Gaussians render in float32 and come back in their own dtype, with
+    gradients in their own dtype too."""
+    g = random_gaussians(2, 12, dtype=torch.float32, seed=6).to(dtype)
+    bg = torch.tensor([0.2, 0.4, 0.6])
+    out = render_gaussians(g, 20, 28, bg, backend=backend)
+    assert out.dtype == dtype and out.shape == (2, 3, 20, 28) and out.is_contiguous()
+    want = render_gaussians(g.float(), 20, 28, bg, backend=backend).to(dtype)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    leaf = g.clone().requires_grad_()
+    render_gaussians(leaf, 20, 28, bg, backend=backend).float().sum().backward()
+    assert leaf.grad.dtype == dtype and torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_autocast_does_not_lower_the_precision(backend):
+    g = random_gaussians(2, 12, dtype=torch.float32, seed=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = render_gaussians(g, 16, 16, backend=backend)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, render_gaussians(g, 16, 16, backend=backend), rtol=0, atol=0)
+
+
+def _out_of_range():
+    """Opacity -0.5 and 1.7, colours -0.3 and 1.4: what the issue's probe fed in."""
+    g = random_gaussians(2, 16, dtype=torch.float32, seed=12)
+    g[..., 2:4] = g[..., 2:4].clamp(0.1, 0.8)
+    g[:, 6, 8], g[:, 7, 8] = -0.5, 1.7
+    g[:, 8, 5], g[:, 9, 6], g[:, 10, 7] = -0.3, 1.4, -2.0
+    return g
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_colour_and_opacity_outside_unit_range_rejected_when_checked(backend):
+    with pytest.raises(ValueError, match=r"opacity \(param 8\) must lie in \[0, 1\], got -0.5 at \[batch, gaussian\] = \[0, 6\]"):
+        render_gaussians(_out_of_range(), 16, 16, backend=backend)
+    g = _out_of_range()
+    g[..., 8] = g[..., 8].clamp(0, 1)
+    with pytest.raises(ValueError, match=r"r \(param 5\) must lie in \[0, 1\], got -0.3"):
+        render_gaussians(g, 16, 16, backend=backend, check_values=True)
+
+
+def test_colour_and_opacity_are_clamped_alike_on_every_backend():
+    """Unchecked, every backend reads colour and opacity clamped to [0, 1]: they agree with each
+    other as they do on valid input, and a picture over a background in [0, 1] stays in [0, 1]
+    (the reference used to give pixels down to -0.47 where the CPU kernel gave 0)."""
+    g, H, W = _out_of_range(), 24, 30
+    bg = torch.tensor([[0.0, 0.5, 1.0], [1.0, 1.0, 1.0]])
+    clamped = torch.cat([g[..., :5], g[..., 5:].clamp(0, 1)], dim=-1)
+    out = {b: render_gaussians(g, H, W, bg, backend=b, check_values=False) for b in CPU_BACKENDS}
+    for backend, image in out.items():
+        torch.testing.assert_close(image, render_gaussians(clamped, H, W, bg, backend=backend), rtol=0, atol=0)
+        assert image.min() >= 0 and image.max() <= 1, backend
+    torch.testing.assert_close(out["cpu"], out["chunked"], rtol=0, atol=2e-6)
+    bound = _cutoff_bound(clamped.double(), H, W, bg.double()).float()
+    assert ((out["cpu"] - out["reference"]).abs() <= bound + 1e-5).all()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_unchecked_bad_values_give_a_nan_image(backend):
+    """check_values=False: an image with a NaN, an inf or a sigma <= 0 comes out all NaN (so a
+    diverged model shows in its loss); the other images of the batch are unaffected."""
+    g = random_gaussians(4, 8, dtype=torch.float32, seed=13)
+    g[1, 3, 0], g[2, 5, 7], g[3, 2, 3] = float("nan"), float("inf"), 0.0
+    out = render_gaussians(g, 16, 20, 0.5, backend=backend, check_values=False)
+    assert torch.isnan(out[1:]).all()
+    torch.testing.assert_close(out[:1], render_gaussians(g[:1], 16, 20, 0.5, backend=backend))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("batch, k", [(0, 5), (3, 0), (0, 0)])
+def test_empty_batch_or_no_gaussians_is_the_background(backend, batch, k):
+    g = torch.rand(batch, k, 9).requires_grad_()
+    bg = torch.rand(batch, 3).requires_grad_()
+    out = render_gaussians(g, 6, 7, bg, backend=backend)
+    assert out.shape == (batch, 3, 6, 7) and out.is_contiguous()
+    torch.testing.assert_close(out, bg.detach()[:, :, None, None].expand(batch, 3, 6, 7))
+    out.sum().backward()
+    torch.testing.assert_close(bg.grad, torch.full((batch, 3), 42.0))
+    assert g.grad is not None and g.grad.shape == g.shape
+
+
+@pytest.mark.parametrize("size", [np.int64(12), np.int32(12), torch.tensor(12)])
+def test_integer_like_sizes(size):
+    g = random_gaussians(1, 8, dtype=torch.float32, seed=14)
+    torch.testing.assert_close(render_gaussians(g, size, size), render_gaussians(g, 12, 12))
+
+
+@pytest.mark.parametrize("size", [np.float64(12.0), 12.5, True, -3, 0, "12", None])
+def test_non_integer_or_non_positive_sizes_rejected(size):
+    with pytest.raises(ValueError, match="height must be an integer >= 1"):
+        render_gaussians(torch.rand(1, 2, 9) + 0.1, size, 12)

@@ -28,10 +28,11 @@ def _composite_band(means, conics, colors, opacity, background, y0: int, height:
     raw = opacity[..., None, None] * torch.exp(-0.5 * (a * dx * dx + 2 * b * dx * dy + c * dy * dy))
     alpha = torch.where(raw >= alpha_min, raw.clamp(max=ALPHA_MAX), torch.zeros_like(raw))
     in_front = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], dim=1), dim=1)
-    # A pixel stops after the Gaussian that takes it below t_min: later ones do not count.
-    alpha = alpha * (in_front >= t_min).to(alpha.dtype).detach()
+    # As gsplat: a pixel stops before the Gaussian that would take it to t_min or below; that one
+    # and those behind it do not count (the transmittance after each Gaussian only falls, so the
+    # ones kept are the ones in front).
+    alpha = alpha * (in_front * (1 - alpha) > t_min).to(alpha.dtype).detach()
     transmittance = torch.prod(1 - alpha, dim=1)
-    in_front = in_front * (in_front >= t_min).to(alpha.dtype).detach()
     image = torch.einsum("bkhw,bkc->bchw", alpha * in_front, colors)
     return image + transmittance[:, None] * background[:, :, None, None]
 

@@ -19,8 +19,8 @@ from torch import Tensor
 ALPHA_MAX = 0.999
 #: Fast backends skip contributions below this alpha, as gsplat does.
 ALPHA_MIN = 1.0 / 255.0
-#: Fast backends stop a pixel once its transmittance falls below this, as gsplat does
-#: (unlike gsplat, the Gaussian that crosses the threshold still counts).
+#: Fast backends stop a pixel before the Gaussian that would take its transmittance to this or
+#: below (that Gaussian and those behind it do not count), as gsplat does.
 T_MIN = 1e-4
 
 
@@ -50,7 +50,7 @@ def to_pixel_space(gaussians: Tensor, height: int, width: int, alpha_min: float 
     alpha cut-off: a pixel outside it has alpha below ``alpha_min`` (``alpha_min = 0`` disables
     culling: infinite boxes).
     """
-    half = gaussians.new_tensor([width / 2.0, height / 2.0])
+    hx, hy = width / 2.0, height / 2.0  # Python scalars: no host-to-device copy per call
     mu, sigma, phi = gaussians[..., 0:2], gaussians[..., 2:4], gaussians[..., 4]
     cos, sin = torch.cos(phi), torch.sin(phi)
     inv_var = sigma.pow(-2)  # [B, K, 2]
@@ -58,12 +58,12 @@ def to_pixel_space(gaussians: Tensor, height: int, width: int, alpha_min: float 
     a = cos * cos * inv_var[..., 0] + sin * sin * inv_var[..., 1]
     b = cos * sin * (inv_var[..., 0] - inv_var[..., 1])
     c = sin * sin * inv_var[..., 0] + cos * cos * inv_var[..., 1]
-    conics = torch.stack([a / half[0] ** 2, b / (half[0] * half[1]), c / half[1] ** 2], dim=-1)
+    conics = torch.stack([a / hx**2, b / (hx * hy), c / hy**2], dim=-1)
     opacity = gaussians[..., 8]
     with torch.no_grad():
         var = sigma.pow(2)
-        var_x = (cos * cos * var[..., 0] + sin * sin * var[..., 1]) * half[0] ** 2
-        var_y = (sin * sin * var[..., 0] + cos * cos * var[..., 1]) * half[1] ** 2
+        var_x = (cos * cos * var[..., 0] + sin * sin * var[..., 1]) * hx**2
+        var_y = (sin * sin * var[..., 0] + cos * cos * var[..., 1]) * hy**2
         if alpha_min > 0:
             qmax = 2.0 * (torch.log(opacity.clamp_min(1e-30)) - math.log(alpha_min))
         else:
@@ -71,7 +71,7 @@ def to_pixel_space(gaussians: Tensor, height: int, width: int, alpha_min: float 
         reach = qmax.clamp_min(0).sqrt()
         extent = torch.stack([reach * var_x.sqrt(), reach * var_y.sqrt()], dim=-1)
     return PixelGaussians(
-        means=(mu + 1) * half,
+        means=torch.stack([(mu[..., 0] + 1) * hx, (mu[..., 1] + 1) * hy], dim=-1),
         conics=conics,
         colors=gaussians[..., 5:8],
         opacity=opacity,

@@ -10,7 +10,8 @@
 //   background [B, 3]
 // Compositing is front to back in index order (gvit-method.md section 3):
 //   alpha_i = min(alpha_max, o_i exp(-q_i / 2));  contributions with alpha < alpha_min are skipped;
-//   a pixel stops after the Gaussian that takes its transmittance below t_min (that Gaussian counts).
+//   a pixel stops before the Gaussian that would take its transmittance to t_min or below (that
+//   Gaussian and all behind it do not count), as gsplat's rasteriser does.
 // The backward pass recomputes the forward per pixel (nothing of size B*K*H*W is ever stored) and
 // walks the contributing Gaussians back to front with the normalised composite behind them, so it
 // needs no division by (1 - alpha).
@@ -83,9 +84,10 @@ struct ImageScene {
       const scalar_t raw = opacity[g] * gauss;
       const scalar_t alpha = std::min(alpha_max, raw);
       if (alpha < alpha_min || !(gauss > 0)) continue;  // gauss 0: no effect, and no 0 * inf below
+      const scalar_t next_T = T * (1 - alpha);
+      if (next_T <= t_min) break;
       on_hit(g, alpha, T, gauss, dx, dy, raw > alpha_max);
-      T *= 1 - alpha;
-      if (T < t_min) break;
+      T = next_T;
     }
     return T;
   }

@@ -1,0 +1,488 @@
+"""Verify the CUDA path on a fresh GPU machine in one call; run it through ``benchmarks/device_check.sh``.
+
+    bash benchmarks/device_check.sh [--dry-run] [--quick] [--out DIR] [--wheels DIR] [--gsplat-build DIR]
+
+Steps, each under its own time limit inside an overall deadline (a failed step is recorded and
+the next one still runs; the exit status is 0 when every step passed):
+
+1. ``wheels``: install the carried wheels (``benchmarks/device_wheels.txt``: gsplat and what the
+   machine's image lacks) with ``pip install --no-index --no-deps --target /tmp/site``, offline.
+2. ``build``: build gsplat's CUDA kernels for this GPU only (``TORCH_CUDA_ARCH_LIST`` from its
+   compute capability, ``MAX_JOBS`` = its CPU cores), timed, and save the build to OUT as
+   ``gsplat-build.tgz.part-*``. Given those parts (``--gsplat-build``, default ``.gsplat-build``
+   where it exists) from an earlier run on the same kind of machine, load that build instead.
+3. ``pytest``: ``tests/test_gsplat.py``.
+4. ``render``: the gsplat rows of ``benchmarks/render.py`` (speed against gsplat-direct,
+   accuracy against the CPU kernel at k = 16, 64, 256, 1024).
+5. ``train_step``: ``benchmarks/train_step.py``, gvit_small at 224 px, k = 256, bf16, batch 256:
+   images/s, peak GPU memory and the share of the step spent rendering, per phase.
+6. ``train_gvit``: a short bf16 ``train_gvit.py`` run of gvit_small at 224 px, k = 256 on a
+   generated imagefolder: that the trainer runs end to end on the GPU, and its own images/s.
+
+Everything lands in OUT (``$OUT`` on a lent machine, else ``benchmarks/results/device_check``):
+``device_check.json`` (rewritten after every step, so a cut-off run still leaves one),
+``device_check.log`` and the build's parts: at most 8 files, as the device tool returns.
+
+``--dry-run`` prints the plan and checks that everything the run needs is here (the wheels, the
+scripts and their flags, the Python packages the machine's image provides); it needs no GPU.
+
+With the device tool (about 8 minutes on an H100 with a fresh build, less with a saved one)::
+
+    benchmarks/fetch_device_wheels.sh                      # once, here: .whl/
+    run  command="bash benchmarks/device_check.sh"  carry=[".whl"]  timeout_s=600
+    # to reuse the build: copy the returned gsplat-build.tgz.part-* into .gsplat-build/ and
+    # add ".gsplat-build" to carry
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WHEEL_LIST = ROOT / "benchmarks" / "device_wheels.txt"
+SITE = Path("/tmp/site")  # pip --target, as the device tool's README does
+EXTENSIONS = Path("/tmp/torch_extensions")  # TORCH_EXTENSIONS_DIR: gsplat's and the CPU kernel's builds
+RESTORED = Path("/tmp/gsplat_build")
+BUILD_PARTS = "gsplat-build.tgz.part-"
+PART_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
+SCRIPTS = ("tests/test_gsplat.py", "tests/test_rendering.py", "tests/conftest.py", "benchmarks/render.py",
+           "benchmarks/train_step.py", "train_gvit.py")
+#: Modules the machine's image provides (the device tool's KINDS.md); carried wheels add the rest.
+IMAGE_MODULES = ("torch", "torchvision", "timm", "accelerate", "huggingface_hub", "safetensors", "numpy", "PIL", "yaml",
+                 "tqdm", "sklearn", "packaging", "jaxtyping", "rich", "ninja", "pytest", "pyarrow", "pandas", "xxhash",
+                 "filelock")
+#: Seconds each step may take at most (the overall --deadline cuts them shorter).
+BUDGET = {"wheels": 60, "build": 420, "pytest": 240, "render": 150, "train_step": 150, "train_gvit": 240}
+STEPS = tuple(BUDGET)
+#: The short training run: 50 steps in all, over a generated imagefolder of IMAGES images.
+IMAGES, CLASSES, IMAGE_SIZE = 3200, 10, 256
+
+
+def wheel_requirements() -> list[tuple[str, str]]:
+    """(name, version) pairs of ``device_wheels.txt``."""
+    pairs = []
+    for line in WHEEL_LIST.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pairs.append((name.strip(), version.strip()))
+    return pairs
+
+
+def module_of(distribution: str) -> str:
+    return {"pytorch-msssim": "pytorch_msssim"}.get(distribution, distribution.replace("-", "_"))
+
+
+def wheel_files(wheels: Path) -> tuple[list[Path], list[str]]:
+    """The wheel of each requirement in ``wheels``, and what is missing or doubled."""
+    found, problems = [], []
+    files = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
+    for name, version in wheel_requirements():
+        stem = re.sub(r"[-_.]+", "_", name).lower()
+        ours = [f for f in files if re.sub(r"[-_.]+", "_", f.name.split("-")[0]).lower() == stem]
+        match = [f for f in ours if f.name.split("-")[1] == version]
+        if not match:
+            problems.append(f"no wheel of {name}=={version} in {wheels}/ (run benchmarks/fetch_device_wheels.sh)")
+        elif len(ours) > 1:
+            problems.append(f"{len(ours)} wheels of {name} in {wheels}/ ({', '.join(f.name for f in ours)}): keep only {version}")
+        else:
+            found.append(match[0])
+    return found, problems
+
+
+def commands(work: Path, quick: bool) -> dict[str, list[str]]:
+    """Each step's command line (``python`` stands for the interpreter)."""
+    ks, sizes, repeats = (["16", "256"], ["64"], "2") if quick else (["16", "64", "256", "1024"], ["64", "224"], "5")
+    steps, warmup, batch = ("3", "1", "64") if quick else ("20", "5", "256")
+    return {
+        "pytest": ["python", "-m", "pytest", "tests/test_gsplat.py", "-q", "-rs", "-p", "no:cacheprovider",
+                   "--junitxml", str(work / "junit.xml")],
+        "render": ["python", "benchmarks/render.py", "--backends", "gsplat", "gsplat-direct", "--ks", *ks, "--sizes", *sizes,
+                   "--batch", "8", "--repeats", repeats, "--out", str(work / "render.json")],
+        "train_step": ["python", "benchmarks/train_step.py", "--model", "gvit_small", "--img-size", "224", "--num-gaussians",
+                       "256", "--batch", batch, "--steps", steps, "--warmup", warmup, "--precision", "bf16",
+                       "--out", str(work / "train_step.json")],
+        "train_gvit": ["python", "train_gvit.py", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
+                       "--num-gaussians", "256", "--mixed-precision", "bf16", "--phase-unit", "steps",
+                       "--recon-epochs", "5" if quick else "20", "--dssim-from", "2" if quick else "10",
+                       "--classifier-epochs", "3" if quick else "10", "--joint-epochs", "4" if quick else "20",
+                       "--guidance-epochs", "2" if quick else "10", "--guidance-every", "2" if quick else "5",
+                       "--warmup-epochs", "2", "--batch-size", batch, "--workers", str(max(1, min(12, (os.cpu_count() or 2) - 2))),
+                       "--report-to", "none", "--checkpoint-every", "100000", "--image-every", "100000", "--log-every", "10",
+                       "--eval-every", "1000", "--max-val-samples", "256", "--output-dir", str(work / "train")],
+    }
+
+
+# ---------------------------------------------------------------- preflight
+def preflight(args, work: Path, installed: bool) -> list[str]:
+    """What is missing for the run: wheels, scripts, modules, and flags the scripts reject."""
+    _, problems = wheel_files(args.wheels)
+    problems += [f"missing script {s}" for s in SCRIPTS if not (ROOT / s).is_file()]
+    carried = [module_of(name) for name, _ in wheel_requirements()] if installed else []
+    if installed:
+        sys.path.insert(0, str(SITE))
+    problems += [f"Python module {m} is not importable with {sys.executable}"
+                 for m in (*IMAGE_MODULES, *carried) if importlib.util.find_spec(m) is None]
+    if problems:  # the flag checks below import the scripts
+        return problems
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import render, train_step
+        from timm_gvit.training.config import parse_config
+    except Exception as exc:  # a module the scripts import is missing or broken
+        return [f"cannot import the benchmark scripts: {type(exc).__name__}: {exc}"]
+    for quick in (False, True):  # both plans, whichever runs
+        cmds = commands(work, quick)
+        try:
+            render.build_parser().parse_args(cmds["render"][2:])
+            train_step.parse_args(cmds["train_step"][2:])
+            parse_config(cmds["train_gvit"][2:])
+        except SystemExit as exc:
+            problems.append(f"a step's flags were rejected ({'--quick plan' if quick else 'plan'}: exit {exc})")
+    return problems
+
+
+# ---------------------------------------------------------------- running steps
+class Run:
+    """The run's state: its log, its deadline, its results, and the JSON it keeps up to date."""
+
+    def __init__(self, args, work: Path):
+        self.args, self.work = args, work
+        self.out: Path = args.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.out / "device_check.log", "a", buffering=1)
+        self.started = time.monotonic()
+        self.report = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": {"quick": args.quick, "deadline_s": args.deadline},
+                       "steps": {}, "targets": []}
+        self.env = {**os.environ, "PYTHONPATH": f"{SITE}{os.pathsep}{ROOT}", "PYTHONUNBUFFERED": "1",
+                    "TORCH_EXTENSIONS_DIR": str(EXTENSIONS), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                    "HF_HOME": str(work / "hf"), "TOKENIZERS_PARALLELISM": "false"}
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.log.write(text + "\n")
+
+    def remaining(self) -> float:
+        return self.args.deadline - (time.monotonic() - self.started)
+
+    def execute(self, name: str, cmd: list[str], limit: float) -> tuple[int | None, str]:
+        """Run ``cmd`` for at most ``limit`` s, its output to the console and the log; (rc or None
+        on timeout, its output)."""
+        cmd = [sys.executable if c == "python" else c for c in cmd]
+        self.say(f"$ {' '.join(cmd)}")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", start_new_session=True)
+        lines: list[str] = []
+
+        def pump():
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                self.log.write(line)
+                lines.append(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            rc = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = None
+        reader.join(timeout=10)
+        return rc, "".join(lines)
+
+    def step(self, name: str, action) -> bool:
+        """Run ``action(limit) -> (rc, tail, extra)`` as step ``name``; record and save the result."""
+        limit = min(BUDGET[name], self.remaining() - 15)
+        if limit < 20:
+            self.report["steps"][name] = {"status": "skipped", "why": "out of time (--deadline)"}
+            self.save()
+            return False
+        self.say(f"\n==== {name} (at most {limit:.0f} s, {self.remaining():.0f} s left)")
+        start = time.monotonic()
+        rc, tail, extra = action(limit)
+        status = "timeout" if rc is None else ("passed" if rc == 0 else "failed")
+        record = {"status": status, "rc": rc, "seconds": round(time.monotonic() - start, 1), **extra}
+        if status != "passed":
+            record["output_tail"] = tail[-3000:]
+        self.report["steps"][name] = record
+        self.say(f"==== {name}: {status} in {record['seconds']} s")
+        self.save()
+        return status == "passed"
+
+    def save(self) -> None:
+        (self.out / "device_check.json").write_text(json.dumps(self.report, indent=2, default=str) + "\n")
+
+
+def machine_info(run: Run) -> dict:
+    code = (
+        "import importlib.metadata as m, json, os, torch\n"
+        "def v(n):\n"
+        "    try: return m.version(n)\n"
+        "    except m.PackageNotFoundError: return None\n"
+        "cuda = torch.cuda.is_available()\n"
+        "print(json.dumps({'gpu': torch.cuda.get_device_name() if cuda else None,\n"
+        "  'capability': '%d.%d' % torch.cuda.get_device_capability() if cuda else None,\n"
+        "  'gpu_memory_gib': torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,\n"
+        "  'cpu_count': os.cpu_count(), 'torch': torch.__version__, 'cuda': torch.version.cuda,\n"
+        "  'packages': {n: v(n) for n in ('gsplat', 'timm', 'accelerate', 'datasets', 'fsspec', 'pyarrow', 'huggingface_hub',\n"
+        "               'dill', 'multiprocess', 'pytorch_msssim', 'numpy', 'ninja')}}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=run.env, capture_output=True, text=True)
+    info = json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr[-2000:]}
+    nvcc = shutil.which("nvcc") or (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc")
+    info["nvcc"] = str(nvcc) if Path(nvcc).exists() else None
+    return info
+
+
+# ---------------------------------------------------------------- the gsplat build
+SHIM = '''# Written by benchmarks/device_check.py: gsplat's _backend imports gsplat.csrc before it JIT-builds,
+# so this loads the build that an earlier run saved instead of building again.
+import importlib.util
+
+import torch  # noqa: F401  (the extension links against torch's libraries)
+
+_spec = importlib.util.spec_from_file_location("gsplat_cuda", {path!r})
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+globals().update({{k: v for k, v in vars(_module).items() if not k.startswith("__")}})
+'''
+LOAD_GSPLAT = ("import time; t = time.time(); from gsplat.cuda._backend import _C; "
+               "assert _C is not None, 'gsplat found no CUDA toolkit'; print(f'gsplat kernels loaded in {time.time() - t:.1f} s')")
+
+
+def build_manifest(info: dict, arch: str) -> dict:
+    return {"gsplat": info["packages"]["gsplat"], "torch": info["torch"], "cuda": info["cuda"], "arch": arch,
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
+
+
+def restore_build(parts_dir: Path, manifest: dict) -> str | None:
+    """Unpack a saved build into RESTORED and point gsplat at it; None when that worked, else why not."""
+    parts = sorted(parts_dir.glob(BUILD_PARTS + "*")) if parts_dir and parts_dir.is_dir() else []
+    if not parts:
+        return f"no {BUILD_PARTS}* in {parts_dir}"
+    data = b"".join(p.read_bytes() for p in parts)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            saved = json.load(tar.extractfile("gsplat-build.json"))
+            if saved != manifest:
+                return f"the saved build is for {saved}, this machine needs {manifest}"
+            RESTORED.mkdir(parents=True, exist_ok=True)
+            tar.extract("gsplat_cuda.so", RESTORED, filter="data")
+    except (tarfile.TarError, KeyError, OSError, ValueError) as exc:
+        return f"cannot read the saved build ({type(exc).__name__}: {exc})"
+    (SITE / "gsplat" / "csrc.py").write_text(SHIM.format(path=str(RESTORED / "gsplat_cuda.so")))
+    return None
+
+
+def save_build(manifest: dict, out: Path) -> list[str]:
+    """The JIT build's library and manifest as ``gsplat-build.tgz.part-NN`` files in ``out``."""
+    library = next(EXTENSIONS.glob("*/gsplat_cuda/gsplat_cuda.so"))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(library, arcname="gsplat_cuda.so")
+        blob = json.dumps(manifest).encode()
+        entry = tarfile.TarInfo("gsplat-build.json")
+        entry.size = len(blob)
+        tar.addfile(entry, io.BytesIO(blob))
+    data = buffer.getvalue()
+    for old in out.glob(BUILD_PARTS + "*"):
+        old.unlink()
+    names = []
+    for i in range(0, len(data), PART_BYTES):
+        names.append(f"{BUILD_PARTS}{i // PART_BYTES:02d}")
+        (out / names[-1]).write_bytes(data[i:i + PART_BYTES])
+    return names
+
+
+def build_step(run: Run, info: dict):
+    def action(limit):
+        arch = run.env["TORCH_CUDA_ARCH_LIST"] = info["capability"]  # this GPU only, whatever the image sets
+        run.env["MAX_JOBS"] = str(os.cpu_count() or 8)
+        manifest = build_manifest(info, arch)
+        extra = {"arch": arch, "max_jobs": run.env["MAX_JOBS"]}
+        why = restore_build(run.args.gsplat_build, manifest) if run.args.gsplat_build else "no saved build given"
+        if why is None:
+            rc, tail = run.execute("build", ["python", "-c", LOAD_GSPLAT], limit)
+            if rc == 0:
+                return rc, tail, {**extra, "source": f"restored from {run.args.gsplat_build}"}
+            why = f"the restored build did not load: {tail[-300:]}"
+            (SITE / "gsplat" / "csrc.py").unlink(missing_ok=True)
+        run.say(f"building gsplat for sm_{arch.replace('.', '')} ({why})")
+        rc, tail = run.execute("build", ["python", "-c", LOAD_GSPLAT], limit)
+        extra["source"] = f"built here ({why})"
+        if rc == 0:
+            extra["saved_as"] = save_build(manifest, run.out)
+        return rc, tail, extra
+
+    return action
+
+
+# ---------------------------------------------------------------- the other steps
+def pytest_summary(junit: Path) -> dict:
+    if not junit.is_file():
+        return {}
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    problems = []
+    for case in suite.iter("testcase"):
+        for kind in ("failure", "error", "skipped"):
+            found = case.find(kind)
+            if found is not None:
+                problems.append(f"{kind}: {case.get('name')}: {(found.get('message') or '')[:300]}")
+    return {**counts, "not_passed": problems}
+
+
+def write_images(folder: Path, count: int, classes: int, size: int) -> None:
+    """An imagefolder of ``count`` smooth random JPEGs (``classes`` sub-folders), seeded."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        label = i % classes
+        low = rng.random((6, 6, 3)) * 0.6 + np.array([label / classes, 0.3, 1 - label / classes]) * 0.4
+        image = Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+        path = folder / f"class_{label}" / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, quality=90)
+
+
+def trainer_summary(output: str, run_dir: Path) -> dict:
+    rates = [int(r) for r in re.findall(r"img_s=(\d+)", output)]
+    summary = {"images_per_s_last": rates[-1] if rates else None, "images_per_s_max": max(rates) if rates else None}
+    for name in ("metrics.json", "run_info.json"):
+        if (run_dir / name).is_file():
+            summary[name.removesuffix(".json")] = json.loads((run_dir / name).read_text())
+    return summary
+
+
+def targets(report: dict) -> list[str]:
+    lines = list(report.get("render", {}).get("targets", [])) + list(report.get("train_step", {}).get("targets", []))
+    tests = report.get("tests") or {}
+    if tests:
+        ok = tests["failures"] == tests["errors"] == 0 and tests["skipped"] == 0
+        lines.append(f"{'PASS' if ok else 'FAIL'}  tests/test_gsplat.py: {tests['tests']} tests, {tests['failures']} failed, "
+                     f"{tests['errors']} errors, {tests['skipped']} skipped")
+    return lines
+
+
+# ---------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="benchmarks/device_check.sh", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and check what the run needs; no GPU needed")
+    parser.add_argument("--quick", action="store_true", help="fewer steps and sizes: a smoke test of this script")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results" / "device_check"),
+                        help="results folder (default: $OUT, else benchmarks/results/device_check)")
+    parser.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="carried wheels (default .whl)")
+    parser.add_argument("--gsplat-build", type=Path, default=ROOT / ".gsplat-build" if (ROOT / ".gsplat-build").is_dir() else None,
+                        help=f"folder of {BUILD_PARTS}* from an earlier run, to load instead of building (default .gsplat-build if present)")
+    parser.add_argument("--deadline", type=float, default=560.0, help="seconds for the whole run (default 560)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="device_check."))
+    plan = commands(work, args.quick)
+    print(f"plan ({'quick, ' if args.quick else ''}deadline {args.deadline:.0f} s; results in {args.out}):")
+    print(f"  wheels      install {', '.join(f'{n}=={v}' for n, v in wheel_requirements())} from {args.wheels}/ into {SITE}")
+    print(f"  build       gsplat's kernels for this GPU ({'reuse ' + str(args.gsplat_build) + ' if it matches, else ' if args.gsplat_build else ''}"
+          f"build with TORCH_CUDA_ARCH_LIST=<its capability>, MAX_JOBS=<its cores>), saved as {BUILD_PARTS}*")
+    for name in ("pytest", "render", "train_step", "train_gvit"):
+        print(f"  {name:<11} {' '.join(plan[name])}")
+    print(f"  report      {args.out / 'device_check.json'} (and device_check.log)")
+    if args.dry_run:
+        problems = preflight(args, work, installed=False)
+        shutil.rmtree(work, ignore_errors=True)
+        for problem in problems:
+            print(f"MISSING  {problem}")
+        print("dry run: everything the run needs is here" if not problems else f"dry run: {len(problems)} problem(s)")
+        return 1 if problems else 0
+
+    run = Run(args, work)
+    wheels, problems = wheel_files(args.wheels)
+    run.report["machine"] = machine_info(run)
+    if problems or not run.report["machine"].get("gpu"):
+        run.report["steps"]["preflight"] = {"status": "failed", "problems": problems or ["no CUDA GPU"]}
+        run.save()
+        run.say("\n".join(run.report["steps"]["preflight"]["problems"]))
+        return 1
+    passed = [run.step("wheels", lambda limit: (*run.execute("wheels", [
+        "python", "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir", "--upgrade",
+        "--target", str(SITE), *map(str, wheels)], limit), {"wheels": [w.name for w in wheels]}))]
+    run.report["machine"] = machine_info(run)  # now with the carried packages' versions
+    problems = preflight(args, work, installed=True)
+    if problems:
+        run.report["steps"]["preflight"] = {"status": "failed", "problems": problems}
+        run.save()
+        run.say("\n".join(problems))
+        return 1
+    passed.append(run.step("build", build_step(run, run.report["machine"])))
+    if not passed[-1]:  # every later step would try to build gsplat again
+        for name in STEPS[2:]:
+            run.report["steps"][name] = {"status": "skipped", "why": "gsplat's kernels did not build or load"}
+        run.save()
+        run.say("gsplat's kernels did not build or load: the other steps are skipped (see steps.build in the JSON)")
+        return 1
+
+    def pytest_action(limit):
+        rc, tail = run.execute("pytest", plan["pytest"], limit)
+        run.report["tests"] = pytest_summary(work / "junit.xml")
+        return rc, tail, {}
+
+    def json_action(name, key):
+        def action(limit):
+            rc, tail = run.execute(name, plan[name], limit)
+            path = work / f"{key}.json"
+            if path.is_file():
+                run.report[key] = json.loads(path.read_text())
+            return rc, tail, {}
+        return action
+
+    def train_gvit_action(limit):
+        started = time.monotonic()
+        write_images(work / "images", IMAGES // (4 if args.quick else 1), CLASSES, IMAGE_SIZE)
+        run.say(f"wrote {IMAGES // (4 if args.quick else 1)} images in {time.monotonic() - started:.1f} s")
+        rc, output = run.execute("train_gvit", plan["train_gvit"], limit - (time.monotonic() - started))
+        run.report["train_gvit"] = trainer_summary(output, work / "train")
+        return rc, output, {}
+
+    passed.append(run.step("pytest", pytest_action))
+    passed.append(run.step("render", json_action("render", "render")))
+    passed.append(run.step("train_step", json_action("train_step", "train_step")))
+    passed.append(run.step("train_gvit", train_gvit_action))
+    run.report["targets"] = targets(run.report)
+    run.report["seconds"] = round(time.monotonic() - run.started, 1)
+    run.save()
+    run.say("\n==== summary")
+    for name, record in run.report["steps"].items():
+        run.say(f"  {name:<11} {record['status']:<8} {record.get('seconds', '')}")
+    for line in run.report["targets"]:
+        run.say(f"  {line}")
+    run.say(f"wrote {run.out / 'device_check.json'} in {run.report['seconds']} s")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(passed) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The benchmark and device-check scripts, run for real on the CPU: their plans, checks and
+bookkeeping (the GPU numbers themselves come from a lent GPU machine)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import device_check, train_step
+from benchmarks.render import gsplat_camera_scene
+from timm_gvit.rendering.projection import to_pixel_space
+
+from conftest import random_gaussians
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dry_run(*args):
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("OUT", None)
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--dry-run", *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def wheels(tmp_path):
+    """A folder with a file named as each pinned wheel (the dry run checks names, not contents)."""
+    for name, version in device_check.wheel_requirements():
+        (tmp_path / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"")
+    return tmp_path
+
+
+def test_device_check_dry_run_passes_with_everything_present(wheels):
+    """The plan names every step, and the scripts accept the flags it will pass them (with and
+    without --quick)."""
+    result = _dry_run("--wheels", str(wheels))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for step in ("wheels", "build", "pytest", "render", "train_step", "train_gvit", "report"):
+        assert f"\n  {step} " in result.stdout
+    assert "benchmarks/render.py --backends gsplat gsplat-direct" in result.stdout
+    assert "dry run: everything the run needs is here" in result.stdout
+
+
+def test_device_check_dry_run_names_what_is_missing(wheels):
+    gsplat = next(wheels.glob("gsplat-*.whl"))
+    gsplat.rename(wheels / "gsplat-1.6.0-py3-none-any.whl")
+    (wheels / "dill-0.3.8-py3-none-any.whl").write_bytes(b"")
+    result = _dry_run("--wheels", str(wheels))
+    assert result.returncode == 1
+    assert "MISSING  no wheel of gsplat==1.5.3" in result.stdout
+    assert "MISSING  2 wheels of dill" in result.stdout and "keep only 0.4.1" in result.stdout
+
+
+def test_pinned_gsplat_wheel_matches_the_package_pin():
+    from timm_gvit.rendering import GSPLAT_VERSIONS
+    from packaging.specifiers import SpecifierSet
+
+    pins = dict(device_check.wheel_requirements())
+    assert SpecifierSet(GSPLAT_VERSIONS).contains(pins["gsplat"])
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'"gsplat{GSPLAT_VERSIONS}"' in pyproject
+
+
+def test_saved_gsplat_build_restores_only_on_a_matching_machine(tmp_path, monkeypatch):
+    """Save splits the library into parts of at most 15 MiB; restore checks the manifest and
+    points gsplat at the library through gsplat.csrc (what its loader imports before building)."""
+    for name in ("SITE", "EXTENSIONS", "RESTORED"):
+        monkeypatch.setattr(device_check, name, tmp_path / name.lower())
+    library = device_check.EXTENSIONS / "py312_cu130" / "gsplat_cuda" / "gsplat_cuda.so"
+    library.parent.mkdir(parents=True)
+    library.write_bytes(os.urandom(20 * 2**20))  # incompressible: two parts
+    (device_check.SITE / "gsplat").mkdir(parents=True)
+    manifest = {"gsplat": "1.5.3", "torch": "2.11.0+cu130", "cuda": "13.0", "arch": "9.0", "python": "3.12"}
+    out = tmp_path / "out"
+    out.mkdir()
+    names = device_check.save_build(manifest, out)
+    assert names == ["gsplat-build.tgz.part-00", "gsplat-build.tgz.part-01"]
+    assert all((out / n).stat().st_size <= 15 * 2**20 for n in names)
+    assert "arch" in device_check.restore_build(out, {**manifest, "arch": "10.0"})
+    assert not (device_check.SITE / "gsplat" / "csrc.py").exists()
+    assert device_check.restore_build(out, manifest) is None
+    assert (device_check.RESTORED / "gsplat_cuda.so").read_bytes() == library.read_bytes()
+    assert str(device_check.RESTORED / "gsplat_cuda.so") in (device_check.SITE / "gsplat" / "csrc.py").read_text()
+    assert "no gsplat-build.tgz.part-*" in device_check.restore_build(tmp_path / "empty", manifest)
+
+
+def test_pytest_summary_and_targets(tmp_path):
+    junit = tmp_path / "junit.xml"
+    junit.write_text('<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
+                     '<testcase name="a"/><testcase name="b"><failure message="boom"/></testcase>'
+                     '<testcase name="c"><skipped message="no GPU"/></testcase></testsuite></testsuites>')
+    summary = device_check.pytest_summary(junit)
+    assert summary["tests"] == 3 and summary["failures"] == 1 and summary["skipped"] == 1
+    assert summary["not_passed"] == ["failure: b: boom", "skipped: c: no GPU"]
+    lines = device_check.targets({"tests": summary, "render": {"targets": ["PASS  x"]}, "train_step": {"targets": ["FAIL  y"]}})
+    assert lines == ["PASS  x", "FAIL  y", "FAIL  tests/test_gsplat.py: 3 tests, 1 failed, 0 errors, 1 skipped"]
+
+
+def test_render_benchmark_help_does_not_load_gsplat():
+    code = ("import runpy, sys\nsys.argv = ['render.py', '--help']\ntry:\n    runpy.run_path('benchmarks/render.py', run_name='__main__')\n"
+            "except SystemExit:\n    pass\nprint('loaded' if 'gsplat.cuda._backend' in sys.modules or 'gsplat' in sys.modules else 'not loaded')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.strip().endswith("not loaded"), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("size", [(32, 32), (24, 57)])
+def test_gsplat_direct_baseline_renders_our_scene(size):
+    """The benchmark's baseline (gsplat's own projection of a flat 3D scene) puts our Gaussians
+    where we do: gsplat's plain-PyTorch projection gives our centres and conics."""
+    gsplat_torch = pytest.importorskip("gsplat.cuda._torch_impl", reason="gsplat is not installed")
+    H, W = size
+    g = random_gaussians(3, 20, seed=4)
+    scene = gsplat_camera_scene(g, H, W)
+    covars, _ = gsplat_torch._quat_scale_to_covar_preci(scene["quats"], scene["scales"], compute_preci=False)
+    _, means2d, depths, conics, _ = gsplat_torch._fully_fused_projection(
+        scene["means"], covars, scene["viewmats"], scene["Ks"], W, H, eps2d=0.0
+    )
+    ours = to_pixel_space(g, H, W)
+    torch.testing.assert_close(means2d[:, 0], ours.means, rtol=0, atol=1e-9)
+    torch.testing.assert_close(depths[:, 0], torch.ones_like(depths[:, 0]))
+    torch.testing.assert_close(conics[:, 0], ours.conics, rtol=1e-6, atol=1e-9)
+
+
+def test_train_step_benchmark_times_the_phases(tmp_path):
+    """A tiny model on the CPU: every phase timed, the render's forward and backward found inside
+    the step, and the classifier phase renders nothing."""
+    out = tmp_path / "train_step.json"
+    report = train_step.main(["--model", "gvit_nano", "--img-size", "32", "--num-gaussians", "16", "--num-classes", "5",
+                              "--batch", "2", "--steps", "1", "--warmup", "0", "--precision", "fp32", "--device", "cpu",
+                              "--out", str(out)])
+    assert json.loads(out.read_text())["phases"].keys() == {"reconstruction", "classifier", "joint"}
+    for phase in ("reconstruction", "joint"):
+        p = report["phases"][phase]
+        parts = p["instrumented_ms"]
+        assert parts["render_fwd"] > 0 and parts["render_bwd"] > 0 and parts["encoder_fwd"] > 0
+        assert parts["render_fwd"] + parts["render_bwd"] + parts["encoder_fwd"] < parts["step"]
+        assert 0 < p["render_share"] < 1 and p["images_per_s"] > 0
+    assert "render_fwd" not in report["phases"]["classifier"]["instrumented_ms"]
+    assert report["phases"]["classifier"]["render_share"] == 0
+    assert 0 < report["schedule"]["render_share"] < 1
+    assert len(report["targets"]) == 2
