@@ -65,6 +65,7 @@ class TrainConfig:
     weight_decay: float = _opt(0.05, "AdamW weight decay (none on norms, biases, position embeddings)")
     betas: tuple = _opt((0.9, 0.95), "AdamW betas", nargs=2, type=float)
     mixed_precision: str = _opt("auto", "auto (bf16 on GPUs that have it, else none), no, bf16 or fp16", choices=("auto", "no", "bf16", "fp16"))
+    compile: bool = _opt(False, "torch.compile the encoder and the classifier (the renderer stays eager), as timm's train.py --torchcompile")
     ema_decay: float | None = _opt(None, "keep an EMA of the weights (timm ModelEmaV3) with this decay; evaluation and export then use it", type=float)
     max_nonfinite: int = _opt(20, "stop when this many consecutive steps have non-finite losses (each one is skipped)")
     seed: int = _opt(0, "random seed (data order, augmentation, initial Gaussians)")
