@@ -9,9 +9,9 @@ registers them, after which they behave like any timm model::
     gaussians = model.encode(images)        # [B, k, 9] decoded Gaussians
     picture = model.render(gaussians)       # [B, 3, H, W] in [0, 1]
 
-Pretrained weights are looked up on the Hugging Face Hub under the organisation in
-``TIMM_GVIT_HUB_ORG`` (default ``timm-gvit``); set it, before importing timm_gvit, to load weights
-you trained and pushed yourself with ``pretrained=True``.
+Pretrained tags are the weights that ship in ``timm_gvit/weights/`` and, once published (or when
+``TIMM_GVIT_HUB_ORG`` names your Hub organisation, set before importing timm_gvit), the ``.in1k``
+tags on the Hub; ``timm.list_pretrained('gvit*')`` lists exactly those.
 """
 
 import json
@@ -107,10 +107,10 @@ def check_image_shape(images: Tensor, in_chans: int, patch_size: int, img_size: 
     graphs that drop unused calls).
     """
     if images.dim() != 4:
-        raise ValueError(f"images must be a [B, C, H, W] tensor, got shape {images.shape}")
+        raise ValueError(f"images must be a [B, C, H, W] tensor, got shape {list(images.shape)}")
     C, H, W = images.shape[1], images.shape[2], images.shape[3]
     if C != in_chans:
-        raise ValueError(f"images must have {in_chans} channel(s), got {C} (shape {images.shape})")
+        raise ValueError(f"images must have {in_chans} channel(s), got {C} (shape {list(images.shape)})")
     if H < patch_size or W < patch_size:
         raise ValueError(f"images of {H}x{W} are smaller than one {patch_size}x{patch_size} patch")
     if dynamic_img_size:
@@ -229,7 +229,7 @@ class GViT(nn.Module):
             num_heads=encoder_num_heads,
             mlp_ratio=mlp_ratio,
             gaussian_init=gaussian_init,
-            scale_bound=scale_bound,
+            scale_bound=self.scale_bound,
             dynamic_img_size=dynamic_img_size,
             pos_drop_rate=pos_drop_rate,
             proj_drop_rate=proj_drop_rate,
