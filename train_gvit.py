@@ -6,9 +6,10 @@
     python train_gvit.py --help                   # every option; --config FILE.yaml takes them from a file
 
 A run folder (``--output-dir``) collects the resolved config, checkpoints (``--resume latest``
-continues a stopped run), ``metrics.json``, PNG figures, tracker logs and, at the end, the
-export folder that ``timm.create_model('local-dir:RUN/export', pretrained=True)`` loads and
-``--push-to-hub`` uploads. The method is gvit-method.md sections 5 and 6.
+continues a stopped run with its saved config, bit for bit), ``metrics.json``, PNG figures,
+tracker logs and, at the end, the export folder that
+``timm.create_model('local-dir:RUN/export', pretrained=True)`` loads and ``--push-to-hub``
+uploads. The method is gvit-method.md sections 5 and 6; what survives a crash is in the README.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from tqdm.auto import tqdm
 import timm_gvit  # noqa: F401  (registers the models)
 from hub import PushError, export_model, push_folder
 from timm_gvit.fitting import psnr
-from timm_gvit.training.checkpoints import load_checkpoint, load_encoder_weights, resolve_resume, save_checkpoint
+from timm_gvit.training.checkpoints import (checkpoint_root, load_checkpoint, load_encoder_weights, pause_point, recover_checkpoints,
+                                            resolve_resume, save_checkpoint, write_atomically)
 from timm_gvit.training.config import TrainConfig, parse_config, save_config
 from timm_gvit.training.data import ImageClassificationDataset, load_splits, training_transform
 from timm_gvit.training.guidance import guidance_step
@@ -65,10 +67,11 @@ def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config: TrainConfig = parse_config(argv)
-    if config.eval_every < 1:
-        raise SystemExit(f"--eval-every must be >= 1, got {config.eval_every}")
+    config: TrainConfig = parse_config(argv)  # validated; with --resume, the run's own config
     run_dir = Path(config.output_dir)
+    if not config.resume and ((run_dir / "metrics.json").exists() or any(checkpoint_root(run_dir).glob("*"))):
+        raise SystemExit(f"train_gvit.py: error: {run_dir} holds a run already: continue it with --resume latest, "
+                         "or choose another --output-dir")
 
     # ---------------------------------------------------------------- accelerator
     if config.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
@@ -86,14 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(config.seed)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
 
     # ---------------------------------------------------------------- data and model
     train_data, val_data, info = load_splits(config)
     model = timm.create_model(config.model, num_classes=info.num_classes, **config.model_create_kwargs())
-    if config.init_encoder_from:
+    if config.init_encoder_from and not config.resume:  # a resumed run has its weights in the checkpoint
         count = load_encoder_weights(model, config.init_encoder_from)
         accelerator.print(f"encoder initialised from {config.init_encoder_from} ({count} tensors)")
     if config.compile:
@@ -101,12 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     data_config = resolve_model_data_config(model)
     train_transform = training_transform(data_config, config.hflip)
     val_transform = create_transform(**{**data_config, "crop_pct": config.eval_crop_pct or data_config["crop_pct"]})
-    dataset = lambda data, transform: ImageClassificationDataset(  # noqa: E731
-        data, info.name, config.image_column, config.label_column, info.num_classes, transform
+    dataset = lambda data, transform, seed=None: ImageClassificationDataset(  # noqa: E731
+        data, info.name, config.image_column, config.label_column, info.num_classes, transform, seed
     )
-    train_loader = DataLoader(dataset(train_data, train_transform), batch_size=config.batch_size, shuffle=True,
-                              drop_last=True, num_workers=config.workers, persistent_workers=config.workers > 0)
-    val_loader = DataLoader(dataset(val_data, val_transform), batch_size=config.batch_size, num_workers=config.workers)
+    # augmentation is seeded per item and epoch (the dataset's set_epoch reaches the workers, which start afresh
+    # every epoch), and the loaders draw their worker seeds from their own generators: together, a resumed
+    # run sees the same crops as an uninterrupted one, and the global random state is the model's alone
+    train_dataset = dataset(train_data, train_transform, seed=config.seed)
+    train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
+                              generator=torch.Generator().manual_seed(config.seed))
+    val_loader = DataLoader(dataset(val_data, val_transform), batch_size=config.batch_size, num_workers=config.workers,
+                            generator=torch.Generator().manual_seed(config.seed))
     if len(train_loader) < config.grad_accum_steps:
         raise ValueError(f"dataset '{info.name}' has {info.train_size} training images: too few for one step of "
                          f"{config.batch_size} x {config.grad_accum_steps} per process")
@@ -123,20 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     warmup_steps = round(config.warmup_epochs * (steps_per_epoch if config.phase_unit == "epochs" else 1))
     scheduler = CosineLRScheduler(optimizer, t_initial=schedule.total_steps, lr_min=config.min_lr,
                                   warmup_t=warmup_steps, warmup_lr_init=config.min_lr, t_in_epochs=False)
-    accelerator.register_for_checkpointing(scheduler)
     ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
     mean = torch.tensor(data_config["mean"], device=accelerator.device).view(1, 3, 1, 1)
     std = torch.tensor(data_config["std"], device=accelerator.device).view(1, 3, 1, 1)
+    training_state = dict(objective=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler, ema=ema)
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "guidance_steps": 0, "skipped_steps": 0}
-    history: list[dict] = []
+    # the trainer's own state, all of it in every checkpoint: counters, this epoch's running loss sums, the metrics history
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "guidance_steps": 0, "skipped_steps": 0, "nonfinite_in_a_row": 0,
+             "sums": {}, "counts": {}, "history": []}
     if config.resume:
+        if accelerator.is_main_process:
+            recover_checkpoints(run_dir)
+        accelerator.wait_for_everyone()
         path = resolve_resume(run_dir, config.resume)
-        state = load_checkpoint(accelerator, path)
-        history = json.loads((run_dir / "metrics.json").read_text()).get("epochs", []) if (run_dir / "metrics.json").exists() else []
-        history = [h for h in history if h["epoch"] < state["epoch"]]
+        state = load_checkpoint(accelerator, path, **training_state)
         accelerator.print(f"resumed from {path}: step {state['step']}, epoch {state['epoch']}, batch {state['batch_in_epoch']}")
 
     run_info = {
@@ -144,8 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         "steps_per_epoch": steps_per_epoch, "schedule": dataclasses.asdict(schedule), "global_batch": global_batch,
         "lr": lr, "warmup_steps": warmup_steps, "mixed_precision": mixed,
     }
-    if accelerator.is_main_process:
-        (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2))
+
+    def write_metrics(final: dict | None = None) -> None:
+        if accelerator.is_main_process:
+            record = {"epochs": state["history"], "total_steps": state["step"], "guidance_steps": state["guidance_steps"],
+                      "skipped_steps": state["skipped_steps"], **({"final": final} if final is not None else {})}
+            write_atomically(run_dir / "metrics.json", json.dumps(record, indent=2))
+
+    if accelerator.is_main_process:  # only now, with data, model and checkpoint checked
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        write_atomically(run_dir / "run_info.json", json.dumps(run_info, indent=2))
+        if config.resume:
+            write_metrics()  # the history as the checkpoint has it
     accelerator.init_trackers("gvit", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in dataclasses.asdict(config).items()})
     accelerator.print(
         f"{config.model} on '{info.name}' ({info.train_size} train / {info.val_size} val images, {info.num_classes} classes); "
@@ -155,22 +171,17 @@ def main(argv: list[str] | None = None) -> int:
         f"(guidance {schedule.guidance_steps if config.gamma else 0}, gamma {config.gamma}); mixed precision {mixed}"
     )
 
-    def write_metrics(final: dict | None = None) -> None:
-        if accelerator.is_main_process:
-            record = {"epochs": history, "total_steps": state["step"], "guidance_steps": state["guidance_steps"], "skipped_steps": state["skipped_steps"]}
-            if final is not None:
-                record["final"] = final
-            (run_dir / "metrics.json").write_text(json.dumps(record, indent=2))
-
     # ---------------------------------------------------------------- training
-    phase, nonfinite_in_a_row = None, 0
+    phase = None
     for epoch in range(state["epoch"], schedule.epochs(steps_per_epoch)):
         train_loader.set_epoch(epoch)
+        train_dataset.set_epoch(epoch)
         skip = state["batch_in_epoch"]
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         bar = tqdm(total=len(train_loader), initial=skip, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
         objective.train()
-        seen, started, sums = 0, time.perf_counter(), {}
+        seen, started = 0, time.perf_counter()
+        sums, counts = state["sums"], state["counts"]  # of the losses of this epoch's finite batches
         for batch_index, (images, labels) in enumerate(loader, start=skip):
             if state["step"] >= schedule.total_steps:
                 break
@@ -187,20 +198,22 @@ def main(argv: list[str] | None = None) -> int:
                 finite = accelerator.gather(torch.isfinite(loss.detach())[None]).all()
                 if finite:
                     accelerator.backward(loss)
+                    if config.clip_grad is not None and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(objective.parameters(), config.clip_grad)
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             if not finite:
                 state["skipped_steps"] += 1
-                nonfinite_in_a_row += 1
-                accelerator.print(f"step {step}: non-finite loss, step skipped ({nonfinite_in_a_row} in a row)")
-                if nonfinite_in_a_row >= config.max_nonfinite:
-                    raise RuntimeError(f"{nonfinite_in_a_row} non-finite losses in a row (last at step {step}, phase '{phase}'); "
+                state["nonfinite_in_a_row"] += 1
+                accelerator.print(f"step {step}: non-finite loss, step skipped ({state['nonfinite_in_a_row']} in a row)")
+                if state["nonfinite_in_a_row"] >= config.max_nonfinite:
+                    raise RuntimeError(f"{state['nonfinite_in_a_row']} non-finite losses in a row (last at step {step}, phase '{phase}'); "
                                        "lower the learning rate or gamma, or resume from an earlier checkpoint")
                 continue
-            nonfinite_in_a_row = 0
+            state["nonfinite_in_a_row"] = 0
             seen += images.shape[0] * accelerator.num_processes
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value.item()
+                sums[key], counts[key] = sums.get(key, 0.0) + value.item(), counts.get(key, 0) + 1
             if not accelerator.sync_gradients:
                 continue
             state["step"] = step = step + 1
@@ -225,24 +238,26 @@ def main(argv: list[str] | None = None) -> int:
                     save_reconstruction_grid(targets[:4], model.render(gaussians, tuple(images.shape[-2:])), gaussians,
                                              run_dir / "figures" / f"step-{step:08d}.png")
             if step % config.checkpoint_every == 0:
-                save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints)
+                save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints, **training_state)
         bar.close()
         last_epoch = state["step"] >= schedule.total_steps
         epoch_record = {"epoch": epoch, "step": state["step"], "phase": schedule.phase(max(state["step"] - 1, 0)),
-                        **{f"train_{k}" if not k.startswith("train") else k: v / max(1, len(loader)) for k, v in sums.items()}}
+                        **{k if k.startswith("train") else f"train_{k}": sums[k] / counts[k] for k in sums}}
         if last_epoch or (epoch + 1) % config.eval_every == 0:
             results = evaluate(ema.module if ema is not None else model, val_loader, accelerator, mean, std)
             epoch_record.update(results)
             accelerator.print(f"epoch {epoch}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, PSNR {results['psnr']:.2f} dB")
             accelerator.log({f"val/{k}": v for k, v in results.items()}, step=state["step"])
-        history.append(epoch_record)
-        state.update(epoch=epoch + 1, batch_in_epoch=0)
-        save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints)
+        state["history"].append(epoch_record)
+        state.update(epoch=epoch + 1, batch_in_epoch=0, sums={}, counts={})
+        save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints, **training_state)  # holds the history too
+        pause_point("before-metrics")
         write_metrics()
         if last_epoch:
             break
 
     # ---------------------------------------------------------------- results and export
+    history = state["history"]
     final = history[-1] if history and "top1" in history[-1] else evaluate(ema.module if ema is not None else model, val_loader, accelerator, mean, std)
     write_metrics(final)
     accelerator.end_training()

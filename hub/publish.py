@@ -20,36 +20,37 @@ from pathlib import Path
 
 import timm
 import torch
-import yaml
-from safetensors.torch import load_file
 
 from .export import PushError, export_model, push_folder
 
 
 def _run_dir_and_checkpoint(source: Path) -> tuple[Path, Path]:
-    from timm_gvit.training.checkpoints import STATE_FILE, list_checkpoints
+    from timm_gvit.training.checkpoints import STATE_FILE, checkpoint_problem, list_checkpoints
 
     if (source / STATE_FILE).is_file():
+        problem = checkpoint_problem(source)
+        if problem is not None:
+            raise SystemExit(f"{source}: an incomplete checkpoint ({problem}); publish the run folder to take its newest complete one")
         return source.parent.parent, source
     found = list_checkpoints(source)
     if not found:
-        raise SystemExit(f"{source}: neither an export folder, a run folder with checkpoints, nor a checkpoint")
+        raise SystemExit(f"{source}: neither an export folder, a run folder with a complete checkpoint, nor a checkpoint")
     return source, found[-1]
 
 
 def build_export_from_checkpoint(source: Path, out: Path, repo_name: str | None) -> Path:
     """Rebuild the model of a run's checkpoint and write its export folder to ``out``."""
     import timm_gvit  # noqa: F401
-    from timm_gvit.training.config import TrainConfig
+    from timm_gvit.training.checkpoints import STATE_FILE, read_safetensors
+    from timm_gvit.training.config import load_run_config
 
     run_dir, checkpoint = _run_dir_and_checkpoint(source)
-    values = yaml.safe_load((run_dir / "config.yaml").read_text())
-    config = TrainConfig(**{**values, "betas": tuple(values["betas"])})
-    metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    epochs = metrics.get("epochs", [])
-    final = metrics.get("final") or (epochs[-1] if epochs else {"top1": float("nan"), "top5": float("nan"), "psnr": float("nan")})
-    state = {k.removeprefix("model."): v for k, v in load_file(str(checkpoint / "model.safetensors")).items()}
+    config = load_run_config(run_dir)
+    # the validation metrics of the checkpoint's own weights, from the history it holds (none in the middle of an epoch)
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    evaluated = [epoch for epoch in saved["history"] if "top1" in epoch and epoch["step"] == saved["step"]]
+    final = evaluated[-1] if evaluated else {"top1": float("nan"), "top5": float("nan"), "psnr": float("nan")}
+    state = {k.removeprefix("model."): v for k, v in read_safetensors(checkpoint / "model.safetensors").items()}
     num_classes = state["classifier.head.weight"].shape[0]
     model = timm.create_model(config.model, num_classes=num_classes, **config.model_create_kwargs())
     model.load_state_dict(state)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.source
     else:
         run_dir, checkpoint = _run_dir_and_checkpoint(args.source)
-        folder = build_export_from_checkpoint(checkpoint, args.out or run_dir / f"export-{checkpoint.name}", args.hub_model_id)
+        folder = build_export_from_checkpoint(checkpoint, args.out or run_dir / f"export-{checkpoint.name.removeprefix('.tmp-')}", args.hub_model_id)
     import timm_gvit  # noqa: F401
 
     model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()

@@ -255,7 +255,7 @@ def test_explain_command_writes_png(tmp_path, capsys):
 
     Image.new("RGB", (40, 30), "orange").save(tmp_path / "photo.png")
     out = tmp_path / "fig.png"
-    main([str(tmp_path / "photo.png"), "--model", "gvit_tiny", "--model-kwargs", "num_classes=5", "img_size=32", "patch_size=8", "num_gaussians=16", "--class", "2", "--out", str(out)])
+    main([str(tmp_path / "photo.png"), "--model", "gvit_tiny", "--model-kwargs", "num_classes=5", "img_size=32", "patch_size=8", "num_gaussians=16", "--class", "2", "--random-weights", "--out", str(out)])
     assert Image.open(out).width > 5 * 256
     assert "top classes" in capsys.readouterr().out
 

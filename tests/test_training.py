@@ -1,11 +1,12 @@
 """train_gvit.py and its pieces, on bundled (digits) and generated data."""
 
+import contextlib
 import json
 import os
-import signal
+import pickle
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import timm_gvit  # noqa: F401
+from timm_gvit.training.checkpoints import load_encoder_weights, read_safetensors
 from timm_gvit.training.config import parse_config
+from timm_gvit.training.data import ImageClassificationDataset, load_splits, to_rgb
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.schedule import Schedule
 
@@ -133,8 +136,8 @@ def test_schedule_phases_in_steps():
     assert [s.phase(i) for i in (0, 19, 20, 29, 30, 49, 50, 59)] == ["reconstruction"] * 2 + ["classifier"] * 2 + ["joint"] * 2 + ["guidance"] * 2
     assert not s.dssim_on(9) and s.dssim_on(10)
     assert [i for i in range(60) if s.guidance_due(i)] == [51, 53, 55, 57, 59]
-    with pytest.raises(ValueError, match="cannot exceed"):
-        Schedule.from_config(parse_config(["--dataset", "x", "--joint-epochs", "1", "--guidance-epochs", "2"]), 10)
+    with pytest.raises(SystemExit, match=r"--guidance-epochs must be <= --joint-epochs \(1.0\), got 2.0"):
+        parse_config(["--dataset", "x", "--joint-epochs", "1", "--guidance-epochs", "2"])
 
 
 def test_config_file_flags_override_and_resolved_config_is_saved(tmp_path):
@@ -217,26 +220,6 @@ def test_publish_dry_run_builds_an_export_from_a_checkpoint(digits_run, tmp_path
     assert (out / "README.md").read_text().startswith("---") and (out / "model.safetensors").is_file()
 
 
-def test_killed_run_resumes_to_the_same_step_count(tmp_path):
-    """SIGKILL after the first checkpoint, then --resume latest: same steps, phases and schedule."""
-    args = [sys.executable, str(ROOT / "train_gvit.py"), *TINY, "--checkpoint-every", "2"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run([*args, "--output-dir", str(tmp_path / "full")], check=True, env=env, capture_output=True)
-    killed = subprocess.Popen([*args, "--output-dir", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not list((tmp_path / "cut" / "checkpoints").glob("step-0000000[4-9]")) and killed.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    subprocess.run([*args, "--output-dir", str(tmp_path / "cut"), "--resume", "latest"], check=True, env=env, capture_output=True)
-    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
-    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
-    assert cut["total_steps"] == full["total_steps"] == 16
-    assert cut["guidance_steps"] == full["guidance_steps"]
-    assert [(e["epoch"], e["step"], e["phase"]) for e in cut["epochs"]] == [(e["epoch"], e["step"], e["phase"]) for e in full["epochs"]]
-
-
 def test_persistent_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, capsys):
     with pytest.raises(RuntimeError, match="3 non-finite losses in a row"):
         train(tmp_path, "--base-lr", "1e38", "--warmup-epochs", "0", "--max-nonfinite", "3")
@@ -244,11 +227,249 @@ def test_persistent_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, ca
 
 
 def test_sample_limits_draw_from_every_class_of_a_sorted_split(tmp_path):
-    from timm_gvit.training.data import load_splits
-
     make_imagefolder(tmp_path / "shapes" / "train", per_class=12)  # imagefolder splits come sorted by class
     make_imagefolder(tmp_path / "shapes" / "val", per_class=6)
     config = parse_config(["--dataset", str(tmp_path / "shapes"), "--max-train-samples", "9", "--max-val-samples", "6"])
     train_split, val_split, info = load_splits(config)
     assert len(train_split) == 9 and len(val_split) == 6 and info.num_classes == 3
     assert len(set(train_split["label"])) == 3 and len(set(val_split["label"])) > 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Crash safety and resume (README "What survives a crash"). SHORT: 10 steps of 4 per epoch, with the
+# phase changing in the middle of epochs 0 and 1 and a partial last epoch; two loader workers and an
+# EMA, so that resume has to restore every kind of state. A narrower model than TINY's keeps the runs short.
+SHORT = [*TINY, "--model-kwargs", "encoder_depth=1", "depth=1", "encoder_embed_dim=48", "embed_dim=48", "encoder_num_heads=2",
+         "num_heads=2", "--phase-unit", "steps", "--recon-epochs", "3", "--dssim-from", "1", "--classifier-epochs", "3",
+         "--joint-epochs", "4", "--guidance-epochs", "2", "--guidance-every", "1", "--warmup-epochs", "1",
+         "--workers", "2", "--ema-decay", "0.9"]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Runs to compare bit for bit use one thread count, and one thread makes these tiny models
+    several times faster on a busy machine (as do the subprocesses' OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_short(*args: str) -> int:
+    with one_thread():
+        return train_gvit.main([*SHORT, *args])
+
+
+def resume(run: Path, *args: str) -> int:
+    """Continue a run with no flags but its folder (and ``args``): the rest comes from its config.yaml."""
+    with one_thread():
+        return train_gvit.main(["--output-dir", str(run), "--resume", "latest", *args])
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """The uninterrupted run the interrupted ones must reproduce bit for bit; every checkpoint kept."""
+    out = tmp_path_factory.mktemp("short")
+    assert train_short("--output-dir", str(out), "--checkpoint-every", "3", "--keep-checkpoints", "0",
+                       "--report-to", "tensorboard", "--log-every", "1") == 0
+    return out
+
+
+def assert_same_run(run: Path, reference: Path):
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
+    a, b = load_file(run / "export" / "model.safetensors"), load_file(reference / "export" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class RunsOnUnpickle:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def run_until_paused(point: str, *args: str) -> None:
+    """Start train_gvit.py with GVIT_PAUSE_AT=point, wait until it pauses there, then SIGKILL it."""
+    env = {**os.environ, "GVIT_PAUSE_AT": point, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train_gvit.py"), *args], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    output = []
+    for line in proc.stderr:
+        output.append(line)
+        if f"paused at {point}" in line:
+            break
+    proc.kill()
+    proc.wait()
+    assert f"paused at {point}" in output[-1] if output else False, "".join(output)[-3000:]
+
+
+def test_kills_in_the_epoch_end_resave_and_before_the_metrics_write_lose_nothing(short_run, tmp_path):
+    run = tmp_path / "run"
+    args = [*SHORT, "--report-to", "none", "--checkpoint-every", "4", "--keep-checkpoints", "1", "--output-dir", str(run)]
+    # 1. killed while the end-of-epoch save replaces step 4, which --checkpoint-every saved moments before
+    run_until_paused("checkpoint-swap", *args)
+    assert not (run / "checkpoints" / "step-00000004").exists()  # the old copy set aside, the new one not renamed in yet
+    assert publish.main([str(run), "--hub-model-id", "me/gvit", "--out", str(tmp_path / "published"), "--dry-run"]) == 0
+    # 2. resumed with no flags but the run folder; killed after epoch 1's checkpoint, before its metrics row is written
+    run_until_paused("before-metrics", "--output-dir", str(run), "--resume", "latest")
+    assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["epochs"]] == [0]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000008"]
+    # 3. a torn metrics.json does not matter either: the history lives in the checkpoints
+    (run / "metrics.json").write_text('{"epochs": [{"epo')
+    assert resume(run) == 0
+    assert_same_run(run, short_run)
+
+
+def test_resume_mid_epoch_is_bit_exact_and_skips_an_incomplete_checkpoint(short_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run, ignore=shutil.ignore_patterns("export", "logs", "figures", "metrics.json"))
+    root = run / "checkpoints"
+    for folder in root.iterdir():
+        if int(folder.name.removeprefix("step-")) > 6:
+            shutil.rmtree(folder)
+    # a newer checkpoint that lost the end of a file (a disk filled up, a copy cut short)
+    shutil.copytree(root / "step-00000006", root / "step-00000007")
+    (root / "step-00000007" / "model.safetensors").write_bytes(b"\0" * 100)
+    # nothing in a checkpoint is unpickled: pickles planted under the names Accelerate's checkpoints use never run
+    assert {p.suffix for p in (root / "step-00000006").iterdir()} == {".json", ".safetensors"}
+    marker = tmp_path / "pickle-ran"
+    for name in ("random_states_0.pkl", "custom_checkpoint_0.pkl", "optimizer.bin", "scheduler.bin", "pytorch_model.bin"):
+        (root / "step-00000006" / name).write_bytes(pickle.dumps(RunsOnUnpickle(marker)))
+    pickle.loads((root / "step-00000006" / "optimizer.bin").read_bytes()).close()  # the payload works when unpickled
+    assert marker.exists()
+    marker.unlink()
+    assert resume(run, "--workers", "0") == 0  # from step 6 (epoch 1, classifier phase); augmentation does not depend on the workers
+    assert "skipping incomplete checkpoint" in capsys.readouterr().err
+    assert not marker.exists()
+    assert_same_run(run, short_run)
+
+
+def test_epoch_training_metrics_average_over_the_batches_that_made_them(short_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((short_run / "logs").rglob("events.out.tfevents*")))).Reload()
+    logged = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in ("rec_loss", "ce_loss", "train_acc")}
+    epochs = json.loads((short_run / "metrics.json").read_text())["epochs"]
+    assert [e["phase"] for e in epochs] == ["classifier", "joint", "guidance"]
+    for record, steps in zip(epochs, ([1, 2, 3, 4], [5, 6, 7, 8], [9, 10]), strict=True):
+        for tag, by_step in logged.items():
+            values = [by_step[s] for s in steps if s in by_step]
+            key = tag if tag.startswith("train") else f"train_{tag}"
+            assert record[key] == pytest.approx(np.mean(values), rel=1e-5) if values else key not in record
+
+
+def test_resume_takes_the_run_config_and_refuses_changes_that_break_it(short_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run, ignore=shutil.ignore_patterns("export", "logs", "figures"))
+    saved = (run / "config.yaml").read_text()
+    for flags, message in [(["--batch-size", "8"], r"--batch-size 8 \(the run has 16\)"),
+                           (["--model-kwargs", "depth=3"], r"--model-kwargs \{'depth': 3\}"),
+                           (["--joint-epochs", "6"], r"--joint-epochs 6.0 \(the run has 4.0\)"),
+                           (["--dataset", "other"], "--dataset other")]:
+        with pytest.raises(SystemExit, match=message + ".*cannot change in the middle"):
+            train_gvit.main(["--output-dir", str(run), "--resume", "latest", *flags])
+    assert (run / "config.yaml").read_text() == saved
+    config = parse_config(["--output-dir", str(run), "--resume", "latest", "--keep-checkpoints", "5", "--workers", "0", "--batch-size", "16"])
+    assert (config.batch_size, config.num_gaussians, config.keep_checkpoints, config.workers, config.ema_decay) == (16, 8, 5, 0, 0.9)
+    with pytest.raises(SystemExit, match="holds a run already"):  # a new run would prune the old one's checkpoints
+        train_gvit.main([*SHORT, "--output-dir", str(run)])
+    with pytest.raises(FileExistsError, match=r"newer checkpoints \['step-00000004', .*'step-00000010'\]"):  # two histories in one run
+        train_gvit.main(["--resume", str(run / "checkpoints" / "step-00000003")])
+    assert (run / "config.yaml").read_text() == saved
+    with pytest.raises(SystemExit, match=r"--resume: no such file: .*nothing.config\.yaml"):
+        parse_config(["--output-dir", str(tmp_path / "nothing"), "--resume", "latest"])
+
+
+def test_config_file_values_are_checked_like_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base_lr: 1e-3\nbetas: [0.9, 0.99]\nphase_unit: steps\nmodel_kwargs: {depth: 2}\n")  # YAML reads 1e-3 as a string
+    config = parse_config(["--config", str(path)])
+    assert (config.base_lr, config.betas, config.phase_unit, config.model_kwargs) == (1e-3, (0.9, 0.99), "steps", {"depth": 2})
+    for text, message in [("phase_unit: weeks\n", "phase_unit must be one of epochs, steps, got 'weeks'"),
+                          ("report_to: mlflow\n", "report_to must be one of tensorboard, wandb, none"),
+                          ("batch_size: 8.5\n", "batch_size must be an integer, got 8.5"),
+                          ("base_lr: fast\n", "base_lr must be a number, got 'fast'"),
+                          ("hflip: yes\n", "hflip must be a number, got True"),
+                          ("batch_size: [1\nseed: 2\n", "not valid YAML.*c\\.yaml\", line 2"),
+                          ("- 1\n", "expected a mapping")]:
+        path.write_text(text)
+        with pytest.raises(SystemExit, match=r"(?s)--config \S*c\.yaml: " + message):
+            parse_config(["--config", str(path)])
+
+
+@pytest.mark.parametrize("flags, message", [
+    ("--checkpoint-every 0", "--checkpoint-every must be >= 1, got 0"), ("--log-every 0", "--log-every must be >= 1"),
+    ("--image-every 0", "--image-every must be >= 1"), ("--grad-accum-steps 0", "--grad-accum-steps must be >= 1"),
+    ("--eval-every -1", "--eval-every must be >= 1"), ("--batch-size 0", "--batch-size must be >= 1"),
+    ("--max-train-samples 0", "--max-train-samples must be >= 1"), ("--max-train-samples -5", "--max-train-samples must be >= 1"),
+    ("--keep-checkpoints -1", "--keep-checkpoints must be >= 0"), ("--val-fraction 1.5", "--val-fraction must be between 0 and 1"),
+    ("--push-to-hub", "--push-to-hub needs --hub-model-id ORG/NAME"),
+    ("--model local-dir:runs/x/export", "does not load weights.*--init-encoder-from runs/x/export"),
+    ("--model gvit_huge", "no such timm model; GViT models: gvit_base, gvit_nano"),
+])
+def test_bad_numbers_and_models_are_refused_before_any_data_loads(tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):  # not the missing dataset's error: that would come later
+        train_gvit.main(["--dataset", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "run"), *flags.split()])
+    assert not (tmp_path / "run").exists()  # no config.yaml written for a run that never validated
+
+
+def test_16_bit_pngs_keep_their_grey_levels(tmp_path):
+    from timm_gvit.explain import read_image
+
+    levels = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    for name in ("a", "b"):
+        (tmp_path / "greys" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(levels).save(tmp_path / "greys" / name / f"{i}.png")
+    expected = np.round(levels / 257).astype(np.uint8)
+    assert np.array_equal(np.asarray(to_rgb(Image.open(tmp_path / "greys" / "a" / "0.png")))[..., 1], expected)
+    train, _, info = load_splits(parse_config(["--dataset", str(tmp_path / "greys"), "--val-fraction", "0.25"]))
+    image, _ = ImageClassificationDataset(train, info.name, "image", "label", info.num_classes)[0]
+    assert image.mode == "RGB" and np.array_equal(np.asarray(image)[..., 0], expected)  # PIL's convert: 255 from level 1 on
+    assert np.array_equal(np.asarray(read_image(tmp_path / "greys" / "b" / "1.png"))[..., 2], expected)
+
+
+def test_one_class_imagefolder_is_refused_with_the_reason(tmp_path):
+    make_imagefolder(tmp_path / "shapes", per_class=2)
+    shutil.rmtree(tmp_path / "shapes" / "bar")
+    shutil.rmtree(tmp_path / "shapes" / "noise")
+    with pytest.raises(ValueError, match="takes its labels from its class sub-folders, and needs at least two"):
+        load_splits(parse_config(["--dataset", str(tmp_path / "shapes")]))
+
+
+def test_corrupt_safetensors_errors_name_the_file(tmp_path):
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match=r"weights\.safetensors: not a readable safetensors file"):
+        read_safetensors(bad)
+    model = timm.create_model("gvit_tiny", num_classes=4, img_size=16, patch_size=8, num_gaussians=8, encoder_depth=2, depth=2)
+    with pytest.raises(ValueError, match=r"weights\.safetensors: not a readable safetensors file"):
+        load_encoder_weights(model, bad)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such image file"), ("directory", "is not a file"), ("text", "not a readable image"),
+    ("truncated", "not a readable image"), ("class -1", "--class must be a class index >= 0, got -1"),
+    ("random", "has no trained weights here.*--random-weights"), ("corrupt weights", r"w\.safetensors: not a readable safetensors file"),
+    ("class 10", r"--class 10: the model has 10 classes \(0\.\.9\)"),
+])
+def test_explain_refuses_bad_input_with_a_message(tmp_path, capsys, case, message):
+    from timm_gvit.explain import main
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
+    args = {"missing": [str(tmp_path / "nope.png")], "directory": [str(tmp_path)], "text": [str(tmp_path / "t.png")],
+            "truncated": [str(tmp_path / "cut.png")], "class -1": [str(photo), "--class", "-1"],
+            "random": [str(photo), "--model", "gvit_nano"], "corrupt weights": [str(photo), "--checkpoint", str(tmp_path / "w.safetensors")],
+            "class 10": [str(photo), "--class", "10"]}[case]
+    (tmp_path / "t.png").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes(photo.read_bytes()[:200])
+    (tmp_path / "w.safetensors").write_bytes(b"junk")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "fig.png")])
+    assert exit_info.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "fig.png").exists()

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq
 
+from .encoder import position_features
 from .gaussians import NUM_PARAMS
 from .layers import transformer_blocks, xavier_init_linears
 
@@ -20,6 +21,11 @@ class GaussianClassifier(nn.Module):
     embeddings (Gaussians are index-ordered slots) go in front; pre-norm transformer blocks,
     a final norm, and a linear head on the class token (``global_pool='token'``) or on the mean
     of the Gaussian tokens (``'avg'``).
+
+    With ``centre_features=True`` (the default) a Gaussian token also gets the sine-cosine
+    features of its centre (:func:`~timm_gvit.encoder.position_features`, as the encoder's
+    tokens do): a linear embedding of mu alone cannot tell the classifier where things are
+    (MODEL_CARD.md, the ablation). ``False`` is the paper's plain linear embedding.
     """
 
     def __init__(
@@ -36,6 +42,7 @@ class GaussianClassifier(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        centre_features: bool = False,
     ):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -45,6 +52,7 @@ class GaussianClassifier(nn.Module):
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.grad_checkpointing = False
+        self.centre_features = centre_features
         self.gaussian_embed = nn.Linear(NUM_PARAMS, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_gaussians + 1, embed_dim))
@@ -65,11 +73,17 @@ class GaussianClassifier(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
+    def embed_tokens(self, gaussians: Tensor) -> Tensor:
+        """``[B, k, 9]`` -> the blocks' input tokens ``[B, 1 + k, D]`` (class token first)."""
+        x = self.gaussian_embed(gaussians)
+        if self.centre_features:
+            x = x + position_features(gaussians[..., 0:2], x.shape[-1])
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.pos_drop(x)
+
     def forward_features(self, gaussians: Tensor) -> Tensor:
         """``[B, k, 9]`` -> normalised tokens ``[B, 1 + k, D]`` (class token first)."""
-        x = self.gaussian_embed(gaussians)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        x = self.pos_drop(x)
+        x = self.embed_tokens(gaussians)
         x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing and not torch.jit.is_scripting() else self.blocks(x)
         return self.norm(x)
 

@@ -116,6 +116,32 @@ def figure(image: Tensor, result: dict[str, Tensor], index: int = 0, class_name:
     ]
 
 
+def check_weights_file(path: Path) -> None:
+    """Raise a ``ValueError`` naming ``path`` unless it is a weights file (a complete one, for safetensors)."""
+    from .training.checkpoints import check_safetensors
+
+    if not path.is_file():
+        raise ValueError(f"no weights file {path}")
+    if path.suffix == ".safetensors":
+        check_safetensors(path)
+
+
+def read_image(path: Path) -> Image.Image:
+    """An image file as 8-bit RGB, decoded completely; a ``ValueError`` that names the problem otherwise."""
+    from .training.data import to_rgb
+
+    if not path.exists():
+        raise ValueError(f"no such image file: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes everything: a truncated file fails here
+            return to_rgb(image)
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
 def main(argv: list[str] | None = None) -> None:
     import timm
     from timm.data import create_transform, resolve_model_data_config
@@ -130,28 +156,56 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="gvit_nano.imagenette_64", help="timm model name, tag, 'local-dir:PATH' or 'hf-hub:ORG/NAME' (default gvit_nano.imagenette_64, whose weights ship with the package)")
     parser.add_argument("--pretrained", action="store_true", help="load the model's pretrained weights (implied by local-dir:/hf-hub: and by weights that ship with the package)")
     parser.add_argument("--checkpoint", help="weights file (.safetensors or .pth) or exported folder to load")
+    parser.add_argument("--random-weights", action="store_true", help="explain an untrained model (random weights); without it, a model with no weights is refused")
     parser.add_argument("--class", dest="target", type=int, help="class index to explain (default: the predicted class)")
     parser.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="extra create_model kwargs, e.g. num_classes=10 img_size=64")
     parser.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
     args = parser.parse_args(argv)
 
+    # everything that can be checked before the model loads
+    try:
+        photo = read_image(Path(args.image))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.target is not None and args.target < 0:
+        parser.error(f"--class must be a class index >= 0, got {args.target}")
     kwargs = {}
     for item in args.model_kwargs:
         key, _, value = item.partition("=")
         kwargs[key] = int(value) if value.lstrip("-").isdigit() else value
     shipped = get_pretrained_cfg(args.model, allow_unregistered=True) if "." in args.model else None
     pretrained = args.pretrained or args.model.startswith(("local-dir:", "hf-hub:")) or bool(shipped and shipped.file and Path(shipped.file).is_file())
+    weights_file = None
     if args.checkpoint:
         path = Path(args.checkpoint)
         if path.is_dir():
             args.model, pretrained = f"local-dir:{path}", True
         else:
+            weights_file = path
             kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
             pretrained = True
+    if args.model.startswith("local-dir:"):
+        folder = Path(args.model.removeprefix("local-dir:"))
+        if not (folder / "config.json").is_file():
+            parser.error(f"{folder} is not an export folder (no config.json)")
+        weights_file = folder / "model.safetensors"
+    if weights_file is not None:
+        try:
+            check_weights_file(weights_file)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if not pretrained:
+        if not args.random_weights:
+            parser.error(f"--model {args.model} has no trained weights here, and explaining random weights shows nothing; pass "
+                         "--checkpoint FILE_OR_EXPORT_FOLDER, --model local-dir:EXPORT_FOLDER, a tag with weights "
+                         "(gvit_nano.imagenette_64), or --random-weights to explain the untrained model anyway")
+        print(f"WARNING: explaining {args.model} with RANDOM weights (--random-weights): the figure shows an untrained model")
+
     model = timm.create_model(args.model, pretrained=pretrained, **kwargs).eval()
+    if args.target is not None and args.target >= model.num_classes:
+        parser.error(f"--class {args.target}: the model has {model.num_classes} classes (0..{model.num_classes - 1})")
     config = resolve_model_data_config(model)
     transform = create_transform(**config)
-    photo = Image.open(args.image).convert("RGB")
     images = transform(photo)[None]
     mean = torch.tensor(config["mean"])[:, None, None]
     std = torch.tensor(config["std"])[:, None, None]

@@ -1,49 +1,237 @@
 """Crash-safe checkpoints of a run: ``RUN/checkpoints/step-00001234/``.
 
-Each checkpoint is written to a hidden temporary folder and renamed into place only when complete
-(``trainer_state.json`` last), so a crash mid-write leaves the previous checkpoint as the latest
-good one. ``Accelerator.save_state`` stores model, optimiser, scheduler, EMA and RNG states; the
-trainer's own counters (step, epoch, position in the epoch, guidance and skipped steps) go in
-``trainer_state.json``.
+A checkpoint holds everything the trainer needs to continue bit for bit, in safetensors and JSON
+(no pickle is written or read):
+
+    model.safetensors       the training objective's weights (keys ``model.<GViT key>``)
+    ema.safetensors         the EMA weights, with --ema-decay
+    optimizer.safetensors   the optimiser's tensors (its hyper-parameters are in trainer_state.json)
+    rng-<process>.json      each process's Python, NumPy and torch generator states
+    trainer_state.json      the counters, the metrics history, the lr scheduler and grad scaler
+                            states, and the size of every file above; written last, it marks the
+                            checkpoint complete
+
+A checkpoint is written to a hidden ``.tmp-step-N`` folder and renamed into place once complete.
+Nothing is deleted in place: a checkpoint that is replaced (the end-of-epoch save repeats the step
+of a ``--checkpoint-every`` save) or pruned is first renamed to ``.trash-...``. So at every instant
+each checkpoint has a complete copy under some name, and :func:`recover_checkpoints` (run when a
+trainer starts) finishes an interrupted save. A checkpoint folder is still trusted input: its
+weights and states are used as they are.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import random
 import shutil
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 STATE_FILE = "trainer_state.json"
+PAUSE_VARIABLE = "GVIT_PAUSE_AT"
+
+
+def pause_point(name: str) -> None:
+    """Test hook for crash tests: with ``GVIT_PAUSE_AT=name`` in the environment, say so on
+    stderr and wait here (to be killed)."""
+    if os.environ.get(PAUSE_VARIABLE) == name:
+        print(f"paused at {name}", file=sys.stderr, flush=True)
+        time.sleep(600)
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a crash leaves the old or the new file, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` whose errors name the file."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Raise a ``ValueError`` naming ``path`` unless it is a complete safetensors file (reads the header only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+
+
+# ----------------------------------------------------------------------------- finding checkpoints
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` is not a complete checkpoint, or ``None`` if it is."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / STATE_FILE).read_text())["files"]
+    except FileNotFoundError:
+        return f"no {STATE_FILE}"
+    except (ValueError, KeyError, TypeError):
+        return f"{STATE_FILE} is unreadable or was written by an older timm-gvit (no file list)"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, expected {size}"
+    return None
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints, oldest first: ``step-N`` folders, and a complete ``.tmp-step-N`` whose
+    ``step-N`` a crash left missing (until :func:`recover_checkpoints` renames it)."""
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+    found = {p.name: p for p in root.glob("step-*") if checkpoint_problem(p) is None}
+    for tmp in root.glob(".tmp-step-*"):
+        name = tmp.name.removeprefix(".tmp-")
+        if not (root / name).exists() and checkpoint_problem(tmp) is None:
+            found[name] = tmp
+    return [found[name] for name in sorted(found)]
+
+
+def recover_checkpoints(run_dir: str | Path) -> None:
+    """Finish what a crash interrupted: promote a complete ``.tmp-step-N`` whose ``step-N`` is
+    missing, and delete the rest of the hidden folders. Only for the process that owns the run."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return
+    for tmp in sorted(root.glob(".tmp-step-*")):
+        final = root / tmp.name.removeprefix(".tmp-")
+        if not final.exists() and checkpoint_problem(tmp) is None:
+            os.replace(tmp, final)
+            print(f"recovered checkpoint {final.name} from an interrupted save", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp)
+    for trash in root.glob(".trash-*"):
+        shutil.rmtree(trash)
 
 
 def resolve_resume(run_dir: str | Path, resume: str) -> Path:
-    """``'latest'`` or a path -> a complete checkpoint folder, or a ``FileNotFoundError`` saying why."""
+    """``'latest'`` or a path -> a complete checkpoint folder, or a ``FileNotFoundError`` saying why.
+
+    ``latest`` is the newest complete checkpoint; newer incomplete ones are skipped with a note.
+    """
     if resume == "latest":
+        root = checkpoint_root(run_dir)
         found = list_checkpoints(run_dir)
+        for skipped in sorted(root.glob("step-*")) if root.is_dir() else []:
+            if found and skipped.name > found[-1].name.removeprefix(".tmp-"):
+                print(f"--resume latest: skipping incomplete checkpoint {skipped} ({checkpoint_problem(skipped)})", file=sys.stderr)
         if not found:
-            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {checkpoint_root(run_dir)}")
+            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {root}; start the run again without --resume")
         return found[-1]
     path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder (no {STATE_FILE})")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint folder ({problem})")
+    newer = [p.name for p in list_checkpoints(run_dir) if p.name.removeprefix(".tmp-") > path.name]
+    if newer:  # they would be taken for this continuation's checkpoints, and --resume latest would return to them
+        raise FileExistsError(f"--resume {resume}: the run has newer checkpoints {newer}; move them out of "
+                              f"{checkpoint_root(run_dir)} to continue from this one")
     return path
 
 
-def save_checkpoint(accelerator, run_dir: str | Path, state: dict, keep: int) -> Path:
-    """Save the accelerator's state plus ``state`` as checkpoint ``step-<state['step']>``."""
+# ----------------------------------------------------------------------------- saving
+
+
+def _encode_bytes(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode()
+
+
+def _decode_bytes(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def rng_state() -> dict:
+    """This process's Python, NumPy, torch (and CUDA) generator states, as JSON values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "torch": _encode_bytes(torch.get_rng_state())}
+    if torch.cuda.is_available():
+        state["cuda"] = [_encode_bytes(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_decode_bytes(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_decode_bytes(s) for s in state["cuda"]])
+
+
+def _split_optimizer_state(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimiser's ``state_dict`` -> (its tensors by ``'<param>.<key>'``, the rest as JSON values)."""
+    full = optimizer.state_dict()
+    tensors, values = {}, {}
+    for index, entries in full["state"].items():
+        for key, value in entries.items():
+            (tensors if torch.is_tensor(value) else values)[f"{index}.{key}"] = value
+    return tensors, {"param_groups": full["param_groups"], "values": values}
+
+
+def _join_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in {**tensors, **rest["values"]}.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    groups = []
+    for saved, current in zip(rest["param_groups"], optimizer.param_groups):  # JSON turned tuples (betas) into lists
+        groups.append({k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()})
+    return {"state": state, "param_groups": groups}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(folder: Path) -> None:
+    """Delete a folder without ever leaving a half-deleted one under its name."""
+    trash = folder.with_name(f".trash-{folder.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    shutil.rmtree(trash)
+
+
+def save_checkpoint(accelerator, run_dir: str | Path, state: dict, keep: int, *, objective, optimizer, scheduler, ema=None) -> Path:
+    """Save the run as checkpoint ``step-<state['step']>`` and keep the newest ``keep`` (0: all).
+
+    ``state`` is the trainer's JSON state (counters, metrics history); ``objective`` the unwrapped
+    training module whose weights are saved.
+    """
     root = checkpoint_root(run_dir)
     final = root / f"step-{state['step']:08d}"
     tmp = root / f".tmp-{final.name}"
@@ -51,26 +239,62 @@ def save_checkpoint(accelerator, run_dir: str | Path, state: dict, keep: int) ->
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    write_atomically(tmp / f"rng-{accelerator.process_index}.json", json.dumps(rng_state()))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        with open(tmp / STATE_FILE, "w") as f:
-            json.dump(state, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        save_file({k: v.contiguous() for k, v in objective.state_dict().items()}, str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+        tensors, optimizer_rest = _split_optimizer_state(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        files = {}
+        for path in sorted(tmp.iterdir()):
+            _fsync(path)
+            files[path.name] = path.stat().st_size
+        full = {**state, "optimizer": optimizer_rest, "scheduler": scheduler.state_dict(),
+                "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "accelerator_step": accelerator.step, "num_processes": accelerator.num_processes, "files": files}
+        write_atomically(tmp / STATE_FILE, json.dumps(full, indent=1))  # last: the checkpoint is complete
+        if final.exists():  # the end-of-epoch save of a step that --checkpoint-every saved
+            trash = final.with_name(f".trash-{final.name}")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
+            pause_point("checkpoint-swap")
+            os.replace(tmp, final)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp, final)
+        _fsync(root)
         for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(accelerator, path: str | Path) -> dict:
-    """Restore the accelerator's state from ``path``; returns the trainer state saved with it."""
-    accelerator.load_state(str(path))
-    return json.loads((Path(path) / STATE_FILE).read_text())
+def load_checkpoint(accelerator, path: str | Path, *, objective, optimizer, scheduler, ema=None) -> dict:
+    """Restore weights, optimiser, scheduler, grad scaler and RNG states from checkpoint ``path``
+    (made complete-checked by :func:`resolve_resume`); returns the trainer's state saved with it."""
+    path = Path(path)
+    full = json.loads((path / STATE_FILE).read_text())
+    objective.load_state_dict(read_safetensors(path / "model.safetensors"))
+    if ema is not None:
+        if not (path / "ema.safetensors").is_file():
+            raise ValueError(f"--resume {path}: the run had no EMA (--ema-decay), this one has")
+        ema.load_state_dict(read_safetensors(path / "ema.safetensors"))
+    tensors = read_safetensors(path / "optimizer.safetensors")
+    optimizer.load_state_dict(_join_optimizer_state(optimizer, tensors, full.pop("optimizer")))
+    scheduler.load_state_dict(full.pop("scheduler"))
+    scaler = full.pop("grad_scaler")
+    if scaler is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(scaler)
+    accelerator.step = full.pop("accelerator_step")
+    rng_file = path / f"rng-{accelerator.process_index}.json"
+    if full.pop("num_processes") == accelerator.num_processes and rng_file.is_file():
+        set_rng_state(json.loads(rng_file.read_text()))
+    else:
+        accelerator.print(f"--resume {path}: saved with another number of processes; random states start afresh (not bit-exact)")
+    full.pop("files")
+    return full
 
 
 def load_encoder_weights(model, source: str | Path) -> int:
@@ -79,9 +303,6 @@ def load_encoder_weights(model, source: str | Path) -> int:
     ``source``: an export folder, a trainer checkpoint folder, or a ``.safetensors`` / ``.pth``
     file. Position embeddings are resampled when the image sizes differ.
     """
-    import torch
-    from safetensors.torch import load_file
-
     from ..gvit import checkpoint_filter_fn
 
     path = Path(source)
@@ -89,7 +310,13 @@ def load_encoder_weights(model, source: str | Path) -> int:
         path = path / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"--init-encoder-from {source}: no weights file at {path}")
-    state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".safetensors":
+        state = read_safetensors(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"--init-encoder-from {path}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
     for prefix in ("module.", "model."):  # DDP, and the trainer's objective wrapper
         if any(k.startswith(prefix) for k in state):

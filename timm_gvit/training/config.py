@@ -3,6 +3,11 @@ YAML file, and the built-in default run.
 
 Precedence, lowest first: the dataclass defaults (the paper's recipe, gvit-method.md section 6),
 the built-in preset (only when no dataset is given), the YAML file (``--config``), the flags.
+With ``--resume``, the run's saved ``config.yaml`` takes the place of the defaults and the preset,
+and the file and the flags may change only the options in ``CHANGEABLE_ON_RESUME``.
+
+Values from a YAML file are checked like the flags' (types, choices), and every value is range
+checked (:func:`validate`) before any data is loaded; errors exit with a message.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ class TrainConfig:
     val_fraction: float = _opt(0.1, "fraction of the training split held out for validation when there is no validation split")
     image_column: str = _opt("image", "dataset column holding the images")
     label_column: str = _opt("label", "dataset column holding integer class labels")
-    max_train_samples: int | None = _opt(None, "use only a random (seeded) subset of N training items (quick runs)", type=int)
-    max_val_samples: int | None = _opt(None, "use only a random (seeded) subset of N validation items", type=int)
+    max_train_samples: int | None = _opt(None, "use only a random (seeded) subset of N >= 1 training items (quick runs)", type=int)
+    max_val_samples: int | None = _opt(None, "use only a random (seeded) subset of N >= 1 validation items", type=int)
     workers: int = _opt(2, "data-loading worker processes per training process")
     hflip: float = _opt(0.5, "probability of a horizontal flip in training (the paper's only augmentation besides random-resized-crop scale 0.5-1)")
     eval_crop_pct: float | None = _opt(None, "centre-crop fraction for validation (default: the model's, 0.9)", type=float)
@@ -64,6 +69,7 @@ class TrainConfig:
     warmup_epochs: float = _opt(10.0, "linear learning-rate warm-up, in --phase-unit")
     weight_decay: float = _opt(0.05, "AdamW weight decay (none on norms, biases, position embeddings)")
     betas: tuple = _opt((0.9, 0.95), "AdamW betas", nargs=2, type=float)
+    clip_grad: float | None = _opt(None, "clip the global gradient norm of each step to this value (the paper: no clipping)", type=float)
     mixed_precision: str = _opt("auto", "auto (bf16 on GPUs that have it, else none), no, bf16 or fp16", choices=("auto", "no", "bf16", "fp16"))
     compile: bool = _opt(False, "torch.compile the encoder and the classifier (the renderer stays eager), as timm's train.py --torchcompile")
     ema_decay: float | None = _opt(None, "keep an EMA of the weights (timm ModelEmaV3) with this decay; evaluation and export then use it", type=float)
@@ -72,8 +78,8 @@ class TrainConfig:
     # output
     output_dir: str = _opt("runs/gvit", "run folder: config, checkpoints, metrics, figures, export")
     checkpoint_every: int = _opt(500, "save a checkpoint every N optimiser steps (and at the end of every epoch)")
-    keep_checkpoints: int = _opt(2, "how many checkpoints to keep")
-    resume: str | None = _opt(None, "'latest' or a checkpoint folder to continue from", type=str)
+    keep_checkpoints: int = _opt(2, "how many checkpoints to keep (0: all)")
+    resume: str | None = _opt(None, "'latest' (the newest complete checkpoint) or a checkpoint folder to continue from; the run's saved config.yaml gives every option that the command line does not change safely", type=str)
     eval_every: int = _opt(1, "validate after every N-th epoch (and always after the last)")
     log_every: int = _opt(20, "log losses to the trackers every N steps")
     image_every: int = _opt(500, "write a PNG of originals, reconstructions and ellipses every N steps")
@@ -107,6 +113,15 @@ DIGITS_PRESET = dict(
     checkpoint_every=200,
     image_every=200,
     output_dir="runs/gvit-digits",
+)
+
+
+#: Options that --resume lets the command line change: they do not touch the schedule, the data
+#: or the model. Every other option must match the run's config.yaml.
+CHANGEABLE_ON_RESUME = (
+    "output_dir", "resume", "workers", "mixed_precision", "max_nonfinite", "checkpoint_every", "keep_checkpoints",
+    "eval_every", "log_every", "image_every", "report_to", "push_to_hub", "hub_model_id", "hub_private",
+    "compile",  # issue 11's torch.compile switch, where present
 )
 
 
@@ -148,30 +163,150 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str):
+    raise SystemExit(f"train_gvit.py: error: {message}")
+
+
+def _check_value(f: dataclasses.Field, value, where: str):
+    """A YAML value for field ``f``, checked and converted as its flag would be; exits on a bad one."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    kind = type(default) if default is not None else f.metadata["type"]
+    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                tuple: "a list of two numbers", dict: "a mapping of names to values"}[kind]
+
+    def bad():
+        _fail(f"{where}: {f.name} must be {expected}, got {value!r}")
+
+    def number(v, as_type):
+        if isinstance(v, str):  # as the flag parses it; YAML reads 1e-3 as a string
+            try:
+                return as_type(v)
+            except ValueError:
+                bad()
+        if isinstance(v, bool) or not isinstance(v, int if as_type is int else (int, float)):
+            bad()
+        return as_type(v)
+
+    if value is None:
+        if default is not None:
+            _fail(f"{where}: {f.name} cannot be empty (null)")
+        return None
+    if kind is bool:
+        value = value if isinstance(value, bool) else bad()
+    elif kind is dict:
+        value = dict(value) if isinstance(value, dict) and all(isinstance(k, str) for k in value) else bad()
+    elif kind is tuple:
+        value = tuple(number(v, float) for v in value) if isinstance(value, (list, tuple)) and len(value) == len(default) else bad()
+    elif kind in (int, float):
+        value = number(value, kind)
+    elif not isinstance(value, str):
+        bad()
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        _fail(f"{where}: {f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
+    return value
+
+
+def read_config_file(path: str | Path, what: str = "--config") -> dict:
+    """The options in a YAML file, each checked like its flag; exits with a message naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        _fail(f"{what}: no such file: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        _fail(f"{what} {path}: not valid YAML: {exc}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        _fail(f"{what} {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        _fail(f"{what} {path}: unknown option(s) {sorted(unknown)}")
+    return {key: _check_value(fields[key], value, f"{what} {path}") for key, value in data.items()}
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Range checks of every numeric option and the model name; exits with a message on the first bad one."""
+    import timm
+
+    import timm_gvit  # noqa: F401  (registers the models)
+
+    def check(name: str, ok: bool, rule: str):
+        if not ok:
+            _fail(f"--{name.replace('_', '-')} must be {rule}, got {getattr(config, name)}")
+
+    for name in ("batch_size", "grad_accum_steps", "guidance_every", "max_nonfinite", "checkpoint_every", "eval_every", "log_every", "image_every"):
+        check(name, getattr(config, name) >= 1, ">= 1")
+    for name in ("max_train_samples", "max_val_samples", "img_size", "patch_size", "num_gaussians"):
+        check(name, getattr(config, name) is None or getattr(config, name) >= 1, ">= 1 (or left out)")
+    for name in ("workers", "keep_checkpoints", "seed", "recon_epochs", "dssim_from", "classifier_epochs", "joint_epochs",
+                 "guidance_epochs", "gamma", "lambda_perc", "cls_into_encoder", "min_lr", "warmup_epochs", "weight_decay"):
+        check(name, getattr(config, name) >= 0, ">= 0")
+    check("base_lr", config.base_lr > 0, "> 0")
+    check("val_fraction", 0 < config.val_fraction < 1, "between 0 and 1")
+    check("hflip", 0 <= config.hflip <= 1, "between 0 and 1")
+    check("label_smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)")
+    check("eval_crop_pct", config.eval_crop_pct is None or 0 < config.eval_crop_pct <= 1, "in (0, 1]")
+    check("ema_decay", config.ema_decay is None or 0 < config.ema_decay < 1, "in (0, 1)")
+    check("clip_grad", config.clip_grad is None or config.clip_grad > 0, "> 0 (or left out)")
+    check("betas", all(0 <= b < 1 for b in config.betas), "two numbers in [0, 1)")
+    check("guidance_epochs", config.guidance_epochs <= config.joint_epochs, f"<= --joint-epochs ({config.joint_epochs})")
+    check("joint_epochs", config.recon_epochs + config.classifier_epochs + config.joint_epochs > 0,
+          "> 0 if --recon-epochs and --classifier-epochs are 0 (the schedule has no steps)")
+    if config.push_to_hub and (not config.hub_model_id or config.hub_model_id.count("/") != 1):
+        _fail(f"--push-to-hub needs --hub-model-id ORG/NAME, got {config.hub_model_id!r}")
+    if config.model.startswith(("local-dir:", "hf-hub:")):
+        _fail(f"--model {config.model}: the trainer builds a new model from an architecture name (e.g. gvit_tiny) "
+              f"and does not load weights; to start from a trained model's encoder use --model ARCH "
+              f"--init-encoder-from {config.model.split(':', 1)[1]}")
+    if not timm.is_model(config.model):
+        _fail(f"--model {config.model}: no such timm model; GViT models: {', '.join(timm.list_models('gvit_*'))}")
+    return config
+
+
+def _resume_config(explicit: dict) -> TrainConfig:
+    """The config of the run that ``--resume`` continues, with the changes ``explicit`` may make."""
+    resume = explicit["resume"]
+    if resume != "latest" and Path(resume).parent.name == "checkpoints":
+        run_dir = Path(resume).parent.parent
+    else:
+        preset = DIGITS_PRESET if explicit.get("dataset") is None else {}
+        run_dir = Path(explicit.get("output_dir") or preset.get("output_dir") or TrainConfig.output_dir)
+    saved = read_config_file(run_dir / "config.yaml", what="--resume")
+    changed = {k: v for k, v in explicit.items() if k not in CHANGEABLE_ON_RESUME and k in saved and v != saved[k]}
+    if changed:
+        listed = ", ".join(f"--{k.replace('_', '-')} {v} (the run has {saved[k]})" for k, v in changed.items())
+        _fail(f"--resume: {listed}. These options fix the run's data, schedule or model and cannot change in the "
+              f"middle of it (its options are in {run_dir / 'config.yaml'}); leave them out to continue the run, "
+              "or start a new run with another --output-dir.")
+    return validate(TrainConfig(**{**saved, "output_dir": str(run_dir), **explicit}))
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Flags (and the YAML file they name) -> the resolved :class:`TrainConfig`."""
+    """Flags (and the YAML file they name) -> the resolved, validated :class:`TrainConfig`."""
     args = vars(build_parser().parse_args(argv))
-    from_file = {}
-    if "config" in args:
-        path = Path(args.pop("config"))
-        if not path.is_file():
-            raise SystemExit(f"--config: no such file: {path}")
-        from_file = yaml.safe_load(path.read_text()) or {}
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = set(from_file) - known
-        if unknown:
-            raise SystemExit(f"--config {path}: unknown option(s) {sorted(unknown)}")
+    explicit = read_config_file(args.pop("config")) if "config" in args else {}
     if "model_kwargs" in args:
         args["model_kwargs"] = _parse_kwargs(args["model_kwargs"])
-    chosen = {**from_file, **args}
-    preset = DIGITS_PRESET if chosen.get("dataset") is None else {}
-    values = {**preset, **chosen}
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    return TrainConfig(**values)
+    if "betas" in args:
+        args["betas"] = tuple(args["betas"])
+    explicit.update(args)
+    if explicit.get("resume"):
+        return _resume_config(explicit)
+    preset = DIGITS_PRESET if explicit.get("dataset") is None else {}
+    return validate(TrainConfig(**{**preset, **explicit}))
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The config a run saved in ``RUN/config.yaml``."""
+    return TrainConfig(**read_config_file(Path(run_dir) / "config.yaml", what="run config"))
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
+    from .checkpoints import write_atomically
+
     data = dataclasses.asdict(config)
     data["betas"] = list(data["betas"])
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    write_atomically(path, yaml.safe_dump(data, sort_keys=False))

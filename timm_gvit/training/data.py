@@ -5,10 +5,16 @@ written by ``save_to_disk``, or, by default, scikit-learn's 8x8 digits (1,797 re
 handwritten digits, shipped inside scikit-learn) turned into RGB images. Items are checked as
 they are read: an unreadable image or a label out of range raises a ``ValueError`` that names
 the dataset and the item.
+
+The training augmentation of an item is a function of (seed, epoch, item) alone, so that a run
+resumed in the middle of an epoch, or run with another number of loader workers, sees the same
+crops and flips.
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +37,46 @@ class DataInfo:
     val_size: int
 
 
-class ImageClassificationDataset(torch.utils.data.Dataset):
-    """(transformed image, label) pairs from a ``datasets.Dataset``, validated item by item."""
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB. 16-bit and 32-bit integer greyscale (16-bit PNGs) are scaled
+    to 8 bits, where PIL's ``convert`` would clip them to white."""
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit), I (32-bit int, what 16-bit PNGs may open as)
+        values = np.asarray(image).astype(np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max)
+        image = Image.fromarray(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8))
+    elif image.mode == "F":  # 32-bit float greyscale, taken to be in [0, 1]
+        image = Image.fromarray(np.round(np.asarray(image).clip(0, 1) * 255).astype(np.uint8))
+    return image.convert("RGB")
 
-    def __init__(self, data, name: str, image_column: str, label_column: str, num_classes: int, transform=None):
+
+@contextlib.contextmanager
+def seeded_rng(seed: int):
+    """Run the block with Python's and torch's (CPU) generators seeded by ``seed``, then put them back."""
+    python_state, torch_state = random.getstate(), torch.get_rng_state()
+    random.seed(seed)
+    torch.random.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        torch.set_rng_state(torch_state)
+
+
+class ImageClassificationDataset(torch.utils.data.Dataset):
+    """(transformed image, label) pairs from a ``datasets.Dataset``, validated item by item.
+
+    With ``seed``, item ``i`` of epoch ``e`` (:meth:`set_epoch`) is transformed with the random
+    generators seeded from ``(seed, e, i)``.
+    """
+
+    def __init__(self, data, name: str, image_column: str, label_column: str, num_classes: int, transform=None, seed: int | None = None):
         self.data, self.name = data, name
         self.image_column, self.label_column = image_column, label_column
         self.num_classes, self.transform = num_classes, transform
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.data)
@@ -46,13 +85,18 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         where = f"dataset '{self.name}', item {index}"
         try:
             item = self.data[index]
-            image = _to_pil(item[self.image_column]).convert("RGB")
+            image = to_rgb(_to_pil(item[self.image_column]))
         except Exception as exc:
             raise ValueError(f"{where}: cannot read the image in column '{self.image_column}': {exc}") from exc
         label = item[self.label_column]
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes:
             raise ValueError(f"{where}: label {label!r} in column '{self.label_column}' is not an integer in 0..{self.num_classes - 1}")
-        return (self.transform(image) if self.transform else image), int(label)
+        if self.transform is None:
+            return image, int(label)
+        if self.seed is None:
+            return self.transform(image), int(label)
+        with seeded_rng(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])):
+            return self.transform(image), int(label)
 
 
 def _to_pil(value) -> Image.Image:
@@ -79,12 +123,20 @@ def _digits():
     return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)})
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+
+
+def _is_imagefolder(source: str | None) -> bool:
+    return source is not None and Path(source).is_dir() and not _is_saved_dataset(Path(source))
+
+
 def _load(source: str):
     import datasets
 
     path = Path(source)
     if path.exists():
-        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        if _is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))
         elif path.is_dir():
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
@@ -105,6 +157,9 @@ def load_splits(config) -> tuple[object, object, DataInfo]:
     if config.train_split not in splits:
         raise ValueError(f"dataset '{name}' has no split '{config.train_split}'; it has {sorted(splits)}")
     train = splits[config.train_split]
+    if config.label_column not in train.column_names and config.label_column == "label" and _is_imagefolder(config.dataset):
+        raise ValueError(f"dataset '{name}' has no column 'label': an imagefolder takes its labels from its class sub-folders, "
+                         "and needs at least two of them (a classifier needs two classes or more)")
     for column in (config.image_column, config.label_column):
         if column not in train.column_names:
             raise ValueError(f"dataset '{name}' has no column '{column}'; its columns are {train.column_names} (see --image-column / --label-column)")
@@ -126,6 +181,9 @@ def load_splits(config) -> tuple[object, object, DataInfo]:
         class_names = list(feature.names)
     else:
         class_names = [str(i) for i in range(int(max(train[config.label_column])) + 1)]
+    if len(class_names) < 2:
+        raise ValueError(f"dataset '{name}' has {len(class_names)} class ({class_names}) in column '{config.label_column}': "
+                         "a classifier needs at least two")
     return train, val, DataInfo(name, len(class_names), class_names, len(train), len(val))
 
 

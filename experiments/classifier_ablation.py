@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""What the Gaussian classifier needs to read an encoder's Gaussians: one row per change.
+
+    python experiments/encoder_ablation.py --only patch8-lr1e-3-clip    # an encoder to read
+    python experiments/classifier_ablation.py --encoder patch8-lr1e-3-clip
+
+The encoder of an ``encoder_ablation.py`` row encodes every training and validation image once
+(centre crops, eval mode), and classifiers 128 wide and 6 deep (gvit_nano's) train on those fixed
+Gaussians for --epochs epochs with gaussian_study.py's recipe (AdamW lr 3e-4, cosine, flips).
+Rows: the paper's linear embedding of the 9 numbers; plus the sine-cosine features of the centres
+(``centre_features``); and, as the leakage control, timm's ViT/8 on the renderings of the same
+Gaussians. Results go to experiments/results/classifier_ablation.json under the encoder's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.data import create_transform, resolve_model_data_config
+
+import timm_gvit  # noqa: F401
+from encoder_ablation import ENCODERS, ROOT, ROWS, PAPER
+from gaussian_study import WIDTH, accuracy, encode_all, flip_gaussians, load_crops, render_all, train_classifier, vit
+from timm_gvit.classifier import GaussianClassifier
+from timm_gvit.fitting import psnr
+
+RESULTS = ROOT / "experiments" / "results" / "classifier_ablation.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(ROOT / "runs" / "data" / "imagenette-80"), help="output of prepare_imagenette.py")
+    parser.add_argument("--encoder", required=True, choices=list(ROWS), help="the encoder_ablation.py row whose encoder to read")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of every classifier")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", nargs="*", default=["linear", "centre_features", "vit8_renderings"], help="rows to run")
+    args = parser.parse_args()
+    model = timm.create_model("gvit_nano", num_classes=10, **{**PAPER["model"], **ROWS[args.encoder][1].get("model", {})})
+    model.encoder.load_state_dict(load_file(ENCODERS / f"{args.encoder}.safetensors"))
+    config = resolve_model_data_config(model)
+    mean, std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
+    raw = create_transform(**{**config, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})  # resize 71, crop 64, [0, 1]
+    data = Path(args.data)
+    split = {s: load_crops(data, s, raw) for s in ("train", "val")}
+    gaussians = {s: encode_all(model, split[s]["images"].clamp(0, 1), mean, std) for s in split}
+    labels = {s: split[s]["labels"] for s in split}
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    entry = results.setdefault(args.encoder, {})
+    renders = None
+    for row in args.rows:
+        torch.manual_seed(args.seed)
+        if row == "vit8_renderings":
+            renders = {s: render_all(gaussians[s]) for s in split}
+            entry["val_psnr"] = psnr(renders["val"], split["val"]["images"].clamp(0, 1)).mean().item()
+            normalise = lambda x: (x - mean) / std  # noqa: E731
+            clf = train_classifier(vit(8), normalise(renders["train"]), labels["train"], args.epochs, lambda x: x.flip(-1), row, args.seed)
+            acc = accuracy(clf, normalise(renders["val"]), labels["val"])
+        else:
+            clf = GaussianClassifier(num_gaussians=model.num_gaussians, num_classes=10, centre_features=row == "centre_features", **WIDTH)
+            clf = train_classifier(clf, gaussians["train"], labels["train"], args.epochs, flip_gaussians, row, args.seed)
+            acc = accuracy(clf, gaussians["val"], labels["val"])
+        entry[row] = {"val_top1": acc, "epochs": args.epochs, "seed": args.seed}
+        print(f"{args.encoder} / {row}: {acc:.2f}% top-1", flush=True)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
