@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.init_encoder_from and not config.resume:  # a resumed run has its weights in the checkpoint
         count = load_encoder_weights(model, config.init_encoder_from)
         accelerator.print(f"encoder initialised from {config.init_encoder_from} ({count} tensors)")
+    if config.compile:
+        model.compile_networks()
     data_config = resolve_model_data_config(model)
     train_transform = training_transform(data_config, config.hflip)
     val_transform = create_transform(**{**data_config, "crop_pct": config.eval_crop_pct or data_config["crop_pct"]})

@@ -33,7 +33,7 @@ def test_default_configuration_is_the_paper_s():
     assert model.img_size == (224, 224) and model.num_gaussians == 256 and model.scale_bound == 1.0
     assert model.num_classes == 1000 and model.encoder.gaussian_init == "denoise"
     cfg = model.pretrained_cfg
-    assert cfg["hf_hub_id"] == f"{timm_gvit.gvit.HUB_ORG}/gvit_small.in1k"
+    assert not cfg.get("tag") and not cfg.get("hf_hub_id")  # no weights published: no Hub tag claimed
     for key in ("num_classes", "input_size", "crop_pct", "interpolation", "mean", "std", "license", "paper_ids", "first_conv", "classifier"):
         assert key in cfg
     assert cfg["classifier"] == "classifier.head" and cfg["first_conv"] == "encoder.patch_embed.proj"
@@ -109,8 +109,8 @@ def test_timm_train_py_kwargs_are_accepted():
     model.set_grad_checkpointing(True)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert model.classifier.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
-    with pytest.raises(ValueError, match="in_chans must be 3"):
-        timm.create_model("gvit_tiny", in_chans=1)
+    with pytest.raises(ValueError, match="in_chans must be 3 .RGB. or 1"):
+        timm.create_model("gvit_tiny", in_chans=2)
 
 
 def test_data_config_and_transform_behave_as_for_a_vit():
@@ -196,6 +196,8 @@ def test_dynamic_img_size():
     for shape in [(32, 32), (40, 64), (16, 24)]:
         out = model.forward_train(torch.randn(1, 3, *shape))
         assert out.logits.shape == (1, 5) and out.reconstruction.shape[-2:] == shape
+    with pytest.raises(ValueError, match="36x32 are not a multiple of the 8 px patch.*drop the border"):
+        model(torch.randn(1, 3, 36, 32))
 
 
 def test_classify_gaussians_from_fit_gaussians():
@@ -211,15 +213,39 @@ def test_classify_gaussians_from_fit_gaussians():
     "images, match",
     [
         (torch.randn(3, 32, 32), r"\[B, C, H, W\]"),
-        (torch.randn(1, 1, 32, 32), "must have 3 channels"),
-        (torch.randn(1, 3, 32, 32).index_fill_(2, torch.tensor([3]), float("nan")), "non-finite"),
+        ([[1.0]], r"\[B, C, H, W\] tensor, got list"),
+        (torch.randn(1, 1, 32, 32), r"must have 3 channel\(s\), got 1"),
         (torch.randn(1, 3, 4, 32), "smaller than one 8x8 patch"),
         (torch.randn(1, 3, 48, 48), "the model takes 32x32.*dynamic_img_size=True"),
     ],
 )
 def test_bad_images_raise_value_error(images, match):
-    with pytest.raises(ValueError, match=match):
-        tiny()(images)
+    model = tiny()
+    for call in (model, model.encode, model.forward_features, model.forward_train):
+        with pytest.raises(ValueError, match=match):
+            call(images)
+
+
+def test_values_are_checked_by_the_gaussian_level_api_not_by_forward():
+    """forward checks shapes only (no host-device sync, so it compiles and exports); encode and
+    classify reject what render rejects."""
+    model = tiny().eval()
+    nan_images = torch.randn(1, 3, 32, 32).index_fill_(2, torch.tensor([3]), float("nan"))
+    assert torch.isnan(model(nan_images)).all()
+    with pytest.raises(ValueError, match="images contain non-finite values"):
+        model.encode(nan_images)
+    gaussians = model.encode(torch.randn(2, 3, 32, 32))
+    bad_sigma = gaussians.clone()
+    bad_sigma[1, 3, 2] = 0.0
+    nan_gaussians = gaussians.clone()
+    nan_gaussians[0, 5, 7] = float("nan")
+    for bad, match in ((bad_sigma, r"sigma_x/sigma_y .* > 0.*\[1, 3\]"), (nan_gaussians, r"non-finite.*\[0, 5, 7\]")):
+        for call in (model.classify, model.render):
+            with pytest.raises(ValueError, match=match):
+                call(bad)
+    assert torch.isnan(model.classify(nan_gaussians, check_values=False)[0]).all()  # the trainer's path
+    with pytest.raises(ValueError, match="floating point"):
+        model.classify(torch.ones(1, 16, 9, dtype=torch.long))
 
 
 def test_explain_command_writes_png(tmp_path, capsys):
@@ -257,3 +283,242 @@ def test_launcher_runs_a_timm_script_with_the_models_registered(tmp_path):
     assert out.strip() == "['--model', 'gvit_tiny'] ['gvit_base', 'gvit_nano', 'gvit_small', 'gvit_tiny']"
     missing = subprocess.run([sys.executable, "-m", "timm_gvit.run", str(tmp_path / "nope.py")], capture_output=True, text=True)
     assert missing.returncode != 0 and "no such script" in missing.stderr
+
+
+# ------------------------------------------------------------------ constructor arguments
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(img_size=36), "img_size 36x36 is not a multiple of patch_size 8.*drop the border"),
+        (dict(img_size=36, dynamic_img_size=True), "img_size 36x36 is not a multiple of patch_size 8"),
+        (dict(img_size=(32, 30)), "img_size 32x30 is not a multiple"),
+        (dict(num_classes=-1), "num_classes must be an integer >= 0, got -1"),
+        (dict(render_backend="bogus"), "unknown render_backend 'bogus'; choose one of auto, reference"),
+        (dict(patch_size=0), "patch_size must be an integer >= 1, got 0"),
+        (dict(num_heads=5), "embed_dim=192 is not divisible by num_heads=5"),
+        (dict(encoder_num_heads=7), "encoder_embed_dim=192 is not divisible by encoder_num_heads=7"),
+        (dict(num_gaussians="16"), "num_gaussians must be an integer >= 1, got '16'"),
+        (dict(num_gaussians=16.0), "num_gaussians must be an integer >= 1, got 16.0"),
+        (dict(depth=2.5), "depth must be an integer >= 1, got 2.5"),
+        (dict(img_size="32"), "img_size must be an integer >= 1, got '32'"),
+        (dict(in_chans=4), r"in_chans must be 3 \(RGB\) or 1"),
+        (dict(drop_path_rate=1.5), r"drop_path_rate must be a number in \[0, 1\)"),
+        (dict(scale_bound=0), "scale_bound must be a number > 0"),
+        (dict(mlp_ratio="4"), "mlp_ratio must be a number > 0"),
+    ],
+)
+def test_bad_constructor_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**kwargs)
+
+
+def test_reset_classifier_rejects_negative_class_counts():
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 0, got -1"):
+        tiny().reset_classifier(-1)
+
+
+# ------------------------------------------------------------------ TorchScript, torch.fx, compile, export
+def nano(**kwargs):
+    """gvit_nano at its default 64 px input."""
+    return timm.create_model("gvit_nano", **kwargs)
+
+
+def shallow(**kwargs):
+    """``tiny`` with two blocks per half: the same code paths, faster to script and compile."""
+    return tiny(encoder_depth=2, depth=2, **kwargs)
+
+
+def test_torchscript_matches_eager_and_keeps_the_training_path(tmp_path):
+    from timm import set_scriptable
+
+    with set_scriptable(True):
+        model = shallow().eval()
+    x = torch.randn(2, 3, 32, 32)
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=1e-6)
+    torch.jit.save(scripted, tmp_path / "gvit.pt")
+    loaded = torch.jit.load(tmp_path / "gvit.pt")
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-6)
+    loaded.train()  # fresh random g0, drawn inside TorchScript
+    assert not torch.equal(loaded(x), loaded(x))
+    with pytest.raises(Exception, match="the model takes 32x32"):
+        loaded(torch.randn(1, 3, 40, 40))
+
+
+def _fx_model(model):
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    fx_model = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
+    return fx_model, eval_nodes[-1]
+
+
+def test_torch_fx_traces_forward_and_backward_and_keeps_the_shape_check():
+    model = shallow().eval()
+    fx_model, out = _fx_model(model)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(fx_model(x)[out], model(x))
+    with pytest.raises(ValueError, match="the model takes 32x32"):
+        fx_model(torch.randn(1, 3, 40, 40))
+    scripted = torch.jit.script(fx_model)  # fx then TorchScript, as timm's tests do
+    torch.testing.assert_close(scripted(x)[out], model(x), rtol=0, atol=1e-6)
+
+    fx_model.train()
+    logits = next(iter(fx_model(x).values()))
+    logits.mean().backward()
+    assert all(p.grad is not None for p in fx_model.parameters())
+
+
+def test_compile_fullgraph_and_export_match_eager():
+    """No data-dependent branch in forward: dynamo captures one graph and torch.export one
+    program. (The inductor backend is checked by hand for every size, see README; CI uses
+    aot_eager, which traces the same graph without generating C++.)"""
+    model = nano().eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), expected, rtol=0, atol=1e-5)
+    program = torch.export.export(model, (x,))
+    torch.testing.assert_close(program.module()(x), expected, rtol=0, atol=1e-5)
+    with pytest.raises(Exception, match=r"images.size\(\)\[2\] == 64"):  # torch.export's guard on the input shape
+        program.module()(torch.randn(2, 3, 32, 32))
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
+    pytest.importorskip("onnxscript", reason="the [export] extra is not installed")
+    model = nano().eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.onnx.export(model, (x,), tmp_path / "gvit.onnx", dynamo=True, verbose=False)
+    session = ort.InferenceSession(str(tmp_path / "gvit.onnx"))
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=0, atol=1e-4)
+
+
+def test_compile_networks_compiles_the_paths_the_trainer_uses():
+    model = shallow().eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected_gaussians, expected_logits = model.encode(x), model(x)
+    model.compile_networks(backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(model.encode(x), expected_gaussians, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model(x), expected_logits, rtol=0, atol=1e-5)
+    assert set(model.state_dict()) == set(shallow().state_dict())  # checkpoints keep their keys
+
+
+# ------------------------------------------------------------------ greyscale
+def test_greyscale_from_scratch_reconstructs_grey_rgb():
+    from timm_gvit.gvit import rgb_targets
+
+    model = shallow(in_chans=1)
+    config = resolve_model_data_config(model)
+    assert config["input_size"] == (1, 32, 32) and len(config["mean"]) == len(config["std"]) == 1
+    grey = torch.rand(2, 1, 32, 32)
+    images = (grey - config["mean"][0]) / config["std"][0]
+    targets = rgb_targets(images, config["mean"], config["std"])
+    assert targets.shape == (2, 3, 32, 32) and torch.allclose(targets, grey.expand(-1, 3, -1, -1), atol=1e-6)
+    out = model.forward_train(images)
+    loss = (out.reconstruction - targets).pow(2).mean() + out.logits.logsumexp(1).mean()
+    loss.backward()
+    assert model.encoder.patch_embed.proj.weight.shape[1] == 1 and model.encoder.patch_embed.proj.weight.grad is not None
+    from PIL import Image
+
+    assert create_transform(**config)(Image.new("L", (40, 40), 128)).shape == (1, 32, 32)
+
+
+def test_greyscale_from_rgb_weights_adapts_the_stem_as_timm_does(tmp_path):
+    model = shallow().eval()
+    save_for_hf(model, tmp_path, safe_serialization=True)
+    grey = timm.create_model(f"local-dir:{tmp_path}", pretrained=True, in_chans=1).eval()
+    rgb_weight = model.encoder.patch_embed.proj.weight
+    torch.testing.assert_close(grey.encoder.patch_embed.proj.weight, rgb_weight.sum(1, keepdim=True))
+    # a grey image through the adapted stem = the same grey (all channels equal) through the RGB one
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(grey(x), model(x.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-4)
+
+
+def test_shipped_weights_load_for_greyscale():
+    model = timm.create_model("gvit_nano.imagenette_64", pretrained=True, in_chans=1, num_classes=5).eval()
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 5) and model.pretrained_cfg["input_size"] == (1, 64, 64)
+
+
+# ------------------------------------------------------------------ pretrained tags
+def test_list_pretrained_names_only_weights_that_exist():
+    from timm_gvit.gvit import WEIGHTS_DIR
+
+    shipped = sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "model.safetensors").is_file())
+    assert shipped and timm.list_pretrained("gvit*") == shipped
+    for name in shipped:
+        assert timm.models.get_pretrained_cfg(name).file.startswith(str(WEIGHTS_DIR))
+
+
+def test_list_pretrained_with_a_user_hub_organisation():
+    import os
+    import subprocess
+    import sys
+
+    code = "import timm, timm_gvit; print(timm.list_pretrained('gvit*')); print(timm.models.get_pretrained_cfg('gvit_small').hf_hub_id)"
+    env = dict(os.environ, TIMM_GVIT_HUB_ORG="my-lab")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == str(sorted(["gvit_base.in1k", "gvit_nano.imagenette_64", "gvit_small.in1k", "gvit_tiny.in1k"]))
+    assert out[1] == "my-lab/gvit_small.in1k"
+
+
+def test_packaged_cfgs_come_from_the_weights_folders(tmp_path):
+    import json
+
+    from timm_gvit.gvit import packaged_cfgs
+
+    (tmp_path / "gvit_tiny.mine").mkdir()
+    (tmp_path / "gvit_tiny.mine" / "config.json").write_text(json.dumps(
+        {"label_names": ["a", "b"], "pretrained_cfg": {"num_classes": 2, "input_size": [3, 48, 48], "license": "mit"}}))
+    (tmp_path / "gvit_tiny.mine" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "gvit_tiny.incomplete").mkdir()  # no weights: not a tag
+    cfgs = packaged_cfgs(tmp_path)
+    assert list(cfgs) == ["gvit_tiny.mine"]
+    cfg = cfgs["gvit_tiny.mine"]
+    assert cfg["input_size"] == (3, 48, 48) and cfg["num_classes"] == 2 and cfg["label_names"] == ("a", "b")
+    assert cfg["license"] == "mit" and cfg["file"].endswith("model.safetensors") and cfg["first_conv"] == "encoder.patch_embed.proj"
+
+
+# ------------------------------------------------------------------ checkpoints at other sizes
+def test_non_square_checkpoint_resamples_by_its_own_grid(tmp_path):
+    from timm.layers import resample_abs_pos_embed
+
+    model = shallow(img_size=(32, 16)).eval()  # a 4 x 2 patch grid
+    save_for_hf(model, tmp_path, safe_serialization=True)
+    trained = model.encoder.pos_embed.detach()
+    same = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    x = torch.randn(1, 3, 32, 16)
+    assert same.img_size == (32, 16) and torch.equal(same(x), model(x))
+    for size, grid in (((16, 32), (2, 4)), ((32, 32), (4, 4))):
+        loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True, img_size=size)
+        expected = resample_abs_pos_embed(trained, grid, (4, 2), num_prefix_tokens=0)
+        torch.testing.assert_close(loaded.encoder.pos_embed.detach(), expected)
+        assert loaded.pretrained_cfg["input_size"] == (3, *size)
+
+
+def test_checkpoint_of_unknown_grid_is_refused(tmp_path):
+    model = shallow(img_size=(24, 16))  # 3 x 2 = 6 patches: not square
+    save_for_hf(model, tmp_path, safe_serialization=True)
+    overlay = dict(file=str(tmp_path / "model.safetensors"), num_classes=5)  # a bare file: no size saved with it
+    with pytest.raises(ValueError, match="hold 6 patches.*pretrained_cfg_overlay=dict.input_size"):
+        shallow(pretrained=True, pretrained_cfg_overlay=overlay)
+    loaded = shallow(pretrained=True, pretrained_cfg_overlay=dict(overlay, input_size=(3, 24, 16)))
+    assert loaded.encoder.pos_embed.shape[1] == 16
+
+
+# ------------------------------------------------------------------ forward_intermediates
+def test_forward_intermediates_follow_timm_vit():
+    model = tiny(encoder_depth=1, depth=6).eval()
+    x = torch.randn(2, 3, 32, 32)
+    final, intermediates = model.forward_intermediates(x, indices=3)
+    torch.testing.assert_close(final, model.forward_features(x))
+    assert len(intermediates) == 3 and all(t.shape == (2, 16, 192) for t in intermediates)
+    only = model.forward_intermediates(x, indices=[0, 5], return_prefix_tokens=True, norm=True, stop_early=True, intermediates_only=True)
+    assert [(t.shape, p.shape) for t, p in only] == [((2, 16, 192), (2, 1, 192))] * 2
+    with pytest.raises(ValueError, match="output_fmt must be 'NLC'"):
+        model.forward_intermediates(x, output_fmt="NCHW")
+    assert model.prune_intermediate_layers([1]) == [1]
+    assert len(model.classifier.blocks) == 2 and model.num_classes == 0

@@ -73,13 +73,17 @@ class GaussianClassifier(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, gaussians: Tensor) -> Tensor:
-        """``[B, k, 9]`` -> normalised tokens ``[B, 1 + k, D]`` (class token first)."""
+    def embed_tokens(self, gaussians: Tensor) -> Tensor:
+        """``[B, k, 9]`` -> the blocks' input tokens ``[B, 1 + k, D]`` (class token first)."""
         x = self.gaussian_embed(gaussians)
         if self.centre_features:
             x = x + position_features(gaussians[..., 0:2], x.shape[-1])
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        x = self.pos_drop(x)
+        return self.pos_drop(x)
+
+    def forward_features(self, gaussians: Tensor) -> Tensor:
+        """``[B, k, 9]`` -> normalised tokens ``[B, 1 + k, D]`` (class token first)."""
+        x = self.embed_tokens(gaussians)
         x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing and not torch.jit.is_scripting() else self.blocks(x)
         return self.norm(x)
 

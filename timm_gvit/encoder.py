@@ -119,7 +119,7 @@ class GaussianEncoder(nn.Module):
         """Raw g0 ``[batch, k, 9]``: random in training, the stored draw in eval."""
         if self.training:
             return sample_initial_gaussians(batch, self.num_gaussians, self.scale_bound).to(self.eval_g0)
-        return self.eval_g0.expand(batch, -1, -1)
+        return self.eval_g0.expand([batch, -1, -1])  # a list: torch.fx traces a buffer's expand only so
 
     def forward(self, images: Tensor) -> Tensor:
         patches = self._patch_tokens(images)

@@ -13,8 +13,10 @@ with ``c`` the scale bound (1.0 by default, the paper's best).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+from timm.layers import register_notrace_function
 from torch import Tensor
 
 NUM_PARAMS = 9
@@ -23,12 +25,12 @@ PARAM_NAMES = ("mu_x", "mu_y", "sigma_x", "sigma_y", "phi", "r", "g", "b", "opac
 MIN_SIGMA = 1e-6
 
 
-def decode_gaussians(raw: Tensor, scale_bound: float = 1.0) -> Tensor:
-    """Raw ``[..., 9]`` -> decoded ``[..., 9]`` Gaussians."""
+def decode_gaussians(raw: Tensor, scale_bound: float = 1.0, min_sigma: float = MIN_SIGMA) -> Tensor:
+    """Raw ``[..., 9]`` -> decoded ``[..., 9]`` Gaussians (sigma at least ``min_sigma``)."""
     return torch.cat(
         [
             torch.tanh(raw[..., 0:2]),
-            (scale_bound * torch.sigmoid(raw[..., 2:4])).clamp_min(MIN_SIGMA),
+            (scale_bound * torch.sigmoid(raw[..., 2:4])).clamp_min(min_sigma),
             raw[..., 4:5],
             torch.sigmoid(raw[..., 5:9]),
         ],
@@ -65,23 +67,24 @@ def grid_layout(num_gaussians: int, height: int = 1, width: int = 1) -> tuple[Te
     return centres, torch.tensor([2.0 / cols, 2.0 / rows])
 
 
-def sample_initial_gaussians(batch: int, num_gaussians: int, scale_bound: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+@register_notrace_function  # torch.fx keeps it as one call (its batch size is a Proxy while tracing)
+def sample_initial_gaussians(batch: int, num_gaussians: int, scale_bound: float = 1.0,
+                             generator: Optional[torch.Generator] = None) -> Tensor:
     """Random raw Gaussians ``[batch, k, 9]`` around a grid layout: the denoising encoder's g0.
 
     The noise is in the geometry: Gaussian i sits in grid cell i (jittered by up to half a cell),
     so that a slot keeps its rough place in the image, with sigma about half the spacing
     (log-normal spread) and a random rotation. Colour and opacity start near mid-grey and 0.73
     (raw N(0, 0.5) and N(1, 0.5)), for the encoder to read off the image.
+
+    TorchScript-compatible, so that a scripted encoder keeps its training-mode path.
     """
     centres, spacing = grid_layout(num_gaussians)
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=generator)
-
-    g = torch.empty(batch, num_gaussians, NUM_PARAMS)
-    g[..., 0:2] = centres + (rand(batch, num_gaussians, 2) - 0.5) * spacing
-    g[..., 2:4] = (spacing / 2 * torch.exp(0.3 * torch.randn(batch, num_gaussians, 2, generator=generator))).clamp(max=0.9 * scale_bound)
-    g[..., 4] = rand(batch, num_gaussians) * math.pi
-    raw = encode_gaussians(g, scale_bound)
-    raw[..., 5:9] = 0.5 * torch.randn(batch, num_gaussians, 4, generator=generator) + torch.tensor([0.0, 0.0, 0.0, 1.0])
+    # the draws in this order: seeded runs keep their g0
+    xy = centres + (torch.rand([batch, num_gaussians, 2], generator=generator) - 0.5) * spacing
+    sigma = (spacing / 2 * torch.exp(0.3 * torch.randn([batch, num_gaussians, 2], generator=generator))).clamp(max=0.9 * scale_bound)
+    phi = torch.rand([batch, num_gaussians, 1], generator=generator) * math.pi
+    colour = torch.randn([batch, num_gaussians, 4], generator=generator)
+    raw = encode_gaussians(torch.cat([xy, sigma, phi, torch.zeros_like(colour)], dim=-1), scale_bound)
+    raw[..., 5:9] = 0.5 * colour + torch.tensor([0.0, 0.0, 0.0, 1.0])
     return raw

@@ -9,28 +9,30 @@ registers them, after which they behave like any timm model::
     gaussians = model.encode(images)        # [B, k, 9] decoded Gaussians
     picture = model.render(gaussians)       # [B, 3, H, W] in [0, 1]
 
-Pretrained weights are looked up on the Hugging Face Hub under the organisation in
-``TIMM_GVIT_HUB_ORG`` (default ``timm-gvit``); set it, before importing timm_gvit, to load weights
-you trained and pushed yourself with ``pretrained=True``.
+Pretrained tags are the weights that ship in ``timm_gvit/weights/`` and, once published (or when
+``TIMM_GVIT_HUB_ORG`` names your Hub organisation, set before importing timm_gvit), the ``.in1k``
+tags on the Hub; ``timm.list_pretrained('gvit*')`` lists exactly those.
 """
 
-from __future__ import annotations
-
+import json
+import math
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed, to_2tuple
+from timm.layers import register_notrace_function, resample_abs_pos_embed, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from timm.models._builder import resolve_pretrained_cfg
 
 from .classifier import GaussianClassifier
 from .encoder import GaussianEncoder
 from .gaussians import decode_gaussians
-from .rendering import render_gaussians
+from .rendering import BACKENDS, render_gaussians
 
 __all__ = ["GViT", "GViTOutput", "HUB_ORG", "PUBLISHED_TAGS"]
 
@@ -38,6 +40,8 @@ __all__ = ["GViT", "GViTOutput", "HUB_ORG", "PUBLISHED_TAGS"]
 HUB_ORG = os.environ.get("TIMM_GVIT_HUB_ORG", "timm-gvit")
 #: model.tag names whose weights have been published under the default organisation.
 PUBLISHED_TAGS: frozenset[str] = frozenset()
+#: Input channels GViT takes: RGB, or greyscale (reconstructed as grey RGB).
+IN_CHANS = (3, 1)
 
 
 class GViTOutput(NamedTuple):
@@ -48,13 +52,112 @@ class GViTOutput(NamedTuple):
     reconstruction: Tensor  # [B, 3, H, W] rendering of the Gaussians at the input's size
 
 
+def _check_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_arguments(img_size, patch_size, in_chans, num_classes, num_gaussians, scale_bound, widths_and_heads,
+                     depths, mlp_ratio, rates, dynamic_img_size, render_backend) -> Tuple[int, int]:
+    """Reject constructor arguments that would fail later with a raw error or give a silently
+    wrong model; returns ``img_size`` as an (H, W) pair."""
+    _check_int("patch_size", patch_size)
+    size = tuple(img_size) if isinstance(img_size, (tuple, list)) else (img_size, img_size)
+    if len(size) != 2:
+        raise ValueError(f"img_size must be an integer or an (H, W) pair, got {img_size!r}")
+    for value in size:
+        _check_int("img_size", value)
+    if size[0] % patch_size or size[1] % patch_size:
+        raise ValueError(f"img_size {size[0]}x{size[1]} is not a multiple of patch_size {patch_size}: the encoder "
+                         f"would silently drop the border; use a size divisible by {patch_size}")
+    if in_chans not in IN_CHANS:
+        raise ValueError(f"in_chans must be 3 (RGB) or 1 (greyscale, reconstructed as grey RGB), got {in_chans!r}")
+    _check_int("num_classes", num_classes, minimum=0)
+    _check_int("num_gaussians", num_gaussians)
+    if isinstance(scale_bound, bool) or not isinstance(scale_bound, (int, float)) or not scale_bound > 0:
+        raise ValueError(f"scale_bound must be a number > 0, got {scale_bound!r}")
+    for (width_name, width), (heads_name, heads) in widths_and_heads:
+        _check_int(width_name, width)
+        _check_int(heads_name, heads)
+        if width % heads:
+            raise ValueError(f"{width_name}={width} is not divisible by {heads_name}={heads}")
+    for name, depth in depths:
+        _check_int(name, depth)
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be a number > 0, got {mlp_ratio!r}")
+    for name, rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}")
+    if not isinstance(dynamic_img_size, bool):
+        raise ValueError(f"dynamic_img_size must be True or False, got {dynamic_img_size!r}")
+    if render_backend not in BACKENDS:
+        raise ValueError(f"unknown render_backend {render_backend!r}; choose one of {', '.join(BACKENDS)}")
+    return size
+
+
+@register_notrace_function  # torch.fx keeps this as one call instead of tracing into it
+def check_image_shape(images: Tensor, in_chans: int, patch_size: int, img_size: Tuple[int, int],
+                      dynamic_img_size: bool) -> Tensor:
+    """``images``, after raising a ValueError naming the problem unless they are a
+    ``[B, in_chans, H, W]`` batch the model takes: ``img_size`` or, with ``dynamic_img_size``, any
+    multiple of ``patch_size``.
+
+    Shapes only, never values, so that it costs no host-device sync and torch.compile,
+    torch.export, torch.fx and TorchScript all keep it (returning its input keeps it in fx
+    graphs that drop unused calls).
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be a [B, C, H, W] tensor, got shape {list(images.shape)}")
+    C, H, W = images.shape[1], images.shape[2], images.shape[3]
+    if C != in_chans:
+        raise ValueError(f"images must have {in_chans} channel(s), got {C} (shape {list(images.shape)})")
+    if H < patch_size or W < patch_size:
+        raise ValueError(f"images of {H}x{W} are smaller than one {patch_size}x{patch_size} patch")
+    if dynamic_img_size:
+        if H % patch_size != 0 or W % patch_size != 0:
+            raise ValueError(f"images of {H}x{W} are not a multiple of the {patch_size} px patch: the encoder would "
+                             f"drop the border; resize or pad them to a multiple of {patch_size}")
+    elif H != img_size[0] or W != img_size[1]:
+        raise ValueError(f"images are {H}x{W} but the model takes {img_size[0]}x{img_size[1]}; "
+                         "resize them or create the model with dynamic_img_size=True")
+    return images
+
+
+@torch.jit.unused
+def _check_is_tensor(images: Tensor) -> None:
+    if not isinstance(images, (Tensor, torch.fx.Proxy)):  # a Proxy while torch.fx traces
+        raise ValueError(f"images must be a [B, C, H, W] tensor, got {type(images).__name__}")
+
+
+def check_gaussian_values(gaussians: Tensor) -> None:
+    """Raise a ValueError unless every decoded Gaussian is finite with sigma > 0: what the
+    renderer requires, checked the same way before classification. One host-device sync."""
+    if not torch.isfinite(gaussians).all():
+        bad = (~torch.isfinite(gaussians)).nonzero()[0].tolist()
+        raise ValueError(f"gaussians contain non-finite values (first at [batch, gaussian, param] = {bad})")
+    if (gaussians[..., 2:4] <= 0).any():
+        bad = (gaussians[..., 2:4] <= 0).nonzero()[0].tolist()
+        raise ValueError(f"sigma_x/sigma_y (params 2, 3) must be > 0; the first that is not is at [batch, gaussian] = {bad[:2]}")
+
+
+def rgb_targets(images: Tensor, mean, std) -> Tensor:
+    """The reconstruction target ``[B, 3, H, W]`` in [0, 1] of normalised ``images``
+    ``[B, C, H, W]``: un-normalised with the data config's ``mean``/``std`` (C values each), and a
+    greyscale image (C = 1) replicated to grey RGB, since the Gaussians are always RGB."""
+    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images * std + mean).clamp(0, 1).expand(-1, 3, -1, -1)
+
+
 class GViT(nn.Module):
     """Images -> Gaussian encoder -> k decoded Gaussians -> Gaussian classifier -> logits.
 
     Args:
-        img_size, patch_size, in_chans: the encoder's input, as in timm's ViT (3 channels only:
-            the Gaussians reconstruct RGB).
-        num_classes, global_pool ('token' | 'avg' | ''): the classifier's head.
+        img_size, patch_size: the encoder's input, as in timm's ViT; the size must be a multiple
+            of the patch.
+        in_chans: 3 (RGB) or 1 (greyscale: the Gaussians stay RGB and reconstruct the grey image
+            as grey RGB, see :func:`rgb_targets`; pretrained RGB stems adapt as in any timm model).
+        num_classes (0: no head), global_pool ('token' | 'avg' | ''): the classifier's head.
         num_gaussians: k, Gaussians per image.
         scale_bound: c, the largest sigma (sigma = c * sigmoid(raw)).
         gaussian_init: 'denoise' (residual over random g0, the default) or 'queries'.
@@ -63,11 +166,16 @@ class GViT(nn.Module):
         encoder_embed_dim, encoder_depth, encoder_num_heads: encoder width, depth and heads.
         embed_dim, depth, num_heads, mlp_ratio: classifier width, depth, heads, MLP ratio.
         drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: as in timm's ViT.
-        dynamic_img_size: accept any image size; the encoder resamples its position embeddings
-            and reconstructions are rendered at the input's size.
+        dynamic_img_size: accept any image size that is a multiple of ``patch_size``; the encoder
+            resamples its position embeddings and reconstructions are rendered at the input's size.
         render_backend: backend for :meth:`render` (see :func:`timm_gvit.render_gaussians`).
         centre_features: add the sine-cosine features of each Gaussian's centre to its classifier
             token (the default; False is the paper's plain linear embedding, see MODEL_CARD.md).
+
+    ``forward`` (= ``forward_head(forward_features(x))``) checks shapes, never values, so that it
+    compiles with ``fullgraph=True``, exports, traces and scripts; :meth:`encode` and
+    :meth:`classify`, the Gaussian-level API, also reject non-finite inputs (and sigma <= 0), as
+    :meth:`render` does.
     """
 
     def __init__(
@@ -98,17 +206,20 @@ class GViT(nn.Module):
         centre_features: bool = True,
     ):
         super().__init__()
-        if in_chans != 3:
-            raise ValueError(f"GViT reconstructs RGB images, so in_chans must be 3, got {in_chans}")
-        if num_gaussians < 1:
-            raise ValueError(f"num_gaussians must be >= 1, got {num_gaussians}")
-        if not scale_bound > 0:
-            raise ValueError(f"scale_bound must be > 0, got {scale_bound}")
-        self.img_size = to_2tuple(img_size)
+        img_size = _check_arguments(
+            img_size, patch_size, in_chans, num_classes, num_gaussians, scale_bound,
+            widths_and_heads=[(("encoder_embed_dim", encoder_embed_dim), ("encoder_num_heads", encoder_num_heads)),
+                              (("embed_dim", embed_dim), ("num_heads", num_heads))],
+            depths=[("encoder_depth", encoder_depth), ("depth", depth)], mlp_ratio=mlp_ratio,
+            rates=[("drop_rate", drop_rate), ("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
+                   ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)],
+            dynamic_img_size=dynamic_img_size, render_backend=render_backend,
+        )
+        self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.num_gaussians = num_gaussians
-        self.scale_bound = scale_bound
+        self.scale_bound = float(scale_bound)
         self.dynamic_img_size = dynamic_img_size
         self.render_backend = render_backend
         self.encoder = GaussianEncoder(
@@ -121,7 +232,7 @@ class GViT(nn.Module):
             num_heads=encoder_num_heads,
             mlp_ratio=mlp_ratio,
             gaussian_init=gaussian_init,
-            scale_bound=scale_bound,
+            scale_bound=self.scale_bound,
             dynamic_img_size=dynamic_img_size,
             pos_drop_rate=pos_drop_rate,
             proj_drop_rate=proj_drop_rate,
@@ -163,10 +274,12 @@ class GViT(nn.Module):
     def head_hidden_size(self) -> int:
         return self.classifier.head_hidden_size
 
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.classifier.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        _check_int("num_classes", num_classes, minimum=0)
         self.classifier.reset_classifier(num_classes, global_pool)
 
     @torch.jit.ignore
@@ -206,35 +319,45 @@ class GViT(nn.Module):
         return self
 
     # ----------------------------------------------------------------- Gaussian-level API
-    def _check_images(self, images: Tensor) -> None:
-        if not isinstance(images, Tensor) or images.dim() != 4:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be a [B, C, H, W] tensor, got {shape}")
-        B, C, H, W = images.shape
-        if C != self.in_chans:
-            raise ValueError(f"images must have {self.in_chans} channels (RGB), got {C} (shape {tuple(images.shape)})")
-        if H < self.patch_size or W < self.patch_size:
-            raise ValueError(f"images of {H}x{W} are smaller than one {self.patch_size}x{self.patch_size} patch")
-        if not self.dynamic_img_size and (H, W) != self.img_size:
-            raise ValueError(
-                f"images are {H}x{W} but the model takes {self.img_size[0]}x{self.img_size[1]}; "
-                "resize them or create the model with dynamic_img_size=True"
-            )
-        if not torch.isfinite(images).all():
-            raise ValueError("images contain non-finite values (NaN or inf)")
+    def _check_images(self, images: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            _check_is_tensor(images)
+        return check_image_shape(images, self.in_chans, self.patch_size, self.img_size, self.dynamic_img_size)
 
-    def encode(self, images: Tensor) -> Tensor:
-        """Normalised images ``[B, 3, H, W]`` -> decoded Gaussians ``[B, k, 9]``."""
+    def _encode(self, images: Tensor) -> Tensor:
+        """:meth:`encode` with shape checks only: the traced path."""
+        return decode_gaussians(self.encoder(self._check_images(images)), self.scale_bound)
+
+    @torch.jit.ignore
+    def encode(self, images: Tensor, check_values: bool = True) -> Tensor:
+        """Normalised images ``[B, C, H, W]`` -> decoded Gaussians ``[B, k, 9]``.
+
+        ``check_values`` rejects non-finite images (one host-device sync; skipped while
+        torch.compile or torch.export traces the call).
+        """
         self._check_images(images)
-        return decode_gaussians(self.encoder(images), self.scale_bound)
+        if check_values and not torch.compiler.is_compiling() and not torch.isfinite(images).all():
+            raise ValueError("images contain non-finite values (NaN or inf)")
+        return self._encode(images)
 
-    def classify(self, gaussians: Tensor) -> Tensor:
-        """Decoded Gaussians ``[B, k, 9]`` from any source -> logits ``[B, num_classes]``."""
+    @torch.jit.ignore
+    def classify(self, gaussians: Tensor, check_values: bool = True) -> Tensor:
+        """Decoded Gaussians ``[B, k, 9]`` from any source -> logits ``[B, num_classes]``.
+
+        ``check_values`` rejects non-finite Gaussians and sigma <= 0, as :meth:`render` does (one
+        host-device sync; skipped while torch.compile or torch.export traces the call). The
+        trainer passes False: it skips steps whose loss is not finite instead.
+        """
         if not isinstance(gaussians, Tensor) or gaussians.dim() != 3 or gaussians.shape[1:] != (self.num_gaussians, 9):
             shape = tuple(gaussians.shape) if isinstance(gaussians, Tensor) else type(gaussians).__name__
             raise ValueError(f"gaussians must be [B, {self.num_gaussians}, 9] for this model, got {shape}")
+        if not gaussians.is_floating_point():
+            raise ValueError(f"gaussians must be floating point, got {gaussians.dtype}")
+        if check_values and not torch.compiler.is_compiling():
+            check_gaussian_values(gaussians)
         return self.classifier(gaussians)
 
+    @torch.jit.ignore
     def render(self, gaussians: Tensor, size: int | tuple[int, int] | None = None, background=None) -> Tensor:
         """Decoded Gaussians ``[B, k, 9]`` -> images ``[B, 3, H, W]`` in [0, 1], at ``size``
         (default: the model's ``img_size``)."""
@@ -243,6 +366,7 @@ class GViT(nn.Module):
             half = gaussians.dtype in (torch.float16, torch.bfloat16)
             return render_gaussians(gaussians.float() if half else gaussians, H, W, background, backend=self.render_backend)
 
+    @torch.jit.ignore
     def forward_train(self, images: Tensor, detach_gaussians: bool = False) -> GViTOutput:
         """Logits, Gaussians and their rendering at the input's size, in one pass.
 
@@ -254,10 +378,25 @@ class GViT(nn.Module):
         logits = self.classifier(gaussians.detach() if detach_gaussians else gaussians)
         return GViTOutput(logits, gaussians, self.render(gaussians, tuple(images.shape[-2:])))
 
+    @torch.jit.ignore
+    def compile_networks(self, **compile_kwargs) -> "GViT":
+        """``torch.compile`` the encoder and the classifier in place (``nn.Module.compile``), for
+        every path that runs them (forward, encode, classify, forward_train); the renderer, a
+        custom kernel, stays eager. ``compile_kwargs`` go to ``torch.compile``.
+
+        Turns off AOTAutograd's donated buffers (a process-wide setting): they forbid a second
+        backward through one graph, which the trainer's guidance step takes (``retain_graph``).
+        """
+        if hasattr(torch._functorch.config, "donated_buffer"):
+            torch._functorch.config.donated_buffer = False
+        self.encoder.compile(**compile_kwargs)
+        self.classifier.compile(**compile_kwargs)
+        return self
+
     # ----------------------------------------------------------------- forward
     def forward_features(self, images: Tensor) -> Tensor:
-        """Normalised images ``[B, 3, H, W]`` -> classifier tokens ``[B, 1 + k, D]``."""
-        return self.classifier.forward_features(self.encode(images))
+        """Normalised images ``[B, C, H, W]`` -> classifier tokens ``[B, 1 + k, D]``."""
+        return self.classifier.forward_features(self._encode(images))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.classifier.forward_head(x, pre_logits=pre_logits)
@@ -265,23 +404,100 @@ class GViT(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(images))
 
+    def forward_intermediates(
+        self,
+        images: Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NLC",
+        intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]], List[Tuple[Tensor, Tensor]],
+               Tuple[Tensor, List[Tuple[Tensor, Tensor]]]]:
+        """The classifier's tokens after the blocks picked by ``indices``, as in timm's ViT.
+
+        The tokens are Gaussians, not a patch grid, so ``output_fmt`` is 'NLC' only: each
+        intermediate is ``[B, k, D]`` (with its class token ``[B, 1, D]`` when
+        ``return_prefix_tokens``). ``indices``: the last n blocks if an int, all if None, else
+        those listed. Returns ``(forward_features(images), intermediates)``, or the
+        intermediates alone.
+        """
+        if output_fmt != "NLC":
+            raise ValueError(f"GViT's tokens are Gaussians, not a patch grid: output_fmt must be 'NLC', got {output_fmt!r}")
+        classifier = self.classifier
+        take_indices, max_index = feature_take_indices(len(classifier.blocks), indices)
+        x = classifier.embed_tokens(self._encode(images))
+        blocks = classifier.blocks if torch.jit.is_scripting() or not stop_early else classifier.blocks[: max_index + 1]
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = checkpoint(block, x, use_reentrant=False) if classifier.grad_checkpointing and not torch.jit.is_scripting() else block(x)
+            if i in take_indices:
+                intermediates.append(classifier.norm(x) if norm else x)
+        prefix_tokens = [y[:, :1] for y in intermediates]
+        intermediates = [y[:, 1:] for y in intermediates]
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        return classifier.norm(x), intermediates
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the classifier blocks after the last of ``indices`` (and its norm and head), as
+        in timm's ViT; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.classifier.blocks), indices)
+        self.classifier.blocks = self.classifier.blocks[: max_index + 1]
+        if prune_norm:
+            self.classifier.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+def checkpoint_grid(num_tokens: int, model: GViT) -> Tuple[int, int]:
+    """The (rows, cols) patch grid of a checkpoint's encoder position embeddings ``[1, N, D]``.
+
+    Taken from the size the weights were trained at, ``model.pretrained_cfg['input_size']``
+    (what timm reads from the checkpoint's config.json or the tag's cfg) when it has N patches;
+    else the model's own grid when that has N patches; else a square grid. A checkpoint that
+    fits none of them is refused: its layout cannot be known.
+    """
+    patch = model.patch_size
+    input_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    candidates = [(input_size[-2] // patch, input_size[-1] // patch)] if input_size else []
+    candidates.append(tuple(model.encoder.patch_embed.grid_size))
+    side = math.isqrt(num_tokens)
+    candidates.append((side, side))
+    for rows, cols in candidates:
+        if rows * cols == num_tokens:
+            return rows, cols
+    raise ValueError(
+        f"the checkpoint's encoder position embeddings hold {num_tokens} patches, which fits neither the size in its "
+        f"pretrained_cfg ({input_size}), nor the model's {model.encoder.patch_embed.grid_size} grid, nor a square grid; "
+        "give the size it was trained at, e.g. pretrained_cfg_overlay=dict(input_size=(3, H, W))"
+    )
+
 
 def checkpoint_filter_fn(state_dict: dict, model: GViT) -> dict:
     """Adapt a checkpoint to ``model``: unwrap trainer checkpoints and resample the encoder's
-    position embeddings when the checkpoint was trained at another image size."""
+    position embeddings when the checkpoint was trained at another image size or aspect ratio
+    (its grid from :func:`checkpoint_grid`)."""
     state_dict = state_dict.get("model", state_dict.get("state_dict", state_dict))
     out = {}
     for name, value in state_dict.items():
-        if name == "encoder.pos_embed" and value.shape != model.encoder.pos_embed.shape:
-            old = int(value.shape[1] ** 0.5)
-            value = resample_abs_pos_embed(value, model.encoder.patch_embed.grid_size, (old, old), num_prefix_tokens=0)
+        if name == "encoder.pos_embed":
+            old_grid, new_grid = checkpoint_grid(value.shape[1], model), tuple(model.encoder.patch_embed.grid_size)
+            if old_grid != new_grid:
+                value = resample_abs_pos_embed(value, new_grid, old_grid, num_prefix_tokens=0)
         out[name] = value
     return out
 
 
 def _cfg(model_tag: str, **kwargs) -> dict:
     return {
-        "hf_hub_id": f"{HUB_ORG}/{model_tag}",
+        "hf_hub_id": None,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": None,
@@ -306,38 +522,66 @@ IMAGENETTE_CLASSES = ("tench", "English springer", "cassette player", "chain saw
 #: model.safetensors, README.md): ``pretrained=True`` loads them with no network, and
 #: ``python -m hub.publish`` can upload a folder as it is.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+#: The ImageNet-1k tags that GViT's Hub repositories are named after, ``{HUB_ORG}/{tag}``.
+HUB_TAGS = ("gvit_tiny.in1k", "gvit_small.in1k", "gvit_base.in1k")
+#: pretrained_cfg entries a packaged folder's config.json sets (the rest are the family's).
+_PACKAGED_CFG_KEYS = ("num_classes", "input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std", "license")
 
-default_cfgs = generate_default_cfgs({
-    # trained on Imagenette at 64 px (MODEL_CARD.md); research use only, as ImageNet
-    "gvit_nano.imagenette_64": _cfg(
-        "gvit_nano.imagenette_64", hf_hub_id=None, file=str(WEIGHTS_DIR / "gvit_nano.imagenette_64" / "model.safetensors"),
-        num_classes=10, input_size=(3, 64, 64), license="other",  # ImageNet terms: research and education only
-        label_names=IMAGENETTE_CLASSES,
-    ),
-    **{name: _cfg(name) for name in ("gvit_tiny.in1k", "gvit_small.in1k", "gvit_base.in1k")},
-})
+
+def packaged_cfgs(weights_dir: Path = WEIGHTS_DIR) -> dict[str, dict]:
+    """A cfg per ``weights_dir/ARCH.TAG`` folder holding config.json and model.safetensors,
+    with the folder's data config, readable label names and its weights file."""
+    cfgs = {}
+    for folder in sorted(weights_dir.glob("gvit_*.*")):
+        if not ((folder / "config.json").is_file() and (folder / "model.safetensors").is_file()):
+            continue
+        config = json.loads((folder / "config.json").read_text())
+        saved = config.get("pretrained_cfg", {})
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in _PACKAGED_CFG_KEYS}
+        label_names = config.get("label_names") or saved.get("label_names")
+        if label_names:
+            overrides["label_names"] = tuple(label_names)
+        cfgs[folder.name] = _cfg(folder.name, file=str(folder / "model.safetensors"), **overrides)
+    return cfgs
+
+
+def hub_cfgs() -> dict[str, dict]:
+    """A cfg per Hub tag whose weights exist: those in :data:`PUBLISHED_TAGS`, or every one of
+    :data:`HUB_TAGS` under the organisation the user set in ``TIMM_GVIT_HUB_ORG``."""
+    chosen = "TIMM_GVIT_HUB_ORG" in os.environ
+    return {tag: _cfg(tag, hf_hub_id=f"{HUB_ORG}/{tag}") for tag in HUB_TAGS if chosen or tag in PUBLISHED_TAGS}
+
+
+def _default_cfgs() -> dict[str, dict]:
+    """Only tags whose weights exist, so that ``timm.list_pretrained('gvit*')`` is honest; an
+    architecture without any gets a tag-less cfg with no weights."""
+    cfgs = {**packaged_cfgs(), **hub_cfgs()}
+    for arch in ("gvit_nano", "gvit_tiny", "gvit_small", "gvit_base"):
+        if not any(name.split(".")[0] == arch for name in cfgs):
+            cfgs[arch] = _cfg(arch, input_size=(3, 64, 64)) if arch == "gvit_nano" else _cfg(arch)
+    return cfgs
+
+
+default_cfgs = generate_default_cfgs(_default_cfgs())
 
 
 def _has_weights_source(variant: str, kwargs: dict) -> bool:
-    """Whether pretrained weights for this call can exist: a file, a URL or a state dict given
-    by the caller (local-dir:, --pretrained-path, an overlay), an hf-hub: source, a published
-    tag, or a Hub organisation the user chose."""
+    """Whether pretrained weights for this call can exist: a file, a URL, a state dict or a Hub
+    id, from the tag's cfg or given by the caller (local-dir:, hf-hub:, --pretrained-path, an
+    overlay)."""
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")
     )
     if cfg is None:
         return False
-    if cfg.file or cfg.url or cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir"):
-        return True
-    name = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
-    return bool(cfg.hf_hub_id) and (name in PUBLISHED_TAGS or "TIMM_GVIT_HUB_ORG" in os.environ)
+    return bool(cfg.file or cfg.url or cfg.state_dict is not None or cfg.hf_hub_id or cfg.source in ("hf-hub", "local-dir"))
 
 
 def _create_gvit(variant: str, pretrained: bool = False, **kwargs) -> GViT:
     if pretrained and not _has_weights_source(variant, kwargs):
         raise RuntimeError(
-            f"no pretrained weights are published for '{variant}' (looked for them under the Hub "
-            f"organisation '{HUB_ORG}'). Train them with `accelerate launch train_gvit.py --model "
+            f"no pretrained weights are published for '{variant}' (none ship with the package, and the Hub "
+            f"organisation '{HUB_ORG}' has none). Train them with `accelerate launch train_gvit.py --model "
             f"{variant.split('.')[0]} ...`, then load the exported folder with "
             "timm.create_model('local-dir:PATH'), or pass a weights file with "
             "pretrained_cfg_overlay=dict(file='PATH/model.safetensors') (timm's train.py: "
@@ -345,9 +589,12 @@ def _create_gvit(variant: str, pretrained: bool = False, **kwargs) -> GViT:
             "you pushed them to."
         )
     model = build_model_with_cfg(GViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
-    if tuple(model.pretrained_cfg["input_size"][1:]) != model.img_size:
-        # the data config must match the image size the model was built for
-        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "input_size": (3, *model.img_size)}
+    # the data config must match the input the model was built for (size, and channels: a
+    # greyscale model normalises with the mean of the RGB statistics)
+    cfg = dict(model.pretrained_cfg, input_size=(model.in_chans, *model.img_size))
+    if model.in_chans != len(cfg["mean"]):
+        cfg.update(mean=(sum(cfg["mean"]) / len(cfg["mean"]),), std=(sum(cfg["std"]) / len(cfg["std"]),))
+    model.pretrained_cfg = model.default_cfg = cfg
     return model
 
 
