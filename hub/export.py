@@ -50,7 +50,8 @@ def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None 
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_for_hf(model, folder, model_config={"label_names": run["class_names"]}, safe_serialization=True)
+    save_for_hf(model, folder, model_config={"label_names": run["class_names"]}, model_args=model.architecture_args(),
+                safe_serialization=True)
     config, schedule, metrics = run["config"], run["schedule"], run["metrics"]
     (folder / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     cfg = model.pretrained_cfg

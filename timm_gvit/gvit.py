@@ -278,6 +278,16 @@ class GViT(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.classifier.head
 
+    def architecture_args(self) -> dict:
+        """The constructor arguments that define the weights' shapes and meaning, JSON-ready: an
+        export records them so that the weights load whatever the variant's defaults become."""
+        enc, clf = self.encoder, self.classifier
+        return dict(img_size=list(self.img_size), patch_size=self.patch_size, num_gaussians=self.num_gaussians,
+                    scale_bound=self.scale_bound, gaussian_init=enc.gaussian_init, centre_features=clf.centre_features,
+                    encoder_embed_dim=enc.pos_embed.shape[-1], encoder_depth=len(enc.blocks),
+                    encoder_num_heads=enc.blocks[0].attn.num_heads, embed_dim=clf.embed_dim, depth=len(clf.blocks),
+                    num_heads=clf.blocks[0].attn.num_heads)
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         _check_int("num_classes", num_classes, minimum=0)
         self.classifier.reset_classifier(num_classes, global_pool)
@@ -588,6 +598,9 @@ def _create_gvit(variant: str, pretrained: bool = False, **kwargs) -> GViT:
             "--pretrained --pretrained-path PATH), or set TIMM_GVIT_HUB_ORG to the Hub organisation "
             "you pushed them to."
         )
+    packaged = WEIGHTS_DIR / variant / "config.json"
+    if "." in variant and packaged.is_file():  # the shipped weights' architecture, whatever the defaults are now
+        kwargs = {**json.loads(packaged.read_text()).get("model_args", {}), **kwargs}
     model = build_model_with_cfg(GViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
     # the data config must match the input the model was built for (size, and channels: a
     # greyscale model normalises with the mean of the RGB statistics)
