@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train GViT: reconstruction warm-up, classifier pre-training, joint training with guidance.
 
-    python train_gvit.py                          # built-in run: gvit_tiny on scikit-learn's digits (CPU, minutes)
+    python train_gvit.py                          # built-in run: gvit_nano on scikit-learn's digits (2-core CPU, < 3 min)
     accelerate launch train_gvit.py --dataset PATH_OR_HUB_ID --model gvit_small ...
     python train_gvit.py --help                   # every option; --config FILE.yaml takes them from a file
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Put the study's gvit_nano run for shipping into the package as ``gvit_nano.imagenette_64``.
+"""Put the study's gvit_nano run for shipping into the package as ``gvit_nano.imagenette_64_v2``.
 
     python experiments/ship_weights.py                 # final-k64, else the best finished long-protocol run
     python experiments/ship_weights.py --run long-g0.1-s1
 
-Writes the run's export, in the Hub folder format, to timm_gvit/weights/gvit_nano.imagenette_64/
+Writes the run's export, in the Hub folder format, to timm_gvit/weights/gvit_nano.imagenette_64_v2/
 (config.json, README.md model card, model.safetensors in float16: half the size; the model
 computes in float32), then checks it the way a user loads it, ``timm.create_model(
-'gvit_nano.imagenette_64', pretrained=True)`` with timm's own eval transform, on the whole
+'gvit_nano.imagenette_64_v2', pretrained=True)`` with timm's own eval transform, on the whole
 validation split and on the few validation images bundled with the tests
 (tests/data/imagenette-val, the first --per-class files of each class). The numbers go to
 experiments/results/shipped_weights.json, from where report.py puts them in MODEL_CARD.md, and
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # hub/ is a repository-level package, next to tra
 from hub import export_model  # noqa: E402
 RUNS = ROOT / "runs" / "imagenette"
 BUNDLED = ROOT / "tests" / "data" / "imagenette-val"
-TAG = "gvit_nano.imagenette_64"
+TAG = "gvit_nano.imagenette_64_v2"
 FIGURES = ROOT / "docs" / "results"
 EXPLAINED = ("n03028079", "n03888257", "n02102040")  # church, parachute, English springer
 

@@ -439,7 +439,7 @@ def test_greyscale_from_rgb_weights_adapts_the_stem_as_timm_does(tmp_path):
 
 
 def test_shipped_weights_load_for_greyscale():
-    model = timm.create_model("gvit_nano.imagenette_64", pretrained=True, in_chans=1, num_classes=5).eval()
+    model = timm.create_model("gvit_nano.imagenette_64_v2", pretrained=True, in_chans=1, num_classes=5).eval()
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 5) and model.pretrained_cfg["input_size"] == (1, 64, 64)
 
 
@@ -461,7 +461,7 @@ def test_list_pretrained_with_a_user_hub_organisation():
     code = "import timm, timm_gvit; print(timm.list_pretrained('gvit*')); print(timm.models.get_pretrained_cfg('gvit_small').hf_hub_id)"
     env = dict(os.environ, TIMM_GVIT_HUB_ORG="my-lab")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == str(sorted(["gvit_base.in1k", "gvit_nano.imagenette_64", "gvit_small.in1k", "gvit_tiny.in1k"]))
+    assert out[0] == str(sorted(["gvit_base.in1k", "gvit_nano.imagenette_64_v2", "gvit_small.in1k", "gvit_tiny.in1k"]))
     assert out[1] == "my-lab/gvit_small.in1k"
 
 

@@ -18,11 +18,11 @@ BUNDLED = ROOT / "tests" / "data" / "imagenette-val"
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
-    """gvit_nano.imagenette_64 created with pretrained=True while the Hub is unreachable."""
+    """gvit_nano.imagenette_64_v2 created with pretrained=True while the Hub is unreachable."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("empty-hf-home")))
-        return timm.create_model("gvit_nano.imagenette_64", pretrained=True).eval()
+        return timm.create_model("gvit_nano.imagenette_64_v2", pretrained=True).eval()
 
 
 def card_claim() -> tuple[int, int]:
@@ -34,7 +34,7 @@ def card_claim() -> tuple[int, int]:
 
 def test_shipped_weights_load_offline_with_their_config(shipped):
     cfg = shipped.pretrained_cfg
-    assert cfg["tag"] == "imagenette_64" and cfg["input_size"] == (3, 64, 64) and len(cfg["label_names"]) == 10
+    assert cfg["tag"] == "imagenette_64_v2" and cfg["input_size"] == (3, 64, 64) and len(cfg["label_names"]) == 10
     assert shipped.num_classes == 10 and shipped.num_gaussians == 64
     random = timm.create_model("gvit_nano")
     assert not torch.equal(shipped.classifier.head.weight, random.classifier.head.weight)

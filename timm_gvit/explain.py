@@ -1,6 +1,6 @@
 """Interpretability for GViT (paper section 4, gvit-method.md section 7), as functions and a command.
 
-    python -m timm_gvit.explain photo.jpg                       # the shipped gvit_nano.imagenette_64 weights
+    python -m timm_gvit.explain photo.jpg                       # the shipped gvit_nano.imagenette_64_v2 weights
     python -m timm_gvit.explain photo.jpg --checkpoint run/export --out fig.png
 
 The figure shows, side by side: the input, the reconstruction from the model's Gaussians, their
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         "and CDAM grid, side by side in one PNG.",
     )
     parser.add_argument("image", help="image file to explain")
-    parser.add_argument("--model", default="gvit_nano.imagenette_64", help="timm model name, tag, 'local-dir:PATH' or 'hf-hub:ORG/NAME' (default gvit_nano.imagenette_64, whose weights ship with the package)")
+    parser.add_argument("--model", default="gvit_nano.imagenette_64_v2", help="timm model name, tag, 'local-dir:PATH' or 'hf-hub:ORG/NAME' (default gvit_nano.imagenette_64_v2, whose weights ship with the package)")
     parser.add_argument("--pretrained", action="store_true", help="load the model's pretrained weights (implied by local-dir:/hf-hub: and by weights that ship with the package)")
     parser.add_argument("--checkpoint", help="weights file (.safetensors or .pth) or exported folder to load")
     parser.add_argument("--random-weights", action="store_true", help="explain an untrained model (random weights); without it, a model with no weights is refused")
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.random_weights:
             parser.error(f"--model {args.model} has no trained weights here, and explaining random weights shows nothing; pass "
                          "--checkpoint FILE_OR_EXPORT_FOLDER, --model local-dir:EXPORT_FOLDER, a tag with weights "
-                         "(gvit_nano.imagenette_64), or --random-weights to explain the untrained model anyway")
+                         "(gvit_nano.imagenette_64_v2), or --random-weights to explain the untrained model anyway")
         print(f"WARNING: explaining {args.model} with RANDOM weights (--random-weights): the figure shows an untrained model")
 
     model = timm.create_model(args.model, pretrained=pretrained, **kwargs).eval()
