@@ -82,7 +82,8 @@ def test_end_to_end_on_digits_walks_all_phases_and_exports(digits_run):
     # the export loads with timm and gives the logits of the final checkpoint's weights
     loaded = timm.create_model(f"local-dir:{export}", pretrained=True).eval()
     state = {k.removeprefix("model."): v for k, v in load_file(digits_run / "checkpoints" / "step-00000016" / "model.safetensors").items()}
-    reference = timm.create_model("gvit_tiny", num_classes=10, img_size=16, patch_size=8, num_gaussians=8, encoder_depth=2, depth=2)
+    model_name = yaml.safe_load((digits_run / "config.yaml").read_text())["model"]  # the built-in run's
+    reference = timm.create_model(model_name, num_classes=10, img_size=16, patch_size=8, num_gaussians=8, encoder_depth=2, depth=2)
     reference.load_state_dict(state)
     x = torch.randn(3, 3, 16, 16)
     assert torch.equal(loaded(x), reference.eval()(x))
