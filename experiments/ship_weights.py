@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -68,8 +69,11 @@ def main() -> None:
     parser.add_argument("--run", help="run folder name under runs/imagenette (default: the best finished long-g* run)")
     parser.add_argument("--data", default=str(ROOT / "runs" / "data" / "imagenette-80"), help="the prepared imagefolder")
     parser.add_argument("--per-class", type=int, default=2, help="validation images per class to bundle with the tests")
+    parser.add_argument("--evaluate-only", action="store_true", help="only evaluate the weights already in the package")
     args = parser.parse_args()
     runs = json.loads((ROOT / "experiments" / "results" / "trainer_runs.json").read_text())
+    if args.evaluate_only:
+        return evaluate_shipped(args, runs)
     if args.run is None and runs.get("final-k64", {}).get("finished"):
         args.run = "final-k64"
     if args.run is None:
@@ -83,7 +87,8 @@ def main() -> None:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     for key in ("output_dir", "init_encoder_from"):  # paths as they read from the repository root
         if config.get(key) and Path(config[key]).is_absolute():
-            config[key] = str(Path(config[key]).relative_to(ROOT))
+            parts = Path(config[key]).parts  # from runs/ on: the run may have been trained in another checkout
+            config[key] = str(Path(*parts[parts.index("runs"):])) if "runs" in parts else config[key]
     run = {**info, "config": config, "metrics": runs[args.run]["final"],
            "dataset": "imagenette", "class_names": list(IMAGENETTE_CLASSES)}
     folder = WEIGHTS_DIR / TAG
@@ -94,7 +99,15 @@ def main() -> None:
     state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(target).items()}
     save_file(state, target, metadata={"format": "pt", "source_run": args.run})
     print(f"{run_dir / 'export'} -> {folder} ({target.stat().st_size / 1e6:.1f} MB of float16 weights)")
+    if TAG not in timm.list_pretrained("gvit_nano*"):  # a new tag: timm learns the packaged tags at import
+        os.execv(sys.executable, [sys.executable, __file__, "--run", args.run, "--data", args.data, "--per-class",
+                                  str(args.per_class), "--evaluate-only"])
+    evaluate_shipped(args, runs)
 
+
+def evaluate_shipped(args, runs: dict) -> None:
+    """Load the shipped tag as a user does and record its accuracy, bundled images and figures."""
+    target = WEIGHTS_DIR / TAG / "model.safetensors"
     model = timm.create_model(TAG, pretrained=True).eval()
     config = resolve_model_data_config(model)
     transform = create_transform(**config)

@@ -63,4 +63,4 @@ def test_default_run_is_the_preset_the_readme_measures():
     assert config.dataset is None and config.model == DIGITS_PRESET["model"] == "gvit_nano"
     assert (config.img_size, config.patch_size, config.num_gaussians) == (16, 4, 16)
     assert config.base_lr * config.batch_size / 256 == pytest.approx(1e-3) and config.clip_grad == 1.0
-    assert (config.recon_epochs, config.classifier_epochs, config.joint_epochs, config.guidance_epochs) == (3, 5, 2, 1)
+    assert (config.recon_epochs, config.classifier_epochs, config.joint_epochs, config.guidance_epochs) == (3, 5, 4, 1)
