@@ -72,8 +72,6 @@ def main() -> None:
     parser.add_argument("--evaluate-only", action="store_true", help="only evaluate the weights already in the package")
     args = parser.parse_args()
     runs = json.loads((ROOT / "experiments" / "results" / "trainer_runs.json").read_text())
-    if args.evaluate_only:
-        return evaluate_shipped(args, runs)
     if args.run is None and runs.get("final-k64", {}).get("finished"):
         args.run = "final-k64"
     if args.run is None:
@@ -81,6 +79,8 @@ def main() -> None:
         if not finished:
             raise SystemExit("no finished final-k64 or long-protocol run in experiments/results/trainer_runs.json")
         args.run = max(finished, key=lambda n: finished[n]["final"]["top1"])
+    if args.evaluate_only:
+        return evaluate_shipped(args, runs)
     run_dir = RUNS / args.run
     trained = timm.create_model(f"local-dir:{run_dir / 'export'}", pretrained=True)
     info = json.loads((run_dir / "run_info.json").read_text())

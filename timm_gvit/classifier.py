@@ -22,10 +22,11 @@ class GaussianClassifier(nn.Module):
     a final norm, and a linear head on the class token (``global_pool='token'``) or on the mean
     of the Gaussian tokens (``'avg'``).
 
-    With ``centre_features=True`` (the default) a Gaussian token also gets the sine-cosine
+    With ``centre_features=True`` (GViT's default) a Gaussian token also gets the sine-cosine
     features of its centre (:func:`~timm_gvit.encoder.position_features`, as the encoder's
     tokens do): a linear embedding of mu alone cannot tell the classifier where things are
-    (MODEL_CARD.md, the ablation). ``False`` is the paper's plain linear embedding.
+    (MODEL_CARD.md, the ablation). ``False``, this class's default, is the paper's plain linear
+    embedding, which the paper-recipe study (experiments/gaussian_study.py) used.
     """
 
     def __init__(
