@@ -294,7 +294,10 @@ def restore_build(parts_dir: Path, manifest: dict) -> str | None:
 
 def save_build(manifest: dict, out: Path) -> list[str]:
     """The JIT build's library and manifest as ``gsplat-build.tgz.part-NN`` files in ``out``."""
-    library = next(EXTENSIONS.glob("*/gsplat_cuda/gsplat_cuda.so"))
+    # torch puts a JIT build in TORCH_EXTENSIONS_DIR/<name>/ (in a version folder when the variable is unset)
+    library = next(EXTENSIONS.rglob("gsplat_cuda.so"), None)
+    if library is None:
+        raise FileNotFoundError(f"no gsplat_cuda.so under {EXTENSIONS}")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(library, arcname="gsplat_cuda.so")
@@ -329,7 +332,10 @@ def build_step(run: Run, info: dict):
         rc, tail = run.execute("build", ["python", "-c", LOAD_GSPLAT], limit)
         extra["source"] = f"built here ({why})"
         if rc == 0:
-            extra["saved_as"] = save_build(manifest, run.out)
+            try:
+                extra["saved_as"] = save_build(manifest, run.out)
+            except (OSError, tarfile.TarError) as exc:  # the build works: the later steps still run
+                extra["saved_as"] = f"not saved ({type(exc).__name__}: {exc})"
         return rc, tail, extra
 
     return action

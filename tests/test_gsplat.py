@@ -317,12 +317,16 @@ def test_gsplat_gradients_match_cpu_kernel(batch, k):
 
 @needs_gsplat_cuda
 def test_gsplat_thin_gaussians_match_cpu_kernel():
-    """Axis ratios up to 400 at 224 px, where gsplat's own float32 projection lost about 1%."""
+    """Axis ratios up to 400 at 224 px, where gsplat's own float32 projection lost about 1%. The
+    quadratic form itself cancels in float32 far along such a Gaussian (our float32 CPU kernel is
+    3e-3 off its float64 run here, measured), so gsplat must come as close to float64 as that."""
     g = _moderate_gaussians(2, 32, seed=9)
     g[:, :16, 3] = g[:, :16, 2] / 400
     g[:, :16, 8] = 0.9
     out = render_gaussians(g.cuda(), 224, 224, backend="gsplat").cpu()
-    assert (out - render_cpu(g.double(), 224, 224, torch.zeros(2, 3, dtype=torch.float64)).float()).abs().max() <= 1e-3
+    want = render_cpu(g.double(), 224, 224, torch.zeros(2, 3, dtype=torch.float64)).float()
+    float32_error = (render_cpu(g, 224, 224, torch.zeros(2, 3)) - want).abs().max()
+    assert (out - want).abs().max() <= max(1e-3, 1.5 * float32_error)
 
 
 @needs_gsplat_cuda

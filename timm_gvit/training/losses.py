@@ -27,7 +27,10 @@ def dssim(rendered: Tensor, target: Tensor) -> Tensor:
 
 
 def reconstruction_loss(rendered: Tensor, target: Tensor, kind: str, lambda_perc: float, with_dssim: bool) -> Tensor:
-    """L_pix + lambda_perc * D-SSIM (the latter only once it is switched on)."""
-    loss = pixel_loss(rendered, target, kind)
-    return loss + lambda_perc * dssim(rendered, target) if with_dssim and lambda_perc > 0 else loss
+    """L_pix + lambda_perc * D-SSIM (the latter only once it is switched on), in float32 whatever
+    autocast says: CUDA autocast refuses ``binary_cross_entropy`` outright, and would run SSIM's
+    window convolutions in 16 bits."""
+    with torch.autocast(rendered.device.type, enabled=False):
+        loss = pixel_loss(rendered, target, kind)
+        return loss + lambda_perc * dssim(rendered, target) if with_dssim and lambda_perc > 0 else loss
 
