@@ -40,7 +40,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "encoder_ablation.json"
 #: each row's trained encoder (a state dict of GViT.encoder), for the classifier rows
 ENCODERS = ROOT / "runs" / "encoder_ablation"
-PAPER = dict(lr=3e-4, clip=None, warmup=0.5, betas=(0.9, 0.95), loss="bce", model=dict(patch_size=16))
+PAPER = dict(lr=3e-4, clip=None, warmup=0.5, betas=(0.9, 0.95), loss="bce", batch=64, model=dict(patch_size=16))
+#: the current recipe (patch 8, lr 1e-3, clip 1), which the rows below it change one or two things of
+CURRENT = dict(lr=1e-3, clip=1.0, model=dict(patch_size=8))
+
+
+def current(**changes) -> dict:
+    """CURRENT with ``changes`` (a ``model`` dict is merged into CURRENT's)."""
+    return {**CURRENT, **changes, "model": {**CURRENT["model"], **changes.get("model", {})}}
+
 
 #: name -> (what it changes, settings over PAPER)
 ROWS = {
@@ -53,6 +61,27 @@ ROWS = {
     "patch8-lr3e-3-clip": ("patch 8, lr 3e-3, clip 1", dict(lr=3e-3, clip=1.0, model=dict(patch_size=8))),
     "patch8-lr1e-3-clip-mse": ("patch 8, lr 1e-3, clip 1, MSE instead of BCE", dict(lr=1e-3, clip=1.0, loss="mse", model=dict(patch_size=8))),
     "patch8-c0.5": ("patch 8, scale bound c = 0.5", dict(model=dict(patch_size=8, scale_bound=0.5))),
+    # one or two changes over the current recipe (patch 8, lr 1e-3, clip 1)
+    "cur-conv": ("current + convolutional stem", current(model=dict(encoder_stem="conv"))),
+    "cur-refine2": ("current + a second encoder pass (iterative refinement)", current(model=dict(encoder_refine_steps=2))),
+    "cur-b32": ("current, batch 32 (twice the steps)", current(batch=32)),
+    "cur-b16": ("current, batch 16 (four times the steps)", current(batch=16)),
+    "cur-lr2e-3": ("current, lr 2e-3", current(lr=2e-3)),
+    "cur-c0.5": ("current, scale bound c = 0.5", current(model=dict(scale_bound=0.5))),
+    "cur-mse": ("current, MSE instead of BCE", current(loss="mse")),
+    "cur-beta0.99": ("current, Adam beta2 0.99", current(betas=(0.9, 0.99))),
+    "cur-conv-b32": ("current + conv stem, batch 32", current(batch=32, model=dict(encoder_stem="conv"))),
+    "cur-conv-refine2": ("current + conv stem + refinement", current(model=dict(encoder_stem="conv", encoder_refine_steps=2))),
+    "cur-conv-b16": ("current + conv stem, batch 16", current(batch=16, model=dict(encoder_stem="conv"))),
+    "cur-conv-b32-refine2": ("current + conv stem + refinement, batch 32", current(batch=32, model=dict(encoder_stem="conv", encoder_refine_steps=2))),
+    "cur-conv-b32-lr2e-3": ("current + conv stem, batch 32, lr 2e-3", current(batch=32, lr=2e-3, model=dict(encoder_stem="conv"))),
+    "cur-w192": ("current, encoder width 192 (6 heads)", current(model=dict(encoder_embed_dim=192, encoder_num_heads=6))),
+    "cur-8ep": ("current, 8 epochs instead of 4 (the budget's worth)", current(epochs=8.0)),
+    "cur-b16-lr5e-4": ("current, batch 16, lr 5e-4", current(batch=16, lr=5e-4)),
+    "cur-b16-lr2e-3": ("current, batch 16, lr 2e-3", current(batch=16, lr=2e-3)),
+    "cur-b16-mse": ("current, batch 16, MSE instead of BCE", current(batch=16, loss="mse")),
+    "cur-b16-refine2": ("current, batch 16, refinement", current(batch=16, model=dict(encoder_refine_steps=2))),
+    "cur-conv-b32-8ep": ("current + conv stem, batch 32, 8 epochs", current(batch=32, epochs=8.0, model=dict(encoder_stem="conv"))),
 }
 
 
@@ -87,13 +116,15 @@ def train_crops(images: torch.Tensor, size: int, generator: torch.Generator) -> 
     return torch.stack(out).float().div(255).clamp(0, 1)
 
 
-def run_row(name: str, settings: dict, train: torch.Tensor, val: torch.Tensor, epochs: float, seed: int, save_dir: Path, batch: int = 64) -> dict:
+def run_row(name: str, settings: dict, train: torch.Tensor, val: torch.Tensor, epochs: float, seed: int, save_dir: Path,
+            device: str = "cpu", backend: str = "auto") -> dict:
     s = {**PAPER, **settings}
+    epochs, batch = s.pop("epochs", epochs), s["batch"]
     torch.manual_seed(seed)
-    model = timm.create_model("gvit_nano", num_classes=10, **s["model"])
+    model = timm.create_model("gvit_nano", num_classes=10, render_backend=backend, **s["model"]).to(device)
     size = model.img_size[0]
-    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(model.pretrained_cfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"], device=device).view(1, 3, 1, 1)
     model.classifier.requires_grad_(False)
     optimizer = create_optimizer_v2(model, "adamw", lr=s["lr"], weight_decay=0.05, betas=s["betas"])
     steps_per_epoch = len(train) // batch
@@ -107,7 +138,7 @@ def run_row(name: str, settings: dict, train: torch.Tensor, val: torch.Tensor, e
         if t % steps_per_epoch == 0:
             order = torch.randperm(len(train), generator=generator)
         idx = order[(t % steps_per_epoch) * batch:(t % steps_per_epoch + 1) * batch]
-        targets = train_crops(train[idx], size, generator)
+        targets = train_crops(train[idx], size, generator).to(device)
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(t)
@@ -118,6 +149,8 @@ def run_row(name: str, settings: dict, train: torch.Tensor, val: torch.Tensor, e
             norm = torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), s["clip"] or float("inf"))
             grad_norms.append(norm.item())
             optimizer.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
         train_time += time.perf_counter() - started
         seen += len(idx)
         losses.append(loss.item())
@@ -126,7 +159,7 @@ def run_row(name: str, settings: dict, train: torch.Tensor, val: torch.Tensor, e
     save_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, save_dir / f"{name}.safetensors")
     with torch.no_grad():
-        scores = torch.cat([psnr(model.render(model.encode((x - mean) / std)), x) for x in val.split(256)])
+        scores = torch.cat([psnr(model.render(model.encode((x - mean) / std)), x) for x in val.to(device).split(256)])
     finite = [g for g in grad_norms if math.isfinite(g)]
     return {
         "about": ROWS[name][0] if name in ROWS else name, "settings": {**s, "betas": list(s["betas"])}, "epochs": epochs, "seed": seed,
@@ -134,6 +167,7 @@ def run_row(name: str, settings: dict, train: torch.Tensor, val: torch.Tensor, e
         "grad_norm_median": sorted(finite)[len(finite) // 2] if finite else None, "grad_norm_max": max(finite) if finite else None,
         "nonfinite_steps": len(grad_norms) - len(finite) + sum(not math.isfinite(v) for v in losses),
         "params": sum(p.numel() for p in model.encoder.parameters()),
+        "device": torch.cuda.get_device_name() if device != "cpu" else "cpu", "render_backend": backend,
     }
 
 
@@ -145,6 +179,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rerun", action="store_true", help="run rows that already have results")
     parser.add_argument("--results", default=str(RESULTS), help="JSON file of results (rows are added as they finish)")
+    parser.add_argument("--device", default="cpu", help="where to train (cuda: a GPU; rows then time the GPU)")
+    parser.add_argument("--backend", default="auto", help="render backend (see timm_gvit.render_gaussians)")
     args = parser.parse_args()
     names = args.only or list(ROWS)
     unknown = [n for n in names if n not in ROWS]
@@ -160,7 +196,7 @@ def main() -> None:
     train, _ = load_split(data / "train")
     val = eval_crops(load_split(data / "val")[0], 64)
     for name in todo:
-        row = run_row(name, ROWS[name][1], train, val, args.epochs, args.seed, ENCODERS)
+        row = run_row(name, ROWS[name][1], train, val, args.epochs, args.seed, ENCODERS, args.device, args.backend)
         print(f"{name}: val PSNR {row['val_psnr']:.2f} dB, {row['train_img_s']:.0f} img/s, grad norm median {row['grad_norm_median']}")
         results = json.loads(results_path.read_text()) if results_path.is_file() else {}
         results[name] = row

@@ -4,21 +4,29 @@ gvit-method.md section 2. The k Gaussian tokens are, by default, embeddings of r
 Gaussians g0 whose residual the network predicts (the paper's "denoising" encoder); with
 ``gaussian_init='queries'`` they are k learned queries and the network predicts the Gaussians
 outright (the paper's ablation). Patch latents are discarded after the last block.
+
+Two options go beyond the paper (MODEL_CARD.md section 0 measures them): ``stem='conv'`` embeds
+the patches with a small convolutional stem (timm's ``ConvStem``: 3x3 stride-2 convolutions, one per
+halving of the patch) instead of one linear patch projection, and ``refine_steps > 1`` applies the
+network again with its own output as g0 (iterative refinement; each pass costs a full forward).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
-from timm.layers import Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import HybridEmbed, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models import checkpoint_seq
+from timm.models.vision_transformer_hybrid import ConvStem
 
 from .gaussians import NUM_PARAMS, sample_initial_gaussians
 from .layers import transformer_blocks, xavier_init_linears
 
 GAUSSIAN_INITS = ("denoise", "queries")
+STEMS = ("patch", "conv")
 
 
 def position_features(xy: Tensor, dim: int) -> Tensor:
@@ -66,23 +74,37 @@ class GaussianEncoder(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         eval_seed: int = 0,
+        stem: str = "patch",
+        refine_steps: int = 1,
     ):
         super().__init__()
         if gaussian_init not in GAUSSIAN_INITS:
             raise ValueError(f"gaussian_init must be one of {GAUSSIAN_INITS}, got {gaussian_init!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if stem == "conv" and (patch_size < 2 or patch_size & (patch_size - 1)):
+            raise ValueError(f"stem='conv' halves the image once per stride-2 convolution, so patch_size must be a power "
+                             f"of 2 (>= 2), got {patch_size}")
+        if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 1:
+            raise ValueError(f"refine_steps must be an integer >= 1, got {refine_steps!r}")
+        if refine_steps > 1 and gaussian_init != "denoise":
+            raise ValueError("refine_steps > 1 feeds the output back as g0, which needs gaussian_init='denoise'")
         self.num_gaussians = num_gaussians
         self.scale_bound = scale_bound
         self.gaussian_init = gaussian_init
         self.dynamic_img_size = dynamic_img_size
+        self.stem = stem
+        self.refine_steps = refine_steps
         self.grad_checkpointing = False
-        self.patch_embed = PatchEmbed(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            strict_img_size=not dynamic_img_size,
-            output_fmt="NHWC" if dynamic_img_size else None,  # None: flattened [B, N, D]
-        )
+        embed_kwargs = dict(img_size=img_size, in_chans=in_chans, embed_dim=embed_dim, strict_img_size=not dynamic_img_size,
+                            output_fmt="NHWC" if dynamic_img_size else None)  # None: flattened [B, N, D]
+        if stem == "conv":
+            halvings = patch_size.bit_length() - 1
+            widths = tuple(min(embed_dim, 16 * 2**i) for i in range(halvings))
+            backbone = ConvStem(in_chans, depth=halvings, channels=widths, stride=(2,) * halvings)
+            self.patch_embed = HybridEmbed(backbone, patch_size=1, feature_ratio=patch_size, **embed_kwargs)
+        else:
+            self.patch_embed = PatchEmbed(patch_size=patch_size, **embed_kwargs)
         # learned, starting from the sine-cosine features of the patch centres
         self.pos_embed = nn.Parameter(position_features(self._patch_centres(), embed_dim)[None])
         # Gaussian tokens: a learned embedding per slot, plus the embedded g0 when denoising.
@@ -121,14 +143,22 @@ class GaussianEncoder(nn.Module):
             return sample_initial_gaussians(batch, self.num_gaussians, self.scale_bound).to(self.eval_g0)
         return self.eval_g0.expand([batch, -1, -1])  # a list: torch.fx traces a buffer's expand only so
 
-    def forward(self, images: Tensor) -> Tensor:
-        patches = self._patch_tokens(images)
-        B = patches.shape[0]
-        tokens = self.slot_embed.expand(B, -1, -1)
-        if self.g0_embed is not None:
-            g0 = self.initial_gaussians(B).to(tokens.dtype)
+    def _predict(self, patches: Tensor, g0: Optional[Tensor]) -> Tensor:
+        """One pass: patch tokens ``[B, N, D]`` and raw g0 ``[B, k, 9]`` (None for queries) -> raw Gaussians."""
+        tokens = self.slot_embed.expand(patches.shape[0], -1, -1)
+        if g0 is not None and self.g0_embed is not None:
             tokens = tokens + self.g0_embed(g0) + position_features(torch.tanh(g0[..., 0:2]), tokens.shape[-1])
         x = self.pos_drop(torch.cat([patches, tokens], dim=1))
         x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing and not torch.jit.is_scripting() else self.blocks(x)
         out = self.gaussian_head(self.norm(x[:, -self.num_gaussians :]))
-        return out + g0 if self.g0_embed is not None else out
+        return out + g0 if g0 is not None else out
+
+    def forward(self, images: Tensor) -> Tensor:
+        patches = self._patch_tokens(images)
+        g: Optional[Tensor] = None
+        if self.g0_embed is not None:
+            g = self.initial_gaussians(patches.shape[0]).to(patches.dtype)
+        for _ in range(self.refine_steps):
+            g = self._predict(patches, g)
+        assert g is not None
+        return g

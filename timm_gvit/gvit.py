@@ -164,6 +164,10 @@ class GViT(nn.Module):
         freeze_encoder: no gradients into the encoder, which stays in eval mode (the paper's
             transfer recipe trains only the classifier).
         encoder_embed_dim, encoder_depth, encoder_num_heads: encoder width, depth and heads.
+        encoder_stem: 'patch' (a linear patch projection, as the paper) or 'conv' (timm's ConvStem of
+            3x3 stride-2 convolutions; patch_size a power of 2).
+        encoder_refine_steps: passes of the encoder, each taking the last one's Gaussians as its g0
+            (1: the paper's single pass).
         embed_dim, depth, num_heads, mlp_ratio: classifier width, depth, heads, MLP ratio.
         drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: as in timm's ViT.
         dynamic_img_size: accept any image size that is a multiple of ``patch_size``; the encoder
@@ -192,6 +196,8 @@ class GViT(nn.Module):
         encoder_embed_dim: int = 384,
         encoder_depth: int = 12,
         encoder_num_heads: int = 6,
+        encoder_stem: str = "patch",
+        encoder_refine_steps: int = 1,
         embed_dim: int = 384,
         depth: int = 12,
         num_heads: int = 6,
@@ -238,6 +244,8 @@ class GViT(nn.Module):
             proj_drop_rate=proj_drop_rate,
             attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate,
+            stem=encoder_stem,
+            refine_steps=encoder_refine_steps,
         )
         self.classifier = GaussianClassifier(
             num_gaussians=num_gaussians,
@@ -285,7 +293,8 @@ class GViT(nn.Module):
         return dict(img_size=list(self.img_size), patch_size=self.patch_size, num_gaussians=self.num_gaussians,
                     scale_bound=self.scale_bound, gaussian_init=enc.gaussian_init, centre_features=clf.centre_features,
                     encoder_embed_dim=enc.pos_embed.shape[-1], encoder_depth=len(enc.blocks),
-                    encoder_num_heads=enc.blocks[0].attn.num_heads, embed_dim=clf.embed_dim, depth=len(clf.blocks),
+                    encoder_num_heads=enc.blocks[0].attn.num_heads, encoder_stem=enc.stem,
+                    encoder_refine_steps=enc.refine_steps, embed_dim=clf.embed_dim, depth=len(clf.blocks),
                     num_heads=clf.blocks[0].attn.num_heads)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
