@@ -30,6 +30,13 @@ def test_fit_reaches_psnr_on_a_real_photo(astronaut64, init, min_psnr):
     assert fitted[..., 5:9].min() >= 0 and fitted[..., 5:9].max() <= 1
 
 
+def test_default_fit_reaches_the_issue_target(astronaut64):
+    """fit_gaussians' defaults (500 Adam steps, grid init): >= 27.5 dB with 256 Gaussians on the
+    64 px astronaut (29.6 dB measured, 2.7 s on one core after the kernel's build)."""
+    fitted = fit_gaussians(astronaut64, 256, progress=False)
+    assert psnr(render_gaussians(fitted, 64, 64), astronaut64).item() >= 27.5
+
+
 def test_fit_is_deterministic_and_batched(astronaut64):
     pair = torch.cat([astronaut64, astronaut64.flip(-1)])
     a = fit_gaussians(pair, 16, steps=5, progress=False)

@@ -87,6 +87,27 @@ def test_learned_queries_variant():
         tiny(gaussian_init="noise")
 
 
+def test_conv_stem_and_refinement_options():
+    """encoder_stem='conv' gives the same token grid as the patch projection; a second encoder
+    pass starts from the first pass's Gaussians (so an untrained encoder, whose residual is zero,
+    still returns g0), and its gradients reach the weights through both passes."""
+    images = torch.randn(2, 3, 32, 32)
+    conv = tiny(encoder_stem="conv")
+    assert conv.encoder.patch_embed.grid_size == tiny().encoder.patch_embed.grid_size == (4, 4)
+    assert conv(images).shape == (2, 5)
+    refine = tiny(encoder_refine_steps=2).eval()
+    torch.testing.assert_close(refine.encode(images[:1]), refine.encode(images[1:]))  # zero residual: both g0
+    torch.nn.init.normal_(refine.encoder.gaussian_head.fc2.weight, std=0.02)
+    raw = refine.encoder(images)
+    once = refine.encoder._predict(refine.encoder._patch_tokens(images), refine.encoder.initial_gaussians(2))
+    torch.testing.assert_close(raw, refine.encoder._predict(refine.encoder._patch_tokens(images), once))
+    assert not torch.allclose(raw, once)
+    raw.sum().backward()
+    assert refine.encoder.g0_embed.weight.grad.abs().sum() > 0
+    args = refine.architecture_args()
+    assert args["encoder_refine_steps"] == 2 and args["encoder_stem"] == "patch"
+
+
 def test_scale_bound_caps_sigma():
     model = tiny(scale_bound=0.25).eval()
     with torch.no_grad():
@@ -305,6 +326,10 @@ def test_launcher_runs_a_timm_script_with_the_models_registered(tmp_path):
         (dict(drop_path_rate=1.5), r"drop_path_rate must be a number in \[0, 1\)"),
         (dict(scale_bound=0), "scale_bound must be a number > 0"),
         (dict(mlp_ratio="4"), "mlp_ratio must be a number > 0"),
+        (dict(encoder_stem="resnet"), "stem must be one of"),
+        (dict(encoder_stem="conv", patch_size=6, img_size=36), "patch_size must be a power of 2"),
+        (dict(encoder_refine_steps=0), "refine_steps must be an integer >= 1, got 0"),
+        (dict(encoder_refine_steps=2, gaussian_init="queries"), "needs gaussian_init='denoise'"),
     ],
 )
 def test_bad_constructor_arguments_raise_clear_errors(kwargs, match):
