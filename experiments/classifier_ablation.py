@@ -3,6 +3,7 @@
 
     python experiments/encoder_ablation.py --only patch8-lr1e-3-clip    # an encoder to read
     python experiments/classifier_ablation.py --encoder patch8-lr1e-3-clip
+    python experiments/classifier_ablation.py --encoder runs/imagenette/encoder-k64/export   # a trainer run's encoder
 
 The encoder of an ``encoder_ablation.py`` row encodes every training and validation image once
 (centre crops, eval mode), and classifiers 128 wide and 6 deep (gvit_nano's) train on those fixed
@@ -35,13 +36,21 @@ RESULTS = ROOT / "experiments" / "results" / "classifier_ablation.json"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT / "runs" / "data" / "imagenette-80"), help="output of prepare_imagenette.py")
-    parser.add_argument("--encoder", required=True, choices=list(ROWS), help="the encoder_ablation.py row whose encoder to read")
+    parser.add_argument("--encoder", required=True, help="the encoder_ablation.py row whose encoder to read, or a train_gvit.py export folder")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of every classifier")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", default=["linear", "centre_features", "vit8_renderings"], help="rows to run")
     args = parser.parse_args()
-    model = timm.create_model("gvit_nano", num_classes=10, **{**PAPER["model"], **ROWS[args.encoder][1].get("model", {})})
-    model.encoder.load_state_dict(load_file(ENCODERS / f"{args.encoder}.safetensors"))
+    export = Path(args.encoder)
+    if (export / "config.json").is_file():  # a trainer export: its own architecture and weights
+        model = timm.create_model(f"local-dir:{export.resolve()}", pretrained=True, num_classes=10)
+        name = f"{export.resolve().parent.name} (trainer run)"
+    elif args.encoder in ROWS:
+        model = timm.create_model("gvit_nano", num_classes=10, **{**PAPER["model"], **ROWS[args.encoder][1].get("model", {})})
+        model.encoder.load_state_dict(load_file(ENCODERS / f"{args.encoder}.safetensors"))
+        name = args.encoder
+    else:
+        parser.error(f"--encoder {args.encoder!r} is neither an encoder_ablation.py row ({', '.join(ROWS)}) nor an export folder")
     config = resolve_model_data_config(model)
     mean, std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
     raw = create_transform(**{**config, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})  # resize 71, crop 64, [0, 1]
@@ -50,7 +59,7 @@ def main() -> None:
     gaussians = {s: encode_all(model, split[s]["images"].clamp(0, 1), mean, std) for s in split}
     labels = {s: split[s]["labels"] for s in split}
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    entry = results.setdefault(args.encoder, {})
+    entry = results.setdefault(name, {})
     renders = None
     for row in args.rows:
         torch.manual_seed(args.seed)
@@ -65,7 +74,7 @@ def main() -> None:
             clf = train_classifier(clf, gaussians["train"], labels["train"], args.epochs, flip_gaussians, row, args.seed)
             acc = accuracy(clf, gaussians["val"], labels["val"])
         entry[row] = {"val_top1": acc, "epochs": args.epochs, "seed": args.seed}
-        print(f"{args.encoder} / {row}: {acc:.2f}% top-1", flush=True)
+        print(f"{name} / {row}: {acc:.2f}% top-1", flush=True)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2))
 
