@@ -4,13 +4,15 @@
     python experiments/prepare_imagenette.py                 # once: runs/data/imagenette-80
     python experiments/encoder_ablation.py                   # every row (resumable; ~5 min a row on 2 cores)
     python experiments/encoder_ablation.py --only patch8 lr1e-3-clip   # some rows
+    python experiments/encoder_ablation.py --device cuda --backend reference --only cur-b16 --results gpu.json   # on a GPU
 
 Each row trains gvit_nano's encoder (k = 64, 64 px) on reconstruction only, for --epochs epochs of
-Imagenette's 6,000 training images (batch 64, random-resized crops 0.5-1 and flips, BCE, D-SSIM
+Imagenette's 6,000 training images (batch 64 unless the row sets its own batch or epochs;
+random-resized crops 0.5-1 and flips, BCE, D-SSIM
 from half-way, AdamW with the trainer's parameter groups, warm-up then cosine), then measures the
 PSNR of its eval-mode Gaussians on the full 3,925-image validation split (centre crops, the
-trainer's eval transform) and its training throughput. Rows differ from the ``paper`` row, the
-study's recipe, in the settings they name. The data is decoded once into memory, so the rows time
+trainer's eval transform) and its training throughput. Rows differ from the ``paper`` row (the
+paper's recipe) or, the ``cur-*`` rows, from ``patch8-lr1e-3-clip`` in the settings they name. The data is decoded once into memory, so the rows time
 the model, not JPEG decoding. Results go to experiments/results/encoder_ablation.json, each row's
 encoder weights to runs/encoder_ablation/.
 """
