@@ -9,7 +9,8 @@ The encoder of an ``encoder_ablation.py`` row encodes every training and validat
 (centre crops, eval mode), and classifiers 128 wide and 6 deep (gvit_nano's) train on those fixed
 Gaussians for --epochs epochs with gaussian_study.py's recipe (AdamW lr 3e-4, cosine, flips).
 Rows: the paper's linear embedding of the 9 numbers; plus the sine-cosine features of the centres
-(``centre_features``); and, as the leakage control, timm's ViT/8 on the renderings of the same
+(``centre_features``); plus size and double-angle anisotropy in place of (sigma_x, sigma_y, phi)
+(``shape_features``, with the centre features); and, as the leakage control, timm's ViT/8 on the renderings of the same
 Gaussians. Results go to experiments/results/classifier_ablation.json under the encoder's name.
 """
 
@@ -31,6 +32,12 @@ from timm_gvit.classifier import GaussianClassifier
 from timm_gvit.fitting import psnr
 
 RESULTS = ROOT / "experiments" / "results" / "classifier_ablation.json"
+#: GaussianClassifier options of each Gaussian-classifier row.
+CLASSIFIER_ROWS = {
+    "linear": {},
+    "centre_features": {"centre_features": True},
+    "shape_features": {"centre_features": True, "shape_features": True},
+}
 
 
 def main() -> None:
@@ -39,7 +46,8 @@ def main() -> None:
     parser.add_argument("--encoder", required=True, help="the encoder_ablation.py row whose encoder to read, or a train_gvit.py export folder")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of every classifier")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rows", nargs="*", default=["linear", "centre_features", "vit8_renderings"], help="rows to run")
+    parser.add_argument("--rows", nargs="*", default=[*CLASSIFIER_ROWS, "vit8_renderings"],
+                        choices=[*CLASSIFIER_ROWS, "vit8_renderings"], help="rows to run")
     args = parser.parse_args()
     export = Path(args.encoder)
     if (export / "config.json").is_file():  # a trainer export: its own architecture and weights
@@ -70,7 +78,7 @@ def main() -> None:
             clf = train_classifier(vit(8), normalise(renders["train"]), labels["train"], args.epochs, lambda x: x.flip(-1), row, args.seed)
             acc = accuracy(clf, normalise(renders["val"]), labels["val"])
         else:
-            clf = GaussianClassifier(num_gaussians=model.num_gaussians, num_classes=10, centre_features=row == "centre_features", **WIDTH)
+            clf = GaussianClassifier(num_gaussians=model.num_gaussians, num_classes=10, **CLASSIFIER_ROWS[row], **WIDTH)
             clf = train_classifier(clf, gaussians["train"], labels["train"], args.epochs, flip_gaussians, row, args.seed)
             acc = accuracy(clf, gaussians["val"], labels["val"])
         entry[row] = {"val_top1": acc, "epochs": args.epochs, "seed": args.seed}

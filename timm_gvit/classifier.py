@@ -14,6 +14,20 @@ from .layers import transformer_blocks, xavier_init_linears
 GLOBAL_POOLS = ("token", "avg", "")
 
 
+def shape_features(gaussians: Tensor) -> Tensor:
+    """Decoded Gaussians ``[..., 9]`` -> ``[..., 9]`` features that each Gaussian has exactly one of.
+
+    mu_x, mu_y; log sqrt(sigma_x sigma_y) (size); e cos 2phi, e sin 2phi with
+    e = (sigma_x^2 - sigma_y^2) / (sigma_x^2 + sigma_y^2) (the covariance's anisotropy and
+    orientation, continuous in the covariance); r, g, b, opacity.
+    """
+    sigma, phi = gaussians[..., 2:4], gaussians[..., 4:5]
+    var = sigma.square()
+    anisotropy = (var[..., 0:1] - var[..., 1:2]) / (var[..., 0:1] + var[..., 1:2])
+    size = sigma.log().mean(dim=-1, keepdim=True)
+    return torch.cat([gaussians[..., 0:2], size, anisotropy * torch.cos(2 * phi), anisotropy * torch.sin(2 * phi), gaussians[..., 5:9]], dim=-1)
+
+
 class GaussianClassifier(nn.Module):
     """Decoded Gaussians ``[B, k, 9]`` -> logits ``[B, num_classes]``.
 
@@ -27,6 +41,11 @@ class GaussianClassifier(nn.Module):
     tokens do): a linear embedding of mu alone cannot tell the classifier where things are
     (MODEL_CARD.md, the ablation). ``False``, this class's default, is the paper's plain linear
     embedding, which the paper-recipe study (experiments/gaussian_study.py) used.
+
+    With ``shape_features=True`` the 9 numbers are first mapped by :func:`shape_features`, which
+    replaces (sigma_x, sigma_y, phi) by a log size and a double-angle anisotropy: the same Gaussian
+    always gives the same features, where phi is periodic and (sigma_x, sigma_y, phi) equals
+    (sigma_y, sigma_x, phi + pi/2).
     """
 
     def __init__(
@@ -44,6 +63,7 @@ class GaussianClassifier(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         centre_features: bool = False,
+        shape_features: bool = False,
     ):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -54,6 +74,7 @@ class GaussianClassifier(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.grad_checkpointing = False
         self.centre_features = centre_features
+        self.shape_features = shape_features
         self.gaussian_embed = nn.Linear(NUM_PARAMS, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_gaussians + 1, embed_dim))
@@ -76,7 +97,7 @@ class GaussianClassifier(nn.Module):
 
     def embed_tokens(self, gaussians: Tensor) -> Tensor:
         """``[B, k, 9]`` -> the blocks' input tokens ``[B, 1 + k, D]`` (class token first)."""
-        x = self.gaussian_embed(gaussians)
+        x = self.gaussian_embed(shape_features(gaussians) if self.shape_features else gaussians)
         if self.centre_features:
             x = x + position_features(gaussians[..., 0:2], x.shape[-1])
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
