@@ -7,7 +7,8 @@
 
 The encoder of an ``encoder_ablation.py`` row encodes every training and validation image once
 (centre crops, eval mode), and classifiers 128 wide and 6 deep (gvit_nano's) train on those fixed
-Gaussians for --epochs epochs with gaussian_study.py's recipe (AdamW lr 3e-4, cosine, flips).
+Gaussians for --epochs epochs with gaussian_study.py's recipe (AdamW lr 3e-4, cosine, flips that
+mirror the slots too).
 Rows: the paper's linear embedding of the 9 numbers; plus the sine-cosine features of the centres
 (``centre_features``); plus size and double-angle anisotropy in place of (sigma_x, sigma_y, phi)
 (``shape_features``, with the centre features); and, as the leakage control, timm's ViT/8 on the renderings of the same
@@ -27,9 +28,10 @@ from timm.data import create_transform, resolve_model_data_config
 
 import timm_gvit  # noqa: F401
 from encoder_ablation import ENCODERS, ROOT, ROWS, PAPER
-from gaussian_study import WIDTH, accuracy, encode_all, flip_gaussians, load_crops, render_all, train_classifier, vit
+from gaussian_study import WIDTH, accuracy, encode_all, load_crops, render_all, train_classifier, vit
 from timm_gvit.classifier import GaussianClassifier
 from timm_gvit.fitting import psnr
+from timm_gvit.gaussians import hflip_gaussians
 
 RESULTS = ROOT / "experiments" / "results" / "classifier_ablation.json"
 #: GaussianClassifier options of each Gaussian-classifier row.
@@ -79,7 +81,7 @@ def main() -> None:
             acc = accuracy(clf, normalise(renders["val"]), labels["val"])
         else:
             clf = GaussianClassifier(num_gaussians=model.num_gaussians, num_classes=10, **CLASSIFIER_ROWS[row], **WIDTH)
-            clf = train_classifier(clf, gaussians["train"], labels["train"], args.epochs, flip_gaussians, row, args.seed)
+            clf = train_classifier(clf, gaussians["train"], labels["train"], args.epochs, hflip_gaussians, row, args.seed)
             acc = accuracy(clf, gaussians["val"], labels["val"])
         entry[row] = {"val_top1": acc, "epochs": args.epochs, "seed": args.seed}
         print(f"{name} / {row}: {acc:.2f}% top-1", flush=True)

@@ -10,8 +10,8 @@ Two Gaussian sets are made for all of them, k = 64 each:
   never trained on labels), in eval mode (fixed g0);
 - sgd: ``timm_gvit.fitting.fit_gaussians`` on every image (grid init, --fit-steps Adam steps).
 Classifiers, all 128 wide and 6 deep with 4 heads like gvit_nano's, trained the same way
-(--epochs, batch 64, AdamW lr 3e-4, cosine, horizontal flips; a flip of a Gaussian negates mu_x
-and phi):
+(--epochs, batch 64, AdamW lr 3e-4, cosine, horizontal flips; a flip of a Gaussian set negates mu_x
+and phi and mirrors the slots, ``timm_gvit.gaussians.hflip_gaussians``):
 - the Gaussian classifier on each set, evaluated on both sets (the cross-training 2x2);
 - timm's ViT (patch 8: 64 tokens, as many as Gaussians) on each set's renderings (leakage control);
 - timm's ViT/8 on the photographs themselves (the patch baseline), on the same fixed crops, and
@@ -38,6 +38,7 @@ from tqdm import tqdm
 import timm_gvit  # noqa: F401
 from timm_gvit import render_gaussians
 from timm_gvit.classifier import GaussianClassifier
+from timm_gvit.gaussians import hflip_gaussians
 from timm_gvit.fitting import fit_gaussians, psnr
 from timm_gvit.training.data import training_transform
 
@@ -87,13 +88,6 @@ def fit_all(images: Tensor, steps: int, name: str) -> Tensor:
 @torch.no_grad()
 def render_all(gaussians: Tensor) -> Tensor:
     return torch.cat([render_gaussians(g, 64, 64, backend="cpu") for g in gaussians.split(256)])
-
-
-def flip_gaussians(g: Tensor) -> Tensor:
-    g = g.clone()
-    g[..., 0] = -g[..., 0]
-    g[..., 4] = -g[..., 4]
-    return g
 
 
 def optimise(model: nn.Module, batches, total: int, warmup: int, param_groups: list[dict], desc: str) -> None:
@@ -204,7 +198,7 @@ def main() -> None:
     # the Gaussian classifier on each set; evaluated on both (cross-training 2x2)
     for name in gaussians:
         model = train_classifier(GaussianClassifier(num_gaussians=64, num_classes=10, **WIDTH), gaussians[name]["train"],
-                                 labels["train"], args.epochs, flip_gaussians, f"Gaussian classifier on {name}", args.seed)
+                                 labels["train"], args.epochs, hflip_gaussians, f"Gaussian classifier on {name}", args.seed)
         record(f"gaussians_{name}", {f"val_{other}": accuracy(model, gaussians[other]["val"], labels["val"]) for other in gaussians})
     # leakage control: the same data as pictures, timm's ViT on the renderings
     for name in gaussians:

@@ -379,3 +379,21 @@ def test_integer_like_sizes(size):
 def test_non_integer_or_non_positive_sizes_rejected(size):
     with pytest.raises(ValueError, match="height must be an integer >= 1"):
         render_gaussians(torch.rand(1, 2, 9) + 0.1, size, 12)
+
+
+@pytest.mark.parametrize("num_gaussians", [16, 10])
+def test_hflip_gaussians_renders_the_mirror_image_and_keeps_slots_in_place(num_gaussians):
+    """Slot i of a grid-ordered set keeps grid cell i; with no overlaps (slot order is compositing
+    order, which the mirror changes within a row) the flipped set renders the flipped image."""
+    from timm_gvit.gaussians import grid_layout, hflip_gaussians
+
+    gaussians = random_gaussians(2, num_gaussians, seed=3)
+    gaussians[..., 0:2] = grid_layout(num_gaussians)[0] + 0.05 * gaussians[..., 0:2]
+    gaussians[..., 2:4] = gaussians[..., 2:4].clamp(max=0.08)
+    flipped = hflip_gaussians(gaussians)
+    background = torch.rand(2, 3, dtype=gaussians.dtype)
+    torch.testing.assert_close(render_reference(flipped, 24, 24, background),
+                               render_reference(gaussians, 24, 24, background).flip(-1), atol=1e-4, rtol=0)  # tails overlap
+    torch.testing.assert_close(hflip_gaussians(flipped), gaussians)
+    full_rows = num_gaussians // 4 * 4  # 4 columns; a partial last row mirrors within its own slots
+    assert (flipped[..., :full_rows, 0] - grid_layout(num_gaussians)[0][:full_rows, 0]).abs().max() < 0.1

@@ -67,6 +67,28 @@ def grid_layout(num_gaussians: int, height: int = 1, width: int = 1) -> tuple[Te
     return centres, torch.tensor([2.0 / cols, 2.0 / rows])
 
 
+def hflip_gaussians(gaussians: Tensor) -> Tensor:
+    """Decoded Gaussians ``[..., k, 9]`` of an image -> those of its left-right mirror image.
+
+    mu_x and phi change sign, and the Gaussians trade slots across each row of
+    :func:`grid_layout`, so that a slot keeps its place in the image (the encoder's slot i sits in
+    grid cell i; ``fit_gaussians``' grid init orders them the same way). A classifier whose
+    position embeddings are per slot would otherwise see mirrored content in unmirrored slots.
+    Slot order is also compositing order, so Gaussians that overlap within a row swap depth: the
+    rendering is the mirror image exactly where no two Gaussians of a row overlap.
+    """
+    num_gaussians = gaussians.shape[-2]
+    rows = grid_layout(num_gaussians)[0][:, 1]
+    order = torch.arange(num_gaussians)
+    for row in rows.unique():
+        slots = (rows == row).nonzero().flatten()  # left to right
+        order[slots] = slots.flip(0)
+    flipped = gaussians[..., order.to(gaussians.device), :].clone()
+    flipped[..., 0] = -flipped[..., 0]
+    flipped[..., 4] = -flipped[..., 4]
+    return flipped
+
+
 @register_notrace_function  # torch.fx keeps it as one call (its batch size is a Proxy while tracing)
 def sample_initial_gaussians(batch: int, num_gaussians: int, scale_bound: float = 1.0,
                              generator: Optional[torch.Generator] = None) -> Tensor:
