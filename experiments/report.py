@@ -62,9 +62,9 @@ def guidance_stats(runs: dict) -> dict:
             "psnr_without": mean_sd([final(runs, f"long-g0-s{s}", "psnr") for s in done])[0]}
 
 
-def guidance(runs: dict, runs_v1: dict, runs_v2: dict) -> tuple[dict, str]:
+def guidance(runs: dict, runs_v1: dict, runs_v2: dict, runs_v3: dict) -> tuple[dict, str]:
     """Guidance on 3 paired seeds with the current recipe; the earlier recipes' means below it."""
-    new, old, batch64 = guidance_stats(runs), guidance_stats(runs_v1), guidance_stats(runs_v2)
+    new, old, batch64, joint = guidance_stats(runs), guidance_stats(runs_v1), guidance_stats(runs_v2), guidance_stats(runs_v3)
     ran = lambda v: "not run" if v is None else fmt(v)  # noqa: E731  (runs left out for CPU time)
     rows = [[f"seed {s}", ran(a), ran(b), "" if None in (a, b) else fmt(a - b)] for s, (a, b) in new["per_seed"].items()]
     rows.append([f"**mean ± sd ({new['seeds_done']} paired seeds)**", f"**{fmt(new['with'][0])} ± {fmt(new['with'][1])}**",
@@ -73,12 +73,13 @@ def guidance(runs: dict, runs_v1: dict, runs_v2: dict) -> tuple[dict, str]:
     if new["seeds_with"] > new["seeds_done"]:
         rows.append([f"**gamma 0.1, every seed ({new['seeds_with']} seeds)**", f"**{fmt(new['with_all'][0])} ± {fmt(new['with_all'][1])}**", "", ""])
     # earlier recipes: every guided seed, and the paired ones' difference
-    for label, g in (("encoder at batch 64 (previous recipe)", batch64), ("paper recipe (patch 16, lr 3e-4, no centre features)", old)):
+    for label, g in (("2 classifier + 3 joint epochs (previous protocol)", joint), ("encoder at batch 64 (older recipe)", batch64),
+                     ("paper recipe (patch 16, lr 3e-4, no centre features)", old)):
         rows.append([f"{label}: mean ± sd", f"{fmt(g['with_all'][0])} ± {fmt(g['with_all'][1])} ({g['seeds_with']} seeds)",
                      f"{fmt(g['without'][0])} ({g['seeds_done']} paired)", fmt(g["difference"][0], 2)])
     rows.append(["paper: GViT-S, ImageNet-1k", "72.4", "68.3", "+4.1"])
     md = table(["gvit_nano, Imagenette 64 px, top-1 %", "gamma = 0.1", "gamma = 0 (no guidance)", "difference"], rows)
-    return {**new, "paper_recipe": old, "batch64_recipe": batch64}, md
+    return {**new, "paper_recipe": old, "batch64_recipe": batch64, "joint_recipe": joint}, md
 
 
 def gaussians_sweep(runs: dict, runs_v1: dict) -> tuple[dict, str]:
@@ -148,7 +149,7 @@ def leakage(study: dict, cls_ablation: dict) -> tuple[dict, str]:
 
 def baseline(study: dict, guided: dict) -> tuple[dict, str]:
     vit = study.get("photos_vit8_rrc10", {}).get("val")
-    rows = [[f"gvit_nano (gamma 0.1), long protocol, {guided['seeds_with']}-seed mean", "9 (4 reconstruction, 2 classifier, 3 joint)",
+    rows = [[f"gvit_nano (gamma 0.1), long protocol, {guided['seeds_with']}-seed mean", "14: 4 reconstruction, then 10 of classification (8 on the frozen encoder, 2 joint)",
              fmt(guided["with_all"][0])],
             ["timm ViT, 128 wide, 6 deep, patch 8; the same crops, flips and optimiser", "10", fmt(vit)]]
     md = table(["model (Imagenette, 64 px)", "epochs", "top-1 %"], rows)
@@ -206,10 +207,11 @@ def classifier_ablation() -> tuple[dict, str]:
     data = load("classifier_ablation.json")
     if not data:
         return {}, "Pending: run `python experiments/classifier_ablation.py`."
-    rows = [[f"`{name}`", fmt(entry.get("val_psnr"), 2), *(fmt(entry.get(r, {}).get("val_top1")) for r in ("linear", "centre_features", "vit8_renderings"))]
+    columns = ("linear", "centre_features", "shape_features", "vit8_renderings")
+    rows = [[f"`{name}`", fmt(entry.get("val_psnr"), 2), *(fmt(entry.get(r, {}).get("val_top1")) if r in entry else "not run" for r in columns)]
             for name, entry in data.items()]
     md = table(["encoder (ablation row)", "val PSNR, dB", "classifier, linear embedding (paper)", "classifier + centre features",
-                "ViT/8 on the renderings"], rows)
+                "+ shape features", "ViT/8 on the renderings"], rows)
     return data, md
 
 
@@ -237,11 +239,13 @@ def shipped(runs: dict) -> tuple[dict, str]:
     val, bundled, run = data["val"], data["bundled"], data["run"]
     rows = [["full validation split (3,925 images)", f"{val['top1']:.2f}", f"{val['top5']:.2f}", f"{val['psnr']:.2f}"]]
     md = table(["`gvit_nano.imagenette_64_v2`, loaded with `pretrained=True`", "top-1 %", "top-5 %", "PSNR, dB"], rows)
-    if run == "final-k64":
-        origin = ("The weights come from the run `final-k64`. It starts from the study's phase-1 encoder and trains 6 more"
-                  " epochs of reconstruction, 3 of classifier pre-training and 4 joint epochs with guidance (gamma 0.1,"
-                  " seed 0) in the last 2, for 17 epochs in all. The study's choices were fixed before this run, and its"
-                  f" validation top-1 in float32 was {runs[run]['final']['top1']:.2f}%.")
+    if run.startswith("final-k64"):
+        r = runs[run]
+        guided = f"all guided at gamma {r['gamma']:g}" if r["gamma"] else "without guidance (gamma 0)"
+        origin = (f"The weights come from the run `{run}`. It starts from the study's phase-1 encoder and trains 6 more"
+                  f" epochs of reconstruction (`encoder-k64-long`, at batch 16), 14 of classifier training on the frozen"
+                  f" encoder and 2 joint epochs, {guided}, seed {r['seed']}: 26 epochs in all. The study's choices were"
+                  f" fixed before this run, and its validation top-1 in float32 was {r['final']['top1']:.2f}%.")
     else:
         origin = (f"The weights come from the study's run `{run}`. That run is the best of the long-protocol runs on"
                   f" validation top-1 ({runs[run]['final']['top1']:.2f}% in float32), so the pick is mildly optimistic; the"
@@ -345,7 +349,8 @@ def main() -> None:
     # the current recipe's runs; the paper recipe's study (patch 16, lr 3e-4) for what was not re-run
     runs, runs_v1, study = load("trainer_runs.json"), load("paper_recipe/trainer_runs.json"), load("paper_recipe/gaussian_study.json")
     runs_v2 = load("batch64_recipe/trainer_runs.json")  # patch 8, lr 1e-3, encoder at batch 64
-    guided, guidance_md = guidance(runs, runs_v1, runs_v2)
+    runs_v3 = load("joint_recipe/trainer_runs.json")  # the current encoder recipe; 2 classifier + 3 joint epochs
+    guided, guidance_md = guidance(runs, runs_v1, runs_v2, runs_v3)
     k_data, k_md = gaussians_sweep(runs, runs_v1)
     loss_data, loss_md = losses(runs_v1)
     fit_data, fit_md = fitting(runs_v1, study, guided["paper_recipe"])
@@ -359,10 +364,11 @@ def main() -> None:
     summary = {"guidance": guided, "num_gaussians": k_data, "losses": loss_data, "fitting": fit_data, "leakage": leak_data,
                "patch_baseline": base_data, "variants": variant_data, "encoder_ablation": ablation_data, "encoder_ablation_gpu": ablation_gpu_data,
                "classifier_ablation": cls_ablation_data}
-    shipped_data, shipped_md = shipped({**runs_v2, **runs})  # the shipped tag may come from either recipe
+    shipped_data, shipped_md = shipped({**runs_v2, **runs_v3, **runs})  # the shipped tag may come from any recipe
     sections = {"guidance": guidance_md, "gaussians": k_md, "losses": loss_md, "fitting": fit_md, "leakage": leak_md,
                 "baseline": base_md, "variants": variant_md, "encoder_ablation": ablation_md, "encoder_ablation_gpu": ablation_gpu_md, "classifier_ablation": cls_ablation_md, "shipped": shipped_md, "explain": explain_figures(),
                 "compute": compute({**runs_v1, **{f"{n} (batch-64 recipe)": r for n, r in runs_v2.items()},
+                                    **{f"{n} (joint recipe)": r for n, r in runs_v3.items()},
                                     **{f"{n} (current recipe)": r for n, r in runs.items()}}, study), "headline": headline(guided, k_data, loss_data, fit_data, leak_data, base_data)}
     summary["shipped_weights"] = shipped_data
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
