@@ -105,7 +105,8 @@ def losses(runs: dict, runs_v1: dict) -> tuple[dict, str]:
     names = {"MSE + D-SSIM": ("short-k64-mse", "69.8"), "BCE": ("short-k64-bce", "71.7"), "BCE + D-SSIM": ("short-k64", "72.3")}
     data = {label: (final(runs, run), final(runs, run, "psnr")) for label, (run, _) in names.items()}
     old = {label: (final(runs_v1, run), final(runs_v1, run, "psnr")) for label, (run, _) in names.items()}
-    rows = [[label, fmt(data[label][0]), fmt(data[label][1], 2), fmt(old[label][0]), fmt(old[label][1], 2), paper]
+    ran = lambda v, digits=1: "not run" if v is None else fmt(v, digits)  # noqa: E731  (left out for CPU time)
+    rows = [[label, ran(data[label][0]), ran(data[label][1], 2), fmt(old[label][0]), fmt(old[label][1], 2), paper]
             for label, (_, paper) in names.items()]
     md = table(["reconstruction loss", "top-1 %", "val PSNR, dB", "paper recipe: top-1 %", "paper recipe: PSNR, dB",
                 "paper (mini-ImageNet-100)"], rows)
