@@ -11,7 +11,8 @@ Gaussians for --epochs epochs with gaussian_study.py's recipe (AdamW lr 3e-4, co
 mirror the slots too).
 Rows: the paper's linear embedding of the 9 numbers; plus the sine-cosine features of the centres
 (``centre_features``); plus size and double-angle anisotropy in place of (sigma_x, sigma_y, phi)
-(``shape_features``, with the centre features); and, as the leakage control, timm's ViT/8 on the renderings of the same
+(``shape_features``, with the centre features); a two-layer MLP embedding with the centre
+features (``mlp_embed``); and, as the leakage control, timm's ViT/8 on the renderings of the same
 Gaussians. Results go to experiments/results/classifier_ablation.json under the encoder's name.
 """
 
@@ -39,6 +40,7 @@ CLASSIFIER_ROWS = {
     "linear": {},
     "centre_features": {"centre_features": True},
     "shape_features": {"centre_features": True, "shape_features": True},
+    "mlp_embed": {"centre_features": True, "mlp_embed": True},
 }
 
 

@@ -108,7 +108,7 @@ def test_conv_stem_and_refinement_options():
     assert args["encoder_refine_steps"] == 2 and args["encoder_stem"] == "patch"
 
 
-def test_shape_features_are_one_per_gaussian():
+def test_shape_features_are_one_per_gaussian_and_mlp_embed_builds():
     """(sigma_x, sigma_y, phi), (sigma_y, sigma_x, phi + pi/2) and phi + pi are one Gaussian: its
     shape features agree; a different shape or size does not."""
     from timm_gvit.classifier import shape_features
@@ -123,8 +123,9 @@ def test_shape_features_are_one_per_gaussian():
     assert not torch.allclose(shape_features(g), shape_features(torch.cat([g[:4], g[4:5] + 0.3, g[5:]])))
     torch.testing.assert_close(shape_features(g)[2], torch.tensor([0.05 * 0.2]).log()[0] / 2)
     clf = timm_gvit.classifier.GaussianClassifier(num_gaussians=4, num_classes=3, embed_dim=16, depth=1, num_heads=2,
-                                                  centre_features=True, shape_features=True)
+                                                  centre_features=True, shape_features=True, mlp_embed=True)
     assert clf(torch.rand(2, 4, 9) * 0.5 + 0.1).shape == (2, 3)
+    assert isinstance(clf.gaussian_embed.fc1, torch.nn.Linear) and clf.gaussian_embed.fc1.in_features == 9
 
 
 def test_scale_bound_caps_sigma():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from timm.layers import trunc_normal_
+from timm.layers import Mlp, trunc_normal_
 from timm.models import checkpoint_seq
 
 from .encoder import position_features
@@ -46,6 +46,9 @@ class GaussianClassifier(nn.Module):
     replaces (sigma_x, sigma_y, phi) by a log size and a double-angle anisotropy: the same Gaussian
     always gives the same features, where phi is periodic and (sigma_x, sigma_y, phi) equals
     (sigma_y, sigma_x, phi + pi/2).
+
+    With ``mlp_embed=True`` a Gaussian's numbers are embedded by a two-layer MLP (hidden width
+    ``embed_dim``) instead of one linear map.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class GaussianClassifier(nn.Module):
         drop_path_rate: float = 0.0,
         centre_features: bool = False,
         shape_features: bool = False,
+        mlp_embed: bool = False,
     ):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -75,7 +79,7 @@ class GaussianClassifier(nn.Module):
         self.grad_checkpointing = False
         self.centre_features = centre_features
         self.shape_features = shape_features
-        self.gaussian_embed = nn.Linear(NUM_PARAMS, embed_dim)
+        self.gaussian_embed = Mlp(NUM_PARAMS, embed_dim, embed_dim) if mlp_embed else nn.Linear(NUM_PARAMS, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_gaussians + 1, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
