@@ -38,8 +38,8 @@ from tqdm import tqdm
 import timm_gvit  # noqa: F401
 from timm_gvit import render_gaussians
 from timm_gvit.classifier import GaussianClassifier
-from timm_gvit.gaussians import hflip_gaussians
 from timm_gvit.fitting import fit_gaussians, psnr
+from timm_gvit.gaussians import hflip_gaussians
 from timm_gvit.training.data import training_transform
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -110,8 +110,8 @@ def losses(runs: dict, runs_v1: dict) -> tuple[dict, str]:
             for label, (_, paper) in names.items()]
     md = table(["reconstruction loss", "top-1 %", "val PSNR, dB", "paper recipe: top-1 %", "paper recipe: PSNR, dB",
                 "paper (mini-ImageNet-100)"], rows)
-    current = all(v[0] is not None for v in data.values())
-    return {"current": data, "paper_recipe": old, "shown": "current recipe" if current else "paper recipe"}, md
+    shown = "current_recipe" if all(v[0] is not None for v in data.values()) else "paper_recipe"
+    return {"current_recipe": data, "paper_recipe": old, "shown": shown}, md
 
 
 def fitting(runs: dict, study: dict, guided: dict) -> tuple[dict, str]:
@@ -232,13 +232,13 @@ def headline(guided: dict, k_data: dict, loss_data: dict, fit_data: dict, leak_d
     def pair(a, b, digits=1):
         return f"{fmt(a, digits)} vs {fmt(b, digits)}"
     k_shown, k_recipe = sweep_shown(k_data)
+    loss_shown = loss_data[loss_data["shown"]]
     ks = sorted(k_shown)
     seeds = f"{guided['seeds_done']} paired seed{'s' if guided['seeds_done'] != 1 else ''}"
     rows = [
         [f"guidance: gamma 0.1 vs 0 ({seeds}, mean)", pair(guided["with"][0], guided["without"][0]), "72.4 vs 68.3 (GViT-S, ImageNet)"],
         [f"Gaussians: k = {' / '.join(map(str, ks))} ({k_recipe})", " / ".join(fmt(k_shown[k][0]) for k in ks), "44.5 at 64 -> 75.1 at 1024"],
-        [f"loss: BCE+D-SSIM / BCE / MSE+D-SSIM ({loss_data['shown']})",
-         " / ".join(fmt(loss_data["current" if loss_data["shown"] == "current recipe" else "paper_recipe"][n][0]) for n in ("BCE + D-SSIM", "BCE", "MSE + D-SSIM")),
+        [f"loss: BCE+D-SSIM / BCE / MSE+D-SSIM ({loss_data['shown'].replace('_', ' ')})", " / ".join(fmt(loss_shown[n][0]) for n in ("BCE + D-SSIM", "BCE", "MSE + D-SSIM")),
          "72.3 / 71.7 / 69.8"],
         ["Gaussians from: offline SGD vs the encoder (same classifier protocol; paper recipe)", pair(fit_data["sgd"], fit_data["learned_cached"]), "70.5 vs 74.8"],
         ["leakage: classifier on encoder Gaussians vs ViT on their renderings", pair(*leak_data["current"][:2]), "renderings 1-3 points lower"],
