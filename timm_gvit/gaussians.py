@@ -12,6 +12,7 @@ with ``c`` the scale bound (1.0 by default, the paper's best).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -67,6 +68,17 @@ def grid_layout(num_gaussians: int, height: int = 1, width: int = 1) -> tuple[Te
     return centres, torch.tensor([2.0 / cols, 2.0 / rows])
 
 
+@functools.lru_cache(maxsize=None)
+def _mirrored_slots(num_gaussians: int) -> Tensor:
+    """The slot order ``[k]`` that reverses each row of :func:`grid_layout`."""
+    rows = grid_layout(num_gaussians)[0][:, 1]
+    order = torch.arange(num_gaussians)
+    for row in rows.unique():
+        slots = (rows == row).nonzero().flatten()  # left to right
+        order[slots] = slots.flip(0)
+    return order
+
+
 def hflip_gaussians(gaussians: Tensor) -> Tensor:
     """Decoded Gaussians ``[..., k, 9]`` of an image -> those of its left-right mirror image.
 
@@ -77,13 +89,7 @@ def hflip_gaussians(gaussians: Tensor) -> Tensor:
     Slot order is also compositing order, so Gaussians that overlap within a row swap depth: the
     rendering is the mirror image exactly where no two Gaussians of a row overlap.
     """
-    num_gaussians = gaussians.shape[-2]
-    rows = grid_layout(num_gaussians)[0][:, 1]
-    order = torch.arange(num_gaussians)
-    for row in rows.unique():
-        slots = (rows == row).nonzero().flatten()  # left to right
-        order[slots] = slots.flip(0)
-    flipped = gaussians[..., order.to(gaussians.device), :].clone()
+    flipped = gaussians[..., _mirrored_slots(gaussians.shape[-2]).to(gaussians.device), :]  # indexing copies
     flipped[..., 0] = -flipped[..., 0]
     flipped[..., 4] = -flipped[..., 4]
     return flipped
