@@ -18,6 +18,9 @@ Protocols (epochs of the 6,000 training images, batch 64):
           training on the frozen encoder and 2 joint epochs, all guided at gamma > 0 (a guidance
           step after every 5th joint step, 37 in all).
 - short = the same phase 1, then 2 epochs classifier pre-training on the frozen encoder.
+- sweep = the same phase 1, then 8 epochs classifier training on the frozen encoder (long's
+          classifier phase, with its own cosine schedule; no joint phase, no guidance, as the
+          paper's k sweep): the Gaussian-count sweep ("sweep-k*").
 - final = phase 1 and 6 more epochs of reconstruction (run "encoder-k64-long"), then 14 epochs of
           classifier training and 2 joint (guided at gamma > 0): the runs behind the shipped weights.
 The classifier phase got long and the joint phase short because the classifier was far from done
@@ -54,6 +57,7 @@ MORE_RECON = ["--recon-epochs", "6", "--dssim-from", "0", "--classifier-epochs",
 LONG = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "8", "--joint-epochs", "2", "--guidance-epochs", "2", "--guidance-every", "5"]
 FINAL = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "14", "--joint-epochs", "2", "--guidance-epochs", "2", "--guidance-every", "5"]
 SHORT = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "2", "--joint-epochs", "0", "--guidance-epochs", "0", "--gamma", "0"]
+SWEEP = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "8", "--joint-epochs", "0", "--guidance-epochs", "0"]
 
 
 @dataclass
@@ -95,7 +99,7 @@ def encoder(name: str, k: int = 64, loss: str = "bce+dssim", init: str = "denois
 def heads(name: str, group: str, after: str, protocol: list[str], gamma: float, seed: int, enc: Run) -> Run:
     flags = [*protocol, "--gamma", str(gamma), "--seed", str(seed), *enc.flags[len(PHASE1):]]
     return Run(name, group, flags, after=after, about={**enc.about, "gamma": gamma, "seed": seed,
-                                                        "protocol": {id(LONG): "long", id(SHORT): "short", id(FINAL): "final"}[id(protocol)]})
+                                                        "protocol": {id(LONG): "long", id(SHORT): "short", id(FINAL): "final", id(SWEEP): "sweep"}[id(protocol)]})
 
 
 def all_runs() -> list[Run]:
@@ -107,9 +111,10 @@ def all_runs() -> list[Run]:
     # 3./4. reconstruction loss and learned queries (short protocol; denoising BCE+D-SSIM is short-k64)
     variants = {name: encoder(f"encoder-k64-{name}", **kwargs)
                 for name, kwargs in (("mse", dict(loss="mse+dssim")), ("bce", dict(loss="bce")), ("queries", dict(init="queries")))}
-    # 2. number of Gaussians (short protocol; k=64 is short-k64)
+    # 2. number of Gaussians (sweep protocol, and the earlier short one; k=64 reuses phase 1 of encoder-k64)
     sizes = {k: encoder(f"encoder-k{k}", k=k) for k in (16, 32, 128, 256)}
     short = lambda name, enc: heads(name, "short", enc.name, SHORT, 0.0, 0, enc)  # noqa: E731
+    sweep = {k: heads(f"sweep-k{k}", "sweep", enc.name, SWEEP, 0.0, 0, enc) for k, enc in ((256, sizes[256]), (16, sizes[16]), (64, base), (128, sizes[128]))}
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
@@ -118,6 +123,7 @@ def all_runs() -> list[Run]:
         short("short-k256", sizes[256]), short("short-k64", base),
         *[r for name, enc in variants.items() for r in (enc, short(f"short-k64-{name}", enc))],
         *[r for k in (16, 32, 128) for r in (sizes[k], short(f"short-k{k}", sizes[k]))],
+        *sweep.values(),  # the longest (k = 256) first
     ]
 
 
@@ -162,7 +168,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, final.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out these runs")
