@@ -139,8 +139,8 @@ def accuracy(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
     return 100.0 * correct / len(labels)
 
 
-def vit(patch: int) -> nn.Module:
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, patch_size=patch, num_classes=10, **WIDTH)
+def vit(patch: int, **kwargs) -> nn.Module:
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, patch_size=patch, num_classes=10, **WIDTH, **kwargs)
 
 
 def train_vit_augmented(data: Path, patch: int, epochs: int, seed: int, val: dict, normalise) -> float:

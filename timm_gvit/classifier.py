@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from timm.layers import Mlp, trunc_normal_
+from timm.layers import Mlp, PatchDropout, trunc_normal_
 from timm.models import checkpoint_seq
 
 from .encoder import position_features
@@ -49,6 +49,9 @@ class GaussianClassifier(nn.Module):
 
     With ``mlp_embed=True`` a Gaussian's numbers are embedded by a two-layer MLP (hidden width
     ``embed_dim``) instead of one linear map.
+
+    ``patch_drop_rate`` is timm's ViT option of that name (:class:`timm.layers.PatchDropout`): in
+    training, each image keeps a random ``1 - patch_drop_rate`` of its Gaussian tokens.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class GaussianClassifier(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        patch_drop_rate: float = 0.0,
         centre_features: bool = False,
         shape_features: bool = False,
         mlp_embed: bool = False,
@@ -83,6 +87,7 @@ class GaussianClassifier(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_gaussians + 1, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
+        self.patch_drop = PatchDropout(patch_drop_rate, num_prefix_tokens=1) if patch_drop_rate > 0 else nn.Identity()
         self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, proj_drop_rate, attn_drop_rate, drop_path_rate)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
@@ -105,7 +110,7 @@ class GaussianClassifier(nn.Module):
         if self.centre_features:
             x = x + position_features(gaussians[..., 0:2], x.shape[-1])
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.pos_drop(x)
+        return self.patch_drop(self.pos_drop(x))
 
     def forward_features(self, gaussians: Tensor) -> Tensor:
         """``[B, k, 9]`` -> normalised tokens ``[B, 1 + k, D]`` (class token first)."""
