@@ -128,6 +128,20 @@ def test_shape_features_are_one_per_gaussian_and_mlp_embed_builds():
     assert isinstance(clf.gaussian_embed.fc1, torch.nn.Linear) and clf.gaussian_embed.fc1.in_features == 9
 
 
+def test_patch_drop_rate_drops_gaussian_tokens_in_training_only():
+    """timm's ViT option: a training forward keeps 1 - rate of the Gaussian tokens (class token
+    always); eval keeps all, so eval logits do not depend on the rate."""
+    model = tiny(patch_drop_rate=0.5).eval()
+    reference = tiny().eval()
+    reference.load_state_dict(model.state_dict())
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model(images), reference(images))
+    gaussians = model.encode(images)
+    model.train()
+    assert model.classifier.embed_tokens(gaussians).shape[1] == 1 + model.num_gaussians // 2
+    assert model.eval().classifier.embed_tokens(gaussians).shape[1] == 1 + model.num_gaussians
+
+
 def test_scale_bound_caps_sigma():
     model = tiny(scale_bound=0.25).eval()
     with torch.no_grad():
@@ -344,6 +358,7 @@ def test_launcher_runs_a_timm_script_with_the_models_registered(tmp_path):
         (dict(img_size="32"), "img_size must be an integer >= 1, got '32'"),
         (dict(in_chans=4), r"in_chans must be 3 \(RGB\) or 1"),
         (dict(drop_path_rate=1.5), r"drop_path_rate must be a number in \[0, 1\)"),
+        (dict(patch_drop_rate=1.0), r"patch_drop_rate must be a number in \[0, 1\)"),
         (dict(scale_bound=0), "scale_bound must be a number > 0"),
         (dict(mlp_ratio="4"), "mlp_ratio must be a number > 0"),
         (dict(encoder_stem="resnet"), "stem must be one of"),

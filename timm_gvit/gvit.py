@@ -170,6 +170,8 @@ class GViT(nn.Module):
             (1: the paper's single pass).
         embed_dim, depth, num_heads, mlp_ratio: classifier width, depth, heads, MLP ratio.
         drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: as in timm's ViT.
+        patch_drop_rate: as in timm's ViT, over the classifier's Gaussian tokens: in training each
+            image keeps a random ``1 - patch_drop_rate`` of them (the encoder sees every patch).
         dynamic_img_size: accept any image size that is a multiple of ``patch_size``; the encoder
             resamples its position embeddings and reconstructions are rendered at the input's size.
         render_backend: backend for :meth:`render` (see :func:`timm_gvit.render_gaussians`).
@@ -207,6 +209,7 @@ class GViT(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        patch_drop_rate: float = 0.0,
         dynamic_img_size: bool = False,
         render_backend: str = "auto",
         centre_features: bool = True,
@@ -218,7 +221,7 @@ class GViT(nn.Module):
                               (("embed_dim", embed_dim), ("num_heads", num_heads))],
             depths=[("encoder_depth", encoder_depth), ("depth", depth)], mlp_ratio=mlp_ratio,
             rates=[("drop_rate", drop_rate), ("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
-                   ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)],
+                   ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate), ("patch_drop_rate", patch_drop_rate)],
             dynamic_img_size=dynamic_img_size, render_backend=render_backend,
         )
         self.img_size = img_size
@@ -260,6 +263,7 @@ class GViT(nn.Module):
             proj_drop_rate=proj_drop_rate,
             attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate,
+            patch_drop_rate=patch_drop_rate,
             centre_features=centre_features,
         )
         self.freeze_encoder = False
