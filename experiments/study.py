@@ -20,7 +20,8 @@ Protocols (epochs of the 6,000 training images, batch 64):
 - short = the same phase 1, then 2 epochs classifier pre-training on the frozen encoder.
 - sweep = the same phase 1, then 8 epochs classifier training on the frozen encoder (long's
           classifier phase, with its own cosine schedule; no joint phase, no guidance, as the
-          paper's k sweep): the Gaussian-count sweep ("sweep-k*").
+          paper's k sweep): the Gaussian-count sweep ("sweep-k*") and the reconstruction losses
+          ("sweep-k64-mse", "sweep-k64-bce").
 - final = phase 1 and 6 more epochs of reconstruction (run "encoder-k64-long"), then 14 epochs of
           classifier training and 2 joint (guided at gamma > 0): the runs behind the shipped weights.
 The classifier phase got long and the joint phase short because the classifier was far from done
@@ -115,6 +116,8 @@ def all_runs() -> list[Run]:
     sizes = {k: encoder(f"encoder-k{k}", k=k) for k in (16, 32, 128, 256)}
     short = lambda name, enc: heads(name, "short", enc.name, SHORT, 0.0, 0, enc)  # noqa: E731
     sweep = {k: heads(f"sweep-k{k}", "sweep", enc.name, SWEEP, 0.0, 0, enc) for k, enc in ((256, sizes[256]), (16, sizes[16]), (64, base), (128, sizes[128]))}
+    # 3. the reconstruction losses again, with the sweep protocol (BCE + D-SSIM is sweep-k64)
+    losses = [heads(f"sweep-k64-{name}", "sweep", variants[name].name, SWEEP, 0.0, 0, variants[name]) for name in ("mse", "bce")]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
@@ -124,6 +127,7 @@ def all_runs() -> list[Run]:
         *[r for name, enc in variants.items() for r in (enc, short(f"short-k64-{name}", enc))],
         *[r for k in (16, 32, 128) for r in (sizes[k], short(f"short-k{k}", sizes[k]))],
         *sweep.values(),  # the longest (k = 256) first
+        *losses,
     ]
 
 
