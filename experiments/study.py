@@ -140,8 +140,8 @@ def running_elsewhere() -> set[str]:
         except OSError:
             continue
         if b"--output-dir" in args and any(a.endswith(b"train_gvit.py") for a in args):
-            directory = Path(args[args.index(b"--output-dir") + 1].decode())
-            if directory.parent == RUNS:
+            directory = Path(args[args.index(b"--output-dir") + 1].decode()).resolve()
+            if directory.parent == RUNS.resolve():  # resolved: snapshot worktrees link runs/ to one folder
                 names.add(directory.name)
     return names
 
