@@ -90,10 +90,10 @@ def render_all(gaussians: Tensor) -> Tensor:
     return torch.cat([render_gaussians(g, 64, 64, backend="cpu") for g in gaussians.split(256)])
 
 
-def optimise(model: nn.Module, batches, total: int, warmup: int, param_groups: list[dict], desc: str) -> None:
-    """Cross-entropy with AdamW (lr 3e-4, betas 0.9/0.95), linear warm-up then cosine to 1%, over
-    ``total`` steps of ``batches`` (an iterable of ``(inputs, labels)``)."""
-    opt = torch.optim.AdamW(param_groups, lr=3e-4, betas=(0.9, 0.95))
+def optimise(model: nn.Module, batches, total: int, warmup: int, param_groups: list[dict], desc: str, lr: float = 3e-4) -> None:
+    """Cross-entropy with AdamW (lr 3e-4 unless given, betas 0.9/0.95), linear warm-up then cosine to 1%,
+    over ``total`` steps of ``batches`` (an iterable of ``(inputs, labels)``)."""
+    opt = torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.95))
     cosine = lambda s: (s + 1) / warmup if s < warmup else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     model.train()
@@ -110,7 +110,7 @@ def optimise(model: nn.Module, batches, total: int, warmup: int, param_groups: l
 
 
 def train_classifier(model: nn.Module, inputs: Tensor, labels: Tensor, epochs: int, flip, desc: str,
-                     seed: int = 0, batch: int = 64) -> nn.Module:
+                     seed: int = 0, batch: int = 64, lr: float = 3e-4) -> nn.Module:
     """Half-epoch warm-up, random flips, no weight decay on norms, biases and position
     embeddings; on an in-memory tensor dataset."""
     gen = torch.Generator().manual_seed(seed)
@@ -128,7 +128,7 @@ def train_classifier(model: nn.Module, inputs: Tensor, labels: Tensor, epochs: i
     decayed = lambda n, p: p.ndim > 1 and "pos_embed" not in n  # noqa: E731
     groups = [{"params": [p for n, p in model.named_parameters() if decayed(n, p)], "weight_decay": 0.05},
               {"params": [p for n, p in model.named_parameters() if not decayed(n, p)], "weight_decay": 0.0}]
-    optimise(model, batches(), epochs * steps_per_epoch, steps_per_epoch // 2, groups, desc)
+    optimise(model, batches(), epochs * steps_per_epoch, steps_per_epoch // 2, groups, desc, lr)
     return model
 
 
