@@ -13,7 +13,8 @@ Rows: the paper's linear embedding of the 9 numbers; plus the sine-cosine featur
 (``centre_features``); plus size and double-angle anisotropy in place of (sigma_x, sigma_y, phi)
 (``shape_features``, with the centre features); a two-layer MLP embedding with the centre
 features (``mlp_embed``); timm's PatchDropout over the Gaussian tokens, a quarter dropped per image
-(``patch_drop``, with the centre features); and, as the leakage control, timm's ViT/8 on the
+(``patch_drop``, with the centre features); no learned per-slot position embeddings, a set located
+by its centre features alone (``no_slot_embed``); and, as the leakage control, timm's ViT/8 on the
 renderings of the same Gaussians, without and with the same patch dropout. Each row records its
 val and train top-1. Results go to experiments/results/classifier_ablation.json under the encoder's name.
 """
@@ -44,6 +45,7 @@ CLASSIFIER_ROWS = {
     "shape_features": {"centre_features": True, "shape_features": True},
     "mlp_embed": {"centre_features": True, "mlp_embed": True},
     "patch_drop": {"centre_features": True, "patch_drop_rate": 0.25},
+    "no_slot_embed": {"centre_features": True, "pos_embed": "none"},
 }
 #: timm ViT/8 options of each leakage-control row (the ViT reads the renderings of the same Gaussians).
 VIT_ROWS = {

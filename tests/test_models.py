@@ -142,6 +142,22 @@ def test_patch_drop_rate_drops_gaussian_tokens_in_training_only():
     assert model.eval().classifier.embed_tokens(gaussians).shape[1] == 1 + model.num_gaussians
 
 
+def test_classifier_without_slot_embeddings_reads_a_set():
+    """pos_embed='none': permuting the Gaussians leaves the logits unchanged; with the learned slot
+    embeddings (the default) the slot order matters. A bad value names the choices."""
+    from timm_gvit.classifier import GaussianClassifier
+
+    gaussians = torch.rand(2, 8, 9) * 0.5 + 0.1
+    order = torch.tensor([3, 0, 6, 1, 7, 2, 5, 4])
+    for pos_embed, invariant in (("none", True), ("learn", False)):
+        torch.manual_seed(0)
+        clf = GaussianClassifier(num_gaussians=8, num_classes=3, embed_dim=16, depth=1, num_heads=2, centre_features=True,
+                                 pos_embed=pos_embed).eval()
+        assert torch.allclose(clf(gaussians), clf(gaussians[:, order]), atol=1e-5) == invariant
+    with pytest.raises(ValueError, match=r"pos_embed must be one of \('learn', 'none'\), got 'sincos'"):
+        GaussianClassifier(num_gaussians=8, pos_embed="sincos")
+
+
 def test_scale_bound_caps_sigma():
     model = tiny(scale_bound=0.25).eval()
     with torch.no_grad():

@@ -12,6 +12,7 @@ from .gaussians import NUM_PARAMS
 from .layers import transformer_blocks, xavier_init_linears
 
 GLOBAL_POOLS = ("token", "avg", "")
+POS_EMBEDS = ("learn", "none")
 
 
 def shape_features(gaussians: Tensor) -> Tensor:
@@ -50,6 +51,9 @@ class GaussianClassifier(nn.Module):
     With ``mlp_embed=True`` a Gaussian's numbers are embedded by a two-layer MLP (hidden width
     ``embed_dim``) instead of one linear map.
 
+    ``pos_embed='none'`` (timm ViT's option of that name) drops the learned per-slot position
+    embeddings: the tokens are then a set, located only by their centre features.
+
     ``patch_drop_rate`` is timm's ViT option of that name (:class:`timm.layers.PatchDropout`): in
     training, each image keeps a random ``1 - patch_drop_rate`` of its Gaussian tokens.
     """
@@ -69,6 +73,7 @@ class GaussianClassifier(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         patch_drop_rate: float = 0.0,
+        pos_embed: str = "learn",
         centre_features: bool = False,
         shape_features: bool = False,
         mlp_embed: bool = False,
@@ -76,6 +81,8 @@ class GaussianClassifier(nn.Module):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
         self.num_gaussians = num_gaussians
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -85,14 +92,15 @@ class GaussianClassifier(nn.Module):
         self.shape_features = shape_features
         self.gaussian_embed = Mlp(NUM_PARAMS, embed_dim, embed_dim) if mlp_embed else nn.Linear(NUM_PARAMS, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_gaussians + 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_gaussians + 1, embed_dim)) if pos_embed == "learn" else None
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.patch_drop = PatchDropout(patch_drop_rate, num_prefix_tokens=1) if patch_drop_rate > 0 else nn.Identity()
         self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, proj_drop_rate, attn_drop_rate, drop_path_rate)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        trunc_normal_(self.pos_embed, std=0.02)
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         xavier_init_linears(self)
 
@@ -109,7 +117,9 @@ class GaussianClassifier(nn.Module):
         x = self.gaussian_embed(shape_features(gaussians) if self.shape_features else gaussians)
         if self.centre_features:
             x = x + position_features(gaussians[..., 0:2], x.shape[-1])
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
         return self.patch_drop(self.pos_drop(x))
 
     def forward_features(self, gaussians: Tensor) -> Tensor:
