@@ -224,7 +224,8 @@ def classifier_ablation() -> tuple[dict, str]:
     data = load("classifier_ablation.json")
     if not data:
         return {}, "Pending: run `python experiments/classifier_ablation.py`."
-    columns = ("linear", "centre_features", "shape_features", "mlp_embed", "patch_drop", "vit8_renderings", "vit8_renderings_patch_drop")
+    columns = ("linear", "centre_features", "shape_features", "mlp_embed", "patch_drop", "no_slot_embed", "vit8_renderings",
+               "vit8_renderings_patch_drop")
 
     def cell(result: dict | None) -> str:
         if result is None:
@@ -233,7 +234,7 @@ def classifier_ablation() -> tuple[dict, str]:
     rows = [[f"`{name}`", fmt(entry.get("val_psnr"), 2), *(cell(entry.get(r)) for r in columns)] for name, entry in data.items()]
     md = table(["encoder (ablation row)", "val PSNR, dB", "classifier, linear embedding (paper)", "classifier + centre features",
                 "+ shape features", "centre features + MLP embedding", "centre features + patch dropout 0.25",
-                "ViT/8 on the renderings", "ViT/8 on the renderings + patch dropout 0.25"], rows)
+                "centre features, no slot embeddings", "ViT/8 on the renderings", "ViT/8 on the renderings + patch dropout 0.25"], rows)
     return data, md + (
         "\n\nA flip of a Gaussian set mirrors the slots too (`hflip_gaussians`) in the rows run since that fix: centre"
         " features 42.45 with it, 42.39 without, on `encoder-k64`; the `linear` rows and the `patch8-lr1e-3-clip` row"
