@@ -116,6 +116,7 @@ def all_runs() -> list[Run]:
     sizes = {k: encoder(f"encoder-k{k}", k=k) for k in (16, 32, 128, 256)}
     short = lambda name, enc: heads(name, "short", enc.name, SHORT, 0.0, 0, enc)  # noqa: E731
     sweep = {k: heads(f"sweep-k{k}", "sweep", enc.name, SWEEP, 0.0, 0, enc) for k, enc in ((256, sizes[256]), (16, sizes[16]), (64, base), (128, sizes[128]))}
+    sweep_seed1 = heads("sweep-k128-s1", "sweep", sizes[128].name, SWEEP, 0.0, 1, sizes[128])  # is k = 128's dip the seed?
     # 3. the reconstruction losses again, with the sweep protocol (BCE + D-SSIM is sweep-k64)
     losses = [heads(f"sweep-k64-{name}", "sweep", variants[name].name, SWEEP, 0.0, 0, variants[name]) for name in ("mse", "bce")]
     return [
@@ -127,7 +128,7 @@ def all_runs() -> list[Run]:
         *[r for name, enc in variants.items() for r in (enc, short(f"short-k64-{name}", enc))],
         *[r for k in (16, 32, 128) for r in (sizes[k], short(f"short-k{k}", sizes[k]))],
         *sweep.values(),  # the longest (k = 256) first
-        *losses,
+        *losses, sweep_seed1,
     ]
 
 
