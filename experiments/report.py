@@ -340,9 +340,9 @@ def figures(k_data: dict, guided: dict) -> None:
         ax2 = ax.twinx()
         ax2.plot(ks, [done[k][1] for k in ks], "s--", color="C1", label="val PSNR, dB (right)")
         ax2.set_ylabel("PSNR, dB")
-        fig.legend(loc="lower right", bbox_to_anchor=(0.88, 0.18), fontsize=8)
+        fig.legend(loc="lower center", ncol=2, fontsize=8)
         ax.set_title(f"gvit_nano on Imagenette, 64 px ({recipe}, frozen encoder)", fontsize=9)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below the axes
         fig.savefig(FIGURES / "accuracy_vs_gaussians.png")
         plt.close(fig)
     per_seed = {s: v for s, v in guided["per_seed"].items() if None not in v}
