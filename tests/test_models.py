@@ -156,6 +156,8 @@ def test_classifier_without_slot_embeddings_reads_a_set():
         assert torch.allclose(clf(gaussians), clf(gaussians[:, order]), atol=1e-5) == invariant
     with pytest.raises(ValueError, match=r"pos_embed must be one of \('learn', 'none'\), got 'sincos'"):
         GaussianClassifier(num_gaussians=8, pos_embed="sincos")
+    with pytest.raises(ValueError, match=r"patch_drop_rate must be a number in \[0, 1\), got 1.0"):
+        GaussianClassifier(num_gaussians=8, patch_drop_rate=1.0)
 
 
 def test_scale_bound_caps_sigma():

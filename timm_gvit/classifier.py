@@ -83,6 +83,8 @@ class GaussianClassifier(nn.Module):
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
+        if not 0 <= patch_drop_rate < 1:
+            raise ValueError(f"patch_drop_rate must be a number in [0, 1), got {patch_drop_rate!r}")
         self.num_gaussians = num_gaussians
         self.num_classes = num_classes
         self.global_pool = global_pool
