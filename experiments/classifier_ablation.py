@@ -88,10 +88,11 @@ def main() -> None:
     for row in args.rows:
         torch.manual_seed(args.seed)
         if row in VIT_ROWS:
-            if renders is None:
+            if renders is None:  # rendered and normalised once, for every ViT row
                 renders = {s: render_all(gaussians[s]) for s in split}
                 entry["val_psnr"] = psnr(renders["val"], split["val"]["images"].clamp(0, 1)).mean().item()
-            inputs = {s: (renders[s] - mean) / std for s in split}
+                renders = {s: (renders[s] - mean) / std for s in split}
+            inputs = renders
             clf = train_classifier(vit(8, **VIT_ROWS[row]), inputs["train"], labels["train"], args.epochs, lambda x: x.flip(-1), row, args.seed, lr=args.lr)
         else:
             inputs = gaussians

@@ -38,6 +38,11 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "pending" if value is None else f"{value:.{digits}f}"
 
 
+def ran(value: float | None, digits: int = 1) -> str:
+    """Like :func:`fmt`, for runs that were left out (for CPU time) rather than still to come."""
+    return "not run" if value is None else fmt(value, digits)
+
+
 def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -65,7 +70,6 @@ def guidance_stats(runs: dict) -> dict:
 def guidance(runs: dict, runs_v1: dict, runs_v2: dict, runs_v3: dict) -> tuple[dict, str]:
     """Guidance on 3 paired seeds with the current recipe; the earlier recipes' means below it."""
     new, old, batch64, joint = guidance_stats(runs), guidance_stats(runs_v1), guidance_stats(runs_v2), guidance_stats(runs_v3)
-    ran = lambda v: "not run" if v is None else fmt(v)  # noqa: E731  (runs left out for CPU time)
     rows = [[f"seed {s}", ran(a), ran(b), "" if None in (a, b) else fmt(a - b)] for s, (a, b) in new["per_seed"].items()]
     rows.append([f"**mean ± sd ({new['seeds_done']} paired seeds)**", f"**{fmt(new['with'][0])} ± {fmt(new['with'][1])}**",
                  f"**{fmt(new['without'][0])} ± {fmt(new['without'][1])}**", f"**{fmt(new['difference'][0], 2)} ± {fmt(new['difference'][1], 2)}**"])
@@ -88,7 +92,7 @@ def gaussians_sweep(runs: dict, runs_v1: dict) -> tuple[dict, str]:
     sweep = lambda r, prefix: {k: (final(r, f"{prefix}-k{k}"), final(r, f"{prefix}-k{k}", "psnr")) for k in ks}  # noqa: E731
     data, short, old = sweep(runs, "sweep"), sweep(runs, "short"), sweep(runs_v1, "short")
     paper = {64: "44.5", 1024: "75.1"}
-    rows = [[str(k), fmt(data[k][0]) if data[k][0] is not None else "not run", fmt(data[k][1] if data[k][1] is not None else short[k][1], 2), fmt(short[k][0]), fmt(old[k][0]), fmt(old[k][1], 2),
+    rows = [[str(k), ran(data[k][0]), fmt(data[k][1] if data[k][1] is not None else short[k][1], 2), fmt(short[k][0]), fmt(old[k][0]), fmt(old[k][1], 2),
              paper.get(k, "")] for k in ks]
     md = table(["Gaussians k", "top-1 %, 8 classifier epochs", "val PSNR, dB (phase 1)", "top-1 %, 2 classifier epochs",
                 "paper recipe: top-1 % (2 epochs)", "paper recipe: PSNR, dB", "paper (mini-ImageNet-100, no guidance)"], rows)
@@ -114,7 +118,6 @@ def losses(runs: dict, runs_v1: dict) -> tuple[dict, str]:
     run = lambda prefix, suffix: f"{prefix}-k64-{suffix}" if suffix else f"{prefix}-k64"  # noqa: E731
     data = {label: (final(runs, run("sweep", s)), final(runs, run("sweep", s), "psnr")) for label, (s, _) in names.items()}
     old = {label: (final(runs_v1, run("short", s)), final(runs_v1, run("short", s), "psnr")) for label, (s, _) in names.items()}
-    ran = lambda v, digits=1: "not run" if v is None else fmt(v, digits)  # noqa: E731  (left out for CPU time)
     rows = [[label, ran(data[label][0]), ran(data[label][1], 2), fmt(old[label][0]), fmt(old[label][1], 2), paper]
             for label, (_, paper) in names.items()]
     md = table(["reconstruction loss (phase 1)", "top-1 %, 8 classifier epochs", "val PSNR, dB", "paper recipe: top-1 % (2 epochs)",
@@ -174,7 +177,7 @@ def baseline(study: dict, study_now: dict, guided: dict, runs: dict) -> tuple[di
             ["gvit_nano, `final-k64-g0` (the shipped weights' run, no guidance, one seed)",
              "26: 10 reconstruction, then 16 of classification (14 on the frozen encoder, 2 joint)", fmt(shipped_run)],
             ["timm ViT, 128 wide, 6 deep, patch 8; the same crops, flips and optimiser", "10", fmt(vit)],
-            *[["the same ViT", f"{n} ({why[n]})", "not run" if acc is None else fmt(acc)] for n, acc in longer.items()]]
+            *[["the same ViT", f"{n} ({why[n]})", ran(acc)] for n, acc in longer.items()]]
     md = table(["model (Imagenette, 64 px)", "epochs", "top-1 %"], rows)
     return {"vit8": vit, **{f"vit8_{n}_epochs": acc for n, acc in longer.items()}, "gvit": guided["with_all"][0], "gvit_shipped_run": shipped_run}, md + (
         "\n\nPaper: ViT-S/16 77.5 vs GViT-S 72.4; ViT-B/16 78.7 vs GViT-B 76.9 (ImageNet-1k).")
