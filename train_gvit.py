@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 import timm_gvit  # noqa: F401  (registers the models)
 from hub import PushError, export_model, push_folder
 from timm_gvit.fitting import psnr
-from timm_gvit.training.checkpoints import (checkpoint_root, load_checkpoint, load_encoder_weights, pause_point, recover_checkpoints,
+from timm_gvit.training.checkpoints import (checkpoint_root, load_checkpoint, load_encoder_weights, load_model_weights, pause_point, recover_checkpoints,
                                             resolve_resume, save_checkpoint, write_atomically)
 from timm_gvit.training.config import TrainConfig, parse_config, save_config
 from timm_gvit.training.data import ImageClassificationDataset, load_splits, training_transform
@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- data and model
     train_data, val_data, info = load_splits(config)
     model = timm.create_model(config.model, num_classes=info.num_classes, **config.model_create_kwargs())
-    if config.init_encoder_from and not config.resume:  # a resumed run has its weights in the checkpoint
+    if config.init_from and not config.resume:  # a resumed run has its weights in the checkpoint
+        count = load_model_weights(model, config.init_from)
+        accelerator.print(f"model initialised from {config.init_from} ({count} tensors)")
+    if config.init_encoder_from and not config.resume:
         count = load_encoder_weights(model, config.init_encoder_from)
         accelerator.print(f"encoder initialised from {config.init_encoder_from} ({count} tensors)")
     if config.compile:

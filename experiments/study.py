@@ -22,6 +22,11 @@ Protocols (epochs of the 6,000 training images, batch 64):
           classifier phase, with its own cosine schedule; no joint phase, no guidance, as the
           paper's k sweep): the Gaussian-count sweep ("sweep-k*") and the reconstruction losses
           ("sweep-k64-mse", "sweep-k64-bce").
+- dose  = 400 joint steps (4.3 epochs) with a guidance step after every one at gamma in {0.1, 0, 0.4}, three seeds,
+          each arm starting (``--init-from``) from sweep-k64's end-of-classifier-phase model: the guidance dose of
+          issue 19 (the paper's ~1,500 guidance steps against the long protocol's 37).
+- pixels = the sweep protocol at k = 4, 8, 32 and a second classifier seed at k = 4 .. 64: accuracy against pixels
+          per Gaussian (issue 19; the paper's sweep spans 784 .. 49 pixels per Gaussian at 224 px).
 - final = phase 1 and 6 more epochs of reconstruction (run "encoder-k64-long"), then 14 epochs of
           classifier training and 2 joint (guided at gamma > 0): the runs behind the shipped weights.
 The classifier phase got long and the joint phase short because the classifier was far from done
@@ -36,6 +41,7 @@ Results go to experiments/results/trainer_runs.json (``--collect`` rebuilds it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -59,6 +65,11 @@ LONG = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "8", 
 FINAL = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "14", "--joint-epochs", "2", "--guidance-epochs", "2", "--guidance-every", "5"]
 SHORT = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "2", "--joint-epochs", "0", "--guidance-epochs", "0", "--gamma", "0"]
 SWEEP = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "8", "--joint-epochs", "0", "--guidance-epochs", "0"]
+#: Guidance dose (issue 19): 400 joint steps with a guidance step after every one (gamma > 0), started with --init-from
+#: from one end-of-classifier-phase model (sweep-k64), so that arms of one seed differ only in gamma.
+DOSE_GAMMAS, DOSE_STEPS = (0.1, 0.0, 0.4), 400
+DOSE = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "0", "--joint-epochs", f"{DOSE_STEPS / 93:.4f}",
+        "--guidance-epochs", f"{DOSE_STEPS / 93:.4f}", "--guidance-every", "1"]
 
 
 @dataclass
@@ -66,7 +77,8 @@ class Run:
     name: str
     group: str
     flags: list[str]
-    after: str | None = None  # the encoder run this one starts from
+    after: str | None = None  # the run this one starts from
+    init: str = "encoder"  # what it takes from that run: the encoder (--init-encoder-from) or the whole model (--init-from)
     about: dict = field(default_factory=dict)  # the variables of this run, for the tables
 
     @property
@@ -76,10 +88,14 @@ class Run:
     def command(self) -> list[str]:
         cmd = [sys.executable, str(ROOT / "train_gvit.py"), "--config", str(CONFIG), "--output-dir", str(self.dir), "--eval-every", "2", *self.flags]
         if self.after:
-            cmd += ["--init-encoder-from", str(RUNS / self.after / "export")]
+            cmd += [self.init_flag, str(RUNS / self.after / "export")]
         if (self.dir / "checkpoints").is_dir() and any((self.dir / "checkpoints").iterdir()):
             cmd += ["--resume", "latest"]
         return cmd
+
+    @property
+    def init_flag(self) -> str:
+        return {"encoder": "--init-encoder-from", "model": "--init-from"}[self.init]
 
     def finished(self) -> bool:
         metrics = self.dir / "metrics.json"
@@ -100,7 +116,8 @@ def encoder(name: str, k: int = 64, loss: str = "bce+dssim", init: str = "denois
 def heads(name: str, group: str, after: str, protocol: list[str], gamma: float, seed: int, enc: Run) -> Run:
     flags = [*protocol, "--gamma", str(gamma), "--seed", str(seed), *enc.flags[len(PHASE1):]]
     return Run(name, group, flags, after=after, about={**enc.about, "gamma": gamma, "seed": seed,
-                                                        "protocol": {id(LONG): "long", id(SHORT): "short", id(FINAL): "final", id(SWEEP): "sweep"}[id(protocol)]})
+                                                        "protocol": {id(LONG): "long", id(SHORT): "short", id(FINAL): "final", id(SWEEP): "sweep",
+                                                                     id(DOSE): "dose"}[id(protocol)]})
 
 
 def all_runs() -> list[Run]:
@@ -119,6 +136,14 @@ def all_runs() -> list[Run]:
     sweep_seed1 = heads("sweep-k128-s1", "sweep", sizes[128].name, SWEEP, 0.0, 1, sizes[128])  # is k = 128's dip the seed?
     # 3. the reconstruction losses again, with the sweep protocol (BCE + D-SSIM is sweep-k64)
     losses = [heads(f"sweep-k64-{name}", "sweep", variants[name].name, SWEEP, 0.0, 0, variants[name]) for name in ("mse", "bce")]
+    # 1. guidance dose: every arm continues sweep-k64's end-of-classifier-phase model; seed 0's arms first
+    # 2. Gaussians per pixel: k = 4 .. 64 at 64 px (1,024 .. 64 pixels per Gaussian), two classifier seeds each
+    small = {k: encoder(f"encoder-k{k}", k=k) for k in (4, 8)}
+    per_pixel = [heads(f"sweep-k{k}", "pixels", enc.name, SWEEP, 0.0, 0, enc) for k, enc in ((32, sizes[32]), (8, small[8]), (4, small[4]))]
+    per_pixel += [heads(f"sweep-k{k}-s1", "pixels", enc.name, SWEEP, 0.0, 1, enc)
+                  for k, enc in ((64, base), (32, sizes[32]), (16, sizes[16]), (8, small[8]), (4, small[4]))]
+    dose = [dataclasses.replace(heads(f"dose-g{gamma:g}-s{seed}", "dose", sweep[64].name, DOSE, gamma, seed, base), init="model")
+            for seed in SEEDS for gamma in DOSE_GAMMAS]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
@@ -128,7 +153,7 @@ def all_runs() -> list[Run]:
         *[r for name, enc in variants.items() for r in (enc, short(f"short-k64-{name}", enc))],
         *[r for k in (16, 32, 128) for r in (sizes[k], short(f"short-k{k}", sizes[k]))],
         *sweep.values(),  # the longest (k = 256) first
-        *losses, sweep_seed1,
+        *losses, sweep_seed1, *dose, *small.values(), *per_pixel,
     ]
 
 
@@ -153,7 +178,8 @@ def _seconds(run: Run) -> float | None:
 
 
 def collect(runs: list[Run]) -> dict:
-    out = {}
+    """Update the results file with every run that has a folder here; runs whose folders are gone keep their entries."""
+    out = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for run in runs:
         metrics = run.dir / "metrics.json"
         if not metrics.is_file():
@@ -163,7 +189,7 @@ def collect(runs: list[Run]) -> dict:
         out[run.name] = {"group": run.group, **run.about, "starts_from": run.after, "finished": "final" in data,
                          "command": " ".join(["python train_gvit.py", "--config", str(CONFIG.relative_to(ROOT)),
                                               "--output-dir", str(run.dir.relative_to(ROOT)), "--eval-every", "2", *run.flags,
-                                              *(["--init-encoder-from", f"runs/imagenette/{run.after}/export"] if run.after else [])]),
+                                              *([run.init_flag, f"runs/imagenette/{run.after}/export"] if run.after else [])]),
                          "final": data.get("final"), "epochs": data.get("epochs"), "guidance_steps": data.get("guidance_steps"),
                          "wall_seconds": _seconds(run), "steps_per_epoch": info.get("steps_per_epoch")}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +199,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, sweep, final.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out these runs")
@@ -186,7 +212,13 @@ def main() -> None:
         return
     if args.only:
         wanted = [r for r in runs if r.group in args.only or r.name in args.only]
-        needed = {r.after for r in wanted if r.after}
+        needed, by_name = set(), {r.name: r for r in runs}
+        frontier = [r.after for r in wanted if r.after]
+        while frontier:  # the runs they start from, and theirs
+            name = frontier.pop()
+            if name not in needed:
+                needed.add(name)
+                frontier += [by_name[name].after] if by_name[name].after else []
         runs = [r for r in runs if r in wanted or r.name in needed]
     todo = [r for r in runs if not r.finished()]
     if args.skip:

@@ -88,8 +88,7 @@ def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None 
             "warmup_steps": run["warmup_steps"],
             "mixed_precision": run["mixed_precision"],
             "seed": config["seed"],
-            "encoder_origin": f"The encoder started from `{config['init_encoder_from']}` (`--init-encoder-from`), whose own "
-            "training is not counted in the steps above." if config.get("init_encoder_from") else "All weights started from random initialisation.",
+            "encoder_origin": _weights_origin(config),
             "top1": f"{metrics['top1']:.2f}",
             "top5": f"{metrics['top5']:.2f}",
             "psnr": f"{metrics['psnr']:.2f}",
@@ -123,3 +122,14 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: 
     except Exception as exc:
         raise PushError(f"pushing {folder} to the Hub repository {repo_id} failed: {type(exc).__name__}: {exc}") from exc
     return str(url)
+
+
+def _weights_origin(config: dict) -> str:
+    """The card's sentence on where the weights started."""
+    if config.get("init_from"):
+        return (f"The model started from `{config['init_from']}` (`--init-from`), whose own training is not counted "
+                "in the steps above.")
+    if config.get("init_encoder_from"):
+        return (f"The encoder started from `{config['init_encoder_from']}` (`--init-encoder-from`), whose own "
+                "training is not counted in the steps above.")
+    return "All weights started from random initialisation."

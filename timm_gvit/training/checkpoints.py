@@ -303,32 +303,46 @@ def load_encoder_weights(model, source: str | Path) -> int:
     ``source``: an export folder, a trainer checkpoint folder, or a ``.safetensors`` / ``.pth``
     file. Position embeddings are resampled when the image sizes differ.
     """
+    return _load_part(model, source, "encoder", "--init-encoder-from")
+
+
+def load_model_weights(model, source: str | Path) -> int:
+    """Copy a whole GViT (encoder and classifier) from another run into ``model``; returns the
+    number of tensors. ``source`` as for :func:`load_encoder_weights`; every weight of ``model``
+    must be in it with the same shape (the class counts must agree)."""
+    return _load_part(model, source, None, "--init-from")
+
+
+def _load_part(model, source: str | Path, part: str | None, flag: str) -> int:
     from ..gvit import checkpoint_filter_fn
 
     path = Path(source)
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"--init-encoder-from {source}: no weights file at {path}")
+        raise FileNotFoundError(f"{flag} {source}: no weights file at {path}")
     if path.suffix == ".safetensors":
         state = read_safetensors(path)
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"--init-encoder-from {path}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
+            raise ValueError(f"{flag} {path}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
     for prefix in ("module.", "model."):  # DDP, and the trainer's objective wrapper
         if any(k.startswith(prefix) for k in state):
             state = {k.removeprefix(prefix): v for k, v in state.items()}
-    encoder = {k: v for k, v in checkpoint_filter_fn(state, model).items() if k.startswith("encoder.")}
-    if not encoder:
-        raise ValueError(f"--init-encoder-from {source}: the file has no encoder weights")
+    state = checkpoint_filter_fn(state, model)
+    if part is not None:
+        state = {k: v for k, v in state.items() if k.startswith(f"{part}.")}
+    if not state:
+        raise ValueError(f"{flag} {source}: the file has no {part or 'model'} weights")
+    own = getattr(model, part).state_dict() if part else model.state_dict()
     try:
-        model.load_state_dict(encoder, strict=False)
-        missing = set(model.encoder.state_dict()) - {k.removeprefix("encoder.") for k in encoder}
+        model.load_state_dict(state, strict=False)
+        missing = set(own) - {k.removeprefix(f"{part}.") if part else k for k in state}
         if missing:
             raise RuntimeError(f"missing {sorted(missing)[:5]}")
     except RuntimeError as exc:
-        raise ValueError(f"--init-encoder-from {source}: its encoder does not fit this model's ({exc})") from exc
-    return len(encoder)
+        raise ValueError(f"{flag} {source}: its {part or 'model'} does not fit this model's ({exc})") from exc
+    return len(state)

@@ -47,6 +47,7 @@ class TrainConfig:
     patch_size: int | None = _opt(None, "encoder patch size (default: the model's, 16)", type=int)
     num_gaussians: int | None = _opt(None, "Gaussians per image, k (default: the model's, 256)", type=int)
     model_kwargs: dict = _opt(dict, "further create_model kwargs as KEY=VALUE, e.g. scale_bound=0.75 gaussian_init=queries", nargs="*", metavar="KEY=VALUE")
+    init_from: str | None = _opt(None, "start the whole model (encoder and classifier) from another run's export folder, .safetensors/.pth file or checkpoint, e.g. to run joint-phase variants from one classifier-phase run", type=str)
     init_encoder_from: str | None = _opt(None, "start the encoder from another run's export folder, .safetensors/.pth file or checkpoint (the paper starts GViT-B from GViT-S's encoder)", type=str)
     # schedule: phase lengths in --phase-unit
     phase_unit: str = _opt("epochs", "unit of the phase lengths below", choices=("epochs", "steps"))
