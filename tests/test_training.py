@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import timm_gvit  # noqa: F401
-from timm_gvit.training.checkpoints import load_encoder_weights, read_safetensors
+from timm_gvit.training.checkpoints import load_encoder_weights, load_model_weights, read_safetensors
 from timm_gvit.training.config import parse_config
 from timm_gvit.training.data import ImageClassificationDataset, load_splits, to_rgb
 from timm_gvit.training.guidance import guidance_step
@@ -212,6 +212,17 @@ def test_init_encoder_from_another_run(digits_run, tmp_path):
     encoder_keys = [k for k in source if k.startswith("encoder.")]
     assert encoder_keys and all(torch.equal(source[k], trained[k]) for k in encoder_keys)  # frozen in the classifier phase
     assert not torch.equal(source["classifier.head.weight"], trained["classifier.head.weight"])
+
+
+def test_init_from_takes_the_whole_model_of_another_run(digits_run, tmp_path):
+    # a joint-phase run from another run's end state: the classifier starts from its weights too
+    source = load_file(digits_run / "export" / "model.safetensors")
+    model = timm.create_model("gvit_nano", num_classes=10, encoder_depth=2, depth=2, img_size=16, patch_size=8, num_gaussians=8)
+    assert load_model_weights(model, digits_run / "export") == len(source)
+    assert all(torch.equal(source[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="--init-from .* does not fit"):
+        load_model_weights(timm.create_model("gvit_nano", num_classes=3, encoder_depth=2, depth=2, img_size=16, patch_size=8,
+                                             num_gaussians=8), digits_run / "export")
 
 
 def test_publish_dry_run_builds_an_export_from_a_checkpoint(digits_run, tmp_path, capsys):
