@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         gradient_accumulation_steps=config.grad_accum_steps,
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # pinned batches copied without blocking the host (the loaders pin where there is a GPU)
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
         # phases leave the encoder or the classifier without gradients
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -111,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     # every epoch), and the loaders draw their worker seeds from their own generators: together, a resumed
     # run sees the same crops as an uninterrupted one, and the global random state is the model's alone
     train_dataset = dataset(train_data, train_transform, seed=config.seed)
+    pin = torch.cuda.is_available()
     train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
-                              generator=torch.Generator().manual_seed(config.seed))
+                              pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
     val_loader = DataLoader(dataset(val_data, val_transform), batch_size=config.batch_size, num_workers=config.workers,
-                            generator=torch.Generator().manual_seed(config.seed))
+                            pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
     if len(train_loader) < config.grad_accum_steps:
         raise ValueError(f"dataset '{info.name}' has {info.train_size} training images: too few for one step of "
                          f"{config.batch_size} x {config.grad_accum_steps} per process")

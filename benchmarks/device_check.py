@@ -20,8 +20,11 @@ the next one still runs; the exit status is 0 when every step passed):
    host-device syncs per step. Its compile caches (``TORCHINDUCTOR_CACHE_DIR``) are saved to OUT as
    ``inductor-cache.tgz.part-*`` and, given back (``--inductor-cache``, default ``.inductor-cache``
    where it exists), loaded by the next run, which then skips most of the compiling.
-6. ``train_gvit``: a short bf16 ``train_gvit.py`` run of gvit_small at 224 px, k = 256 on a
-   generated imagefolder: that the trainer runs end to end on the GPU, and its own images/s.
+6. ``train_gvit``: ``benchmarks/loader.py`` (the trainer's loader alone, a worker per core, with
+   the per-image read / decode / transform cost), then a short bf16 ``train_gvit.py --compile`` run
+   of gvit_small at 224 px, k = 256, a worker per core, on a generated imagefolder of ImageNet-sized
+   JPEGs (500 x 375, about 100 KiB): that the trainer runs end to end on the GPU, its own images/s,
+   and whether the loader or the step limits it.
 
 Everything lands in OUT (``$OUT`` on a lent machine, else ``benchmarks/results/device_check``):
 ``device_check.json`` (rewritten after every step, so a cut-off run still leaves one),
@@ -69,7 +72,7 @@ CACHE_PARTS = "inductor-cache.tgz.part-"
 MAX_CACHE_BYTES = 2 * 15 * 2**20  # two parts at most: the device tool returns 8 files
 PART_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
 SCRIPTS = ("tests/test_gsplat.py", "tests/test_rendering.py", "tests/conftest.py", "benchmarks/render.py",
-           "benchmarks/train_step.py", "train_gvit.py")
+           "benchmarks/train_step.py", "benchmarks/loader.py", "train_gvit.py")
 #: Modules the machine's image provides (the device tool's KINDS.md); carried wheels add the rest.
 IMAGE_MODULES = ("torch", "torchvision", "timm", "accelerate", "huggingface_hub", "safetensors", "numpy", "PIL", "yaml",
                  "tqdm", "sklearn", "packaging", "jaxtyping", "rich", "ninja", "pytest", "pyarrow", "pandas", "xxhash",
@@ -78,7 +81,7 @@ IMAGE_MODULES = ("torch", "torchvision", "timm", "accelerate", "huggingface_hub"
 BUDGET = {"wheels": 60, "build": 420, "pytest": 240, "render": 150, "train_step": 330, "train_gvit": 200}
 STEPS = tuple(BUDGET)
 #: The short training run: 50 steps in all, over a generated imagefolder of IMAGES images.
-IMAGES, CLASSES, IMAGE_SIZE = 3200, 10, 256
+IMAGES, CLASSES, IMAGE_SIZE = 3200, 10, (500, 375)
 
 
 def wheel_requirements() -> list[tuple[str, str]]:
@@ -125,12 +128,15 @@ def commands(work: Path, quick: bool) -> dict[str, list[str]]:
         "train_step": ["python", "benchmarks/train_step.py", "--model", "gvit_small", "--img-size", "224", "--num-gaussians",
                        "256", "--batch", batch, "--steps", steps, "--warmup", warmup, "--precision", "bf16",
                        "--modes", "eager", "compiled", "--vit-baseline", "--profile", "--out", str(work / "train_step.json")],
-        "train_gvit": ["python", "train_gvit.py", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
+        "loader": ["python", "benchmarks/loader.py", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
+                   "--batch", batch, "--workers", str(os.cpu_count() or 1), "--batches", "5" if quick else "10",
+                   "--out", str(work / "loader.json")],
+        "train_gvit": ["python", "train_gvit.py", "--compile", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
                        "--num-gaussians", "256", "--mixed-precision", "bf16", "--phase-unit", "steps",
                        "--recon-epochs", "5" if quick else "20", "--dssim-from", "2" if quick else "10",
                        "--classifier-epochs", "3" if quick else "10", "--joint-epochs", "4" if quick else "20",
                        "--guidance-epochs", "2" if quick else "10", "--guidance-every", "2" if quick else "5",
-                       "--warmup-epochs", "2", "--batch-size", batch, "--workers", str(max(1, min(12, (os.cpu_count() or 2) - 2))),
+                       "--warmup-epochs", "2", "--batch-size", batch, "--workers", str(os.cpu_count() or 1),
                        "--report-to", "none", "--checkpoint-every", "100000", "--image-every", "100000", "--log-every", "10",
                        "--eval-every", "1000", "--max-val-samples", "256", "--output-dir", str(work / "train")],
     }
@@ -394,19 +400,29 @@ def pytest_summary(junit: Path) -> dict:
     return {**counts, "not_passed": problems}
 
 
-def write_images(folder: Path, count: int, classes: int, size: int) -> None:
-    """An imagefolder of ``count`` smooth random JPEGs (``classes`` sub-folders), seeded."""
+def _write_image(args: tuple[Path, int, int, int, int]) -> None:
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        label = i % classes
-        low = rng.random((6, 6, 3)) * 0.6 + np.array([label / classes, 0.3, 1 - label / classes]) * 0.4
-        image = Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-        path = folder / f"class_{label}" / f"{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, quality=90)
+    folder, i, classes, width, height = args
+    rng = np.random.default_rng(i)
+    label = i % classes
+    low = rng.random((12, 16, 3)) * 0.6 + np.array([label / classes, 0.3, 1 - label / classes]) * 0.4
+    base = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC), dtype=np.float32)
+    pixels = (base + rng.normal(0, 18, base.shape)).clip(0, 255).astype(np.uint8)  # texture: ~100 KiB files, as ImageNet's
+    path = folder / f"class_{label}" / f"{i:05d}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=90)
+
+
+def write_images(folder: Path, count: int, classes: int, size: tuple[int, int]) -> None:
+    """An imagefolder of ``count`` seeded JPEGs the size of ImageNet's (``size`` = (W, H), about
+    100 KiB each, so that decoding costs what real photos cost), in ``classes`` sub-folders,
+    written by a process per core."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_write_image, [(folder, i, classes, *size) for i in range(count)], chunksize=32))
 
 
 def trainer_summary(output: str, run_dir: Path) -> dict:
@@ -453,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  wheels      install {', '.join(f'{n}=={v}' for n, v in wheel_requirements())} from {args.wheels}/ into {SITE}")
     print(f"  build       gsplat's kernels for this GPU ({'reuse ' + str(args.gsplat_build) + ' if it matches, else ' if args.gsplat_build else ''}"
           f"build with TORCH_CUDA_ARCH_LIST=<its capability>, MAX_JOBS=<its cores>), saved as {BUILD_PARTS}*")
-    for name in ("pytest", "render", "train_step", "train_gvit"):
+    for name in ("pytest", "render", "train_step", "loader", "train_gvit"):
         print(f"  {name:<11} {' '.join(plan[name])}")
     print(f"  cache       compile caches in {INDUCTOR} ({'from ' + str(args.inductor_cache) + ', ' if args.inductor_cache else ''}"
           f"saved as {CACHE_PARTS}* after train_step)")
@@ -510,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         write_images(work / "images", IMAGES // (4 if args.quick else 1), CLASSES, IMAGE_SIZE)
         run.say(f"wrote {IMAGES // (4 if args.quick else 1)} images in {time.monotonic() - started:.1f} s")
+        _, loader_output = run.execute("loader", plan["loader"], min(60.0, limit / 4))
+        if (work / "loader.json").is_file():
+            run.report["loader"] = json.loads((work / "loader.json").read_text())
         rc, output = run.execute("train_gvit", plan["train_gvit"], limit - (time.monotonic() - started))
         run.report["train_gvit"] = trainer_summary(output, work / "train")
         return rc, output, {}
