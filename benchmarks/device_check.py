@@ -13,7 +13,8 @@ the next one still runs; the exit status is 0 when every step passed):
    where it exists) from an earlier run on the same kind of machine, load that build instead.
 3. ``pytest``: ``tests/test_gsplat.py``.
 4. ``render``: the gsplat rows of ``benchmarks/render.py`` (speed against gsplat-direct,
-   accuracy against the CPU kernel at k = 16, 64, 256, 1024).
+   accuracy against the CPU kernel at k = 16, 64, 256, 1024); ``render_batch``: the same speed
+   comparison at the training batch (256, k = 256, 224 px).
 5. ``train_step``: ``benchmarks/train_step.py``, gvit_small at 224 px, k = 256, bf16, batch 256,
    eager and compiled, beside timm's vit_small_patch16_224 eager and compiled, with a profile:
    images/s, MFU, peak GPU memory, the share of the step spent rendering, the top kernels and the
@@ -78,7 +79,7 @@ IMAGE_MODULES = ("torch", "torchvision", "timm", "accelerate", "huggingface_hub"
                  "tqdm", "sklearn", "packaging", "jaxtyping", "rich", "ninja", "pytest", "pyarrow", "pandas", "xxhash",
                  "filelock")
 #: Seconds each step may take at most (the overall --deadline cuts them shorter).
-BUDGET = {"wheels": 60, "build": 420, "pytest": 240, "render": 150, "train_step": 330, "train_gvit": 200}
+BUDGET = {"wheels": 60, "build": 420, "pytest": 240, "render": 150, "render_batch": 60, "train_step": 330, "train_gvit": 200}
 STEPS = tuple(BUDGET)
 #: The short training run: 50 steps in all, over a generated imagefolder of IMAGES images.
 IMAGES, CLASSES, IMAGE_SIZE = 3200, 10, (500, 375)
@@ -125,6 +126,9 @@ def commands(work: Path, quick: bool) -> dict[str, list[str]]:
                    "--junitxml", str(work / "junit.xml")],
         "render": ["python", "benchmarks/render.py", "--backends", "gsplat", "gsplat-direct", "--ks", *ks, "--sizes", *sizes,
                    "--batch", "8", "--repeats", repeats, "--out", str(work / "render.json")],
+        "render_batch": ["python", "benchmarks/render.py", "--backends", "gsplat", "gsplat-direct", "--ks", "256", "--sizes", "224",
+                         "--scenes", "grid", "--batch", "64" if quick else "256", "--repeats", "2" if quick else "3",
+                         "--out", str(work / "render_batch.json")],
         "train_step": ["python", "benchmarks/train_step.py", "--model", "gvit_small", "--img-size", "224", "--num-gaussians",
                        "256", "--batch", batch, "--steps", steps, "--warmup", warmup, "--precision", "bf16",
                        "--modes", "eager", "compiled", "--vit-baseline", "--profile", "--out", str(work / "train_step.json")],
@@ -164,6 +168,7 @@ def preflight(args, work: Path, installed: bool) -> list[str]:
         cmds = commands(work, quick)
         try:
             render.build_parser().parse_args(cmds["render"][2:])
+            render.build_parser().parse_args(cmds["render_batch"][2:])
             train_step.parse_args(cmds["train_step"][2:])
             parse_config(cmds["train_gvit"][2:])
         except SystemExit as exc:
@@ -435,7 +440,7 @@ def trainer_summary(output: str, run_dir: Path) -> dict:
 
 
 def targets(report: dict) -> list[str]:
-    lines = list(report.get("render", {}).get("targets", [])) + list(report.get("train_step", {}).get("targets", []))
+    lines = [line for key in ("render", "render_batch", "train_step") for line in report.get(key, {}).get("targets", [])]
     tests = report.get("tests") or {}
     if tests:
         ok = tests["failures"] == tests["errors"] == 0 and tests["skipped"] == 0
@@ -469,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  wheels      install {', '.join(f'{n}=={v}' for n, v in wheel_requirements())} from {args.wheels}/ into {SITE}")
     print(f"  build       gsplat's kernels for this GPU ({'reuse ' + str(args.gsplat_build) + ' if it matches, else ' if args.gsplat_build else ''}"
           f"build with TORCH_CUDA_ARCH_LIST=<its capability>, MAX_JOBS=<its cores>), saved as {BUILD_PARTS}*")
-    for name in ("pytest", "render", "train_step", "loader", "train_gvit"):
+    for name in ("pytest", "render", "render_batch", "train_step", "loader", "train_gvit"):
         print(f"  {name:<11} {' '.join(plan[name])}")
     print(f"  cache       compile caches in {INDUCTOR} ({'from ' + str(args.inductor_cache) + ', ' if args.inductor_cache else ''}"
           f"saved as {CACHE_PARTS}* after train_step)")
@@ -535,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
 
     passed.append(run.step("pytest", pytest_action))
     passed.append(run.step("render", json_action("render", "render")))
+    passed.append(run.step("render_batch", json_action("render_batch", "render_batch")))
     run.say(restore_compile_cache(args.inductor_cache))
     passed.append(run.step("train_step", json_action("train_step", "train_step")))
     run.report["compile_cache"] = save_compile_cache(run.out)
