@@ -485,3 +485,14 @@ def test_explain_refuses_bad_input_with_a_message(tmp_path, capsys, case, messag
     assert exit_info.value.code == 2
     assert __import__("re").search(message, capsys.readouterr().err)
     assert not (tmp_path / "fig.png").exists()
+
+
+@pytest.mark.parametrize("size", [(16, 16), (7, 9)])
+def test_dssim_with_its_window_made_on_the_device_is_pytorch_msssims(size):
+    from pytorch_msssim import ssim
+
+    from timm_gvit.training.losses import dssim
+
+    a, b = torch.rand(2, 3, *size), torch.rand(2, 3, *size)
+    window = max(min(11, min(size) // 2 * 2 - 1), 1)
+    assert torch.equal(dssim(a, b), (1 - ssim(a, b, data_range=1.0, size_average=True, win_size=window)) / 2)

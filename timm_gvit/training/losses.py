@@ -19,11 +19,20 @@ def pixel_loss(rendered: Tensor, target: Tensor, kind: str = "bce") -> Tensor:
     raise ValueError(f"pixel loss must be one of {PIXEL_LOSSES}, got {kind!r}")
 
 
+def gaussian_window(size: int, channels: int, device: torch.device, sigma: float = 1.5) -> Tensor:
+    """pytorch-msssim's 1-D Gaussian window ``[channels, 1, 1, size]``, made on ``device``: the
+    library builds it on the CPU and copies it over on every call, which makes a GPU step wait."""
+    coords = torch.arange(size, dtype=torch.float32, device=device) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return (g / g.sum()).view(1, 1, 1, size).repeat(channels, 1, 1, 1)
+
+
 def dssim(rendered: Tensor, target: Tensor) -> Tensor:
     """D-SSIM = (1 - SSIM) / 2, with pytorch-msssim's Gaussian-window SSIM (window 11, or the
     largest odd size that fits a small image)."""
-    window = min(11, min(rendered.shape[-2:]) // 2 * 2 - 1)
-    return (1 - ssim(rendered.float(), target.float(), data_range=1.0, size_average=True, win_size=max(window, 1))) / 2
+    window = max(min(11, min(rendered.shape[-2:]) // 2 * 2 - 1), 1)
+    win = gaussian_window(window, rendered.shape[1], rendered.device)
+    return (1 - ssim(rendered.float(), target.float(), data_range=1.0, size_average=True, win_size=window, win=win)) / 2
 
 
 def reconstruction_loss(rendered: Tensor, target: Tensor, kind: str, lambda_perc: float, with_dssim: bool) -> Tensor:
