@@ -89,3 +89,23 @@ def test_compiled_steps_match_eager_and_do_not_recompile():
     # four optimiser steps in a row (three phases and guidance), each on the last one's weights;
     # Adam amplifies rounding in near-zero gradients, so later rounds drift apart by design
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_trainer_runs_every_phase_compiled(tmp_path):
+    """train_gvit.py --compile end to end on digits: all phases, guidance steps, evaluation and export."""
+    import json
+
+    import train_gvit
+
+    torch._dynamo.reset()
+    args = ["--compile", "--model-kwargs", "encoder_depth=1", "depth=1", "encoder_embed_dim=32", "embed_dim=32",
+            "encoder_num_heads=2", "num_heads=2", "--img-size", "16", "--patch-size", "8", "--num-gaussians", "8",
+            "--max-train-samples", "64", "--max-val-samples", "32", "--batch-size", "16", "--report-to", "none",
+            "--recon-epochs", "1", "--dssim-from", "0.5", "--classifier-epochs", "1", "--joint-epochs", "1", "--guidance-epochs", "1",
+            "--guidance-every", "1", "--warmup-epochs", "0.5", "--output-dir", str(tmp_path / "run")]
+    assert train_gvit.main(args) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [e["phase"] for e in metrics["epochs"]] == ["reconstruction", "classifier", "guidance"]
+    assert metrics["guidance_steps"] == 4 and metrics["skipped_steps"] == 0
+    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
