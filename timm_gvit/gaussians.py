@@ -106,12 +106,12 @@ def sample_initial_gaussians(batch: int, num_gaussians: int, scale_bound: float 
     (log-normal spread) and a random rotation. Colour and opacity start near mid-grey and 0.73
     (raw N(0, 0.5) and N(1, 0.5)), for the encoder to read off the image.
 
-    Drawn on ``device`` (default: the CPU, or the ``generator``'s device) with no host-to-device
-    copy, so that a training step on a GPU does not wait for the host. TorchScript-compatible, so
-    that a scripted encoder keeps its training-mode path.
+    Drawn on ``device`` (default: the CPU; a ``generator`` must live there too) with no
+    host-to-device copy, so that a training step on a GPU does not wait for the host.
+    TorchScript-compatible, so that a scripted encoder keeps its training-mode path.
     """
     if device is None:
-        device = generator.device if generator is not None else torch.device("cpu")
+        device = torch.device("cpu")
     cols = max(1, math.ceil(math.sqrt(num_gaussians)))
     rows = math.ceil(num_gaussians / cols)
     index = torch.arange(num_gaussians, device=device)
