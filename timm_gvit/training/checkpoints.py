@@ -15,8 +15,9 @@ A checkpoint is written to a hidden ``.tmp-step-N`` folder and renamed into plac
 Nothing is deleted in place: a checkpoint that is replaced (the end-of-epoch save repeats the step
 of a ``--checkpoint-every`` save) or pruned is first renamed to ``.trash-...``. So at every instant
 each checkpoint has a complete copy under some name, and :func:`recover_checkpoints` (run when a
-trainer starts) finishes an interrupted save. A checkpoint folder is still trusted input: its
-weights and states are used as they are.
+trainer starts) finishes an interrupted save. Of a checkpoint folder from elsewhere, the file list
+is checked (plain names inside the folder, no links, exact sizes) and nothing is unpickled; its
+weights and states are still used as they are.
 """
 
 from __future__ import annotations
@@ -93,8 +94,18 @@ def checkpoint_problem(folder: str | Path) -> str | None:
         return f"no {STATE_FILE}"
     except (ValueError, KeyError, TypeError):
         return f"{STATE_FILE} is unreadable or was written by an older timm-gvit (no file list)"
+    if not isinstance(files, dict):
+        return f"{STATE_FILE}'s file list is a {type(files).__name__}, expected a mapping of file names to sizes"
+    if not {"model.safetensors", "optimizer.safetensors"} <= files.keys():
+        return f"{STATE_FILE}'s file list lacks model.safetensors or optimizer.safetensors"
     for name, size in files.items():
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            return f"{STATE_FILE} lists {name!r}, which is not a plain file name inside the checkpoint folder"
+        if isinstance(size, bool) or not isinstance(size, int):
+            return f"{STATE_FILE} gives {name} the size {size!r}, expected a number of bytes"
         path = folder / name
+        if path.is_symlink():
+            return f"{name} is a symbolic link, not a file of the checkpoint"
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != size:

@@ -128,12 +128,23 @@ CHANGEABLE_ON_RESUME = (
 )
 
 
-def _parse_kwargs(items: list[str]) -> dict:
+#: create_model kwargs that the trainer sets itself, and the option that does it instead.
+TRAINER_OWNED_KWARGS = {
+    "num_classes": "the dataset's labels set the class count",
+    **dict.fromkeys(("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "pretrained_strict", "cache_dir"),
+                    "the trainer builds a new model; start from trained weights with --init-from or --init-encoder-from"),
+    **dict.fromkeys(("features_only", "out_indices", "scriptable", "exportable", "no_jit"), "the trainer needs the plain classifier"),
+}
+
+
+def parse_kwargs(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> kwargs, each value a Python literal (``False``, ``0.75``, ``(2, 2)``)
+    or else the string; a ``ValueError`` for an item without ``=``."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--model-kwargs: expected KEY=VALUE, got {item!r}")
+        if not sep or not key:
+            raise ValueError(f"--model-kwargs: expected KEY=VALUE, got {item!r}")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -258,6 +269,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     check("guidance_epochs", config.guidance_epochs <= config.joint_epochs, f"<= --joint-epochs ({config.joint_epochs})")
     check("joint_epochs", config.recon_epochs + config.classifier_epochs + config.joint_epochs > 0,
           "> 0 if --recon-epochs and --classifier-epochs are 0 (the schedule has no steps)")
+    for key in config.model_kwargs:
+        if key in TRAINER_OWNED_KWARGS:
+            _fail(f"--model-kwargs {key}: not a model option here: {TRAINER_OWNED_KWARGS[key]}")
     if config.push_to_hub and (not config.hub_model_id or config.hub_model_id.count("/") != 1):
         _fail(f"--push-to-hub needs --hub-model-id ORG/NAME, got {config.hub_model_id!r}")
     if config.model.startswith(("local-dir:", "hf-hub:")):
@@ -292,7 +306,10 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
     explicit = read_config_file(args.pop("config")) if "config" in args else {}
     if "model_kwargs" in args:
-        args["model_kwargs"] = _parse_kwargs(args["model_kwargs"])
+        try:
+            args["model_kwargs"] = parse_kwargs(args["model_kwargs"])
+        except ValueError as exc:
+            _fail(str(exc))
     if "betas" in args:
         args["betas"] = tuple(args["betas"])
     explicit.update(args)

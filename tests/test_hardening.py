@@ -1,0 +1,221 @@
+"""Issue 20: wrong answers nobody sees, and inputs from strangers. Each test runs the real command
+(train_gvit.main, the explain and fitting commands, hub.publish, timm.create_model) on small
+generated data."""
+
+import json
+import re
+import resource
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
+from timm.models import save_for_hf
+
+import timm_gvit  # noqa: F401
+import train_gvit
+from hub import publish
+from timm_gvit import explain, fitting
+from timm_gvit.training.config import parse_config, save_config
+
+SMALL = dict(img_size=16, patch_size=8, num_gaussians=8, encoder_depth=1, depth=1)
+SMALL_FLAGS = [f"{k}={v}" for k, v in SMALL.items()]
+
+
+def two_class_export(folder: Path, **kwargs) -> torch.nn.Module:
+    """A trained-looking gvit_nano with a 2-class head (not the shipped tag's 10), saved as an export folder."""
+    torch.manual_seed(1)
+    model = timm.create_model("gvit_nano", num_classes=2, **{**SMALL, **kwargs}).eval()
+    torch.nn.init.normal_(model.classifier.head.weight, std=1.0)
+    save_for_hf(model, folder, safe_serialization=True)
+    return model
+
+
+def photo(path: Path) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def run_explain(capsys, *args: str) -> str:
+    explain.main(list(args))
+    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("top classes:"))
+
+
+def top_line(model, image: Path) -> str:
+    """explain's "top classes" line for ``model``, computed here from the model itself."""
+    config = resolve_model_data_config(model)
+    with torch.no_grad():
+        probs = model(create_transform(**config)(explain.read_image(image))[None]).softmax(-1)[0]
+    top = probs.topk(2)
+    return "top classes: " + ", ".join(f"{i} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist()))
+
+
+# ------------------------------------------------------------------ 1. the head in the file is the head that loads
+def test_weights_in_a_file_load_with_their_head_by_every_route(tmp_path, capsys):
+    model = two_class_export(tmp_path / "export")
+    weights = str(tmp_path / "export" / "model.safetensors")
+    x = torch.randn(2, 3, 16, 16)
+    for extra in (dict(num_classes=2), {}):  # the overlay our own error message recommends; class count given or not
+        loaded = timm.create_model("gvit_nano", pretrained=True, pretrained_cfg_overlay=dict(file=weights), **SMALL, **extra)
+        assert torch.equal(loaded.eval()(x), model(x)) and "label_names" not in loaded.pretrained_cfg  # not Imagenette's
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    config["num_classes"] = 10  # disagrees with model_args and with the file
+    (tmp_path / "export" / "config.json").write_text(json.dumps(config))
+    assert torch.equal(timm.create_model(f"local-dir:{tmp_path / 'export'}", pretrained=True).eval()(x), model(x))
+    # another class count is asked for: the head is new, and it says so
+    with pytest.warns(UserWarning, match="head has 2 classes and num_classes=3 was asked for, so the head starts from random"):
+        timm.create_model("gvit_nano", pretrained=True, num_classes=3, pretrained_cfg_overlay=dict(file=weights), **SMALL)
+    # the issue's command: the prediction is the file's model's, the same on every run
+    image = photo(tmp_path / "photo.png")
+    args = [str(image), "--model", "gvit_nano", "--checkpoint", weights, "--out", str(tmp_path / "fig.png"),
+            "--model-kwargs", "num_classes=2", *SMALL_FLAGS]
+    assert run_explain(capsys, *args) == run_explain(capsys, *args) == top_line(model, image)
+
+
+# ------------------------------------------------------------------ 2. explain's --model-kwargs are Python literals
+def test_explain_model_kwargs_read_booleans_and_floats(tmp_path, capsys):
+    model = two_class_export(tmp_path / "export", centre_features=False, scale_bound=0.75)
+    image = photo(tmp_path / "photo.png")
+    line = run_explain(capsys, str(image), "--model", "gvit_nano", "--checkpoint", str(tmp_path / "export" / "model.safetensors"),
+                       "--out", str(tmp_path / "fig.png"), "--model-kwargs", "centre_features=False", "scale_bound=0.75", *SMALL_FLAGS)
+    assert line == top_line(model, image)
+
+
+# ------------------------------------------------------------------ 4. the trainer's own options stay out of --model-kwargs
+@pytest.mark.parametrize("item, message", [
+    ("pretrained=True", "--model-kwargs pretrained: .*--init-from or --init-encoder-from"),
+    ("checkpoint_path=/etc/passwd", "--model-kwargs checkpoint_path: .*--init-from"),
+    ("num_classes=5", "--model-kwargs num_classes: .*the dataset's labels set the class count"),
+    ("depth", "--model-kwargs: expected KEY=VALUE, got 'depth'"),
+])
+def test_trainer_owned_model_kwargs_are_refused_by_name(tmp_path, item, message):
+    with pytest.raises(SystemExit, match=f"train_gvit.py: error: {message}"):
+        train_gvit.main(["--output-dir", str(tmp_path / "run"), "--model-kwargs", item])
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ 8. a checkpoint's file list stays inside its folder
+def fake_checkpoint(run: Path, files) -> Path:
+    """A run folder whose one checkpoint lists ``files`` in its trainer_state.json."""
+    run.mkdir(parents=True)
+    save_config(parse_config(["--output-dir", str(run)]), run / "config.yaml")
+    folder = run / "checkpoints" / "step-00000001"
+    folder.mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        (folder / name).write_bytes(b"x")
+    (folder / "trainer_state.json").write_text(json.dumps({"step": 1, "history": [], "files": files}))
+    return folder
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"model.safetensors": 1, "optimizer.safetensors": 1, "/etc/passwd": Path("/etc/passwd").stat().st_size},
+     "lists '/etc/passwd', which is not a plain file name inside the checkpoint folder"),
+    ({"model.safetensors": 1, "optimizer.safetensors": 1, "../../../../../../etc/hostname": 1}, "not a plain file name"),
+    ({"model.safetensors": 1, "optimizer.safetensors": 1, "/etc/shadow": 1}, r"lists '/etc/shadow', which is not"),
+    (["model.safetensors", "optimizer.safetensors"], "file list is a list, expected a mapping of file names to sizes"),
+    ({"model.safetensors": "1", "optimizer.safetensors": 1}, "gives model.safetensors the size '1'"),
+    ({"optimizer.safetensors": 1}, "lacks model.safetensors"),
+])
+def test_a_hostile_trainer_state_file_list_is_refused(tmp_path, files, message):
+    folder = fake_checkpoint(tmp_path / "run", files)
+    with pytest.raises(SystemExit, match=r"an incomplete checkpoint \(.*" + message) as info:
+        publish.main([str(folder), "--hub-model-id", "me/x", "--dry-run"])
+    assert not re.search(r"has \d+ bytes", str(info.value))  # no size of a file outside the folder
+    with pytest.raises(SystemExit, match="neither an export folder, a run folder with a complete checkpoint"):
+        publish.main([str(tmp_path / "run"), "--hub-model-id", "me/x", "--dry-run"])
+
+
+def test_a_link_in_a_checkpoint_is_refused(tmp_path):
+    folder = fake_checkpoint(tmp_path / "run", {"model.safetensors": 1, "optimizer.safetensors": 1})
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to("/etc/hostname")
+    with pytest.raises(FileNotFoundError, match="model.safetensors is a symbolic link"):
+        train_gvit.main(["--output-dir", str(tmp_path / "run"), "--resume", str(folder)])
+
+
+# ------------------------------------------------------------------ 9. a config.json cannot ask for unbounded memory
+@pytest.mark.parametrize("key, value, message", [
+    ("encoder_depth", 100000, "encoder_depth must be at most 64, got 100000"),
+    ("img_size", [65536, 65536], "img_size 65536x65536 with patch_size 8 gives 67108864 patches, more than 65536"),
+    ("num_gaussians", 10**9, "num_gaussians must be at most 65536"),
+    ("embed_dim", 10**6, "embed_dim must be at most 8192"),
+    ("mlp_ratio", 1e6, "mlp_ratio must be a number > 0 and at most 16"),
+    ("scale_bound", float("inf"), "scale_bound must be a number > 0 and finite, got inf"),
+    ("scale_bound", float("nan"), "scale_bound must be a number > 0 and finite, got nan"),
+    ("scale_bound", -1.0, "scale_bound must be a number > 0"),
+])
+def test_hostile_config_json_sizes_are_refused_before_allocating(tmp_path, capsys, key, value, message):
+    two_class_export(tmp_path / "export")
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    config["model_args"][key] = value
+    (tmp_path / "export" / "config.json").write_text(json.dumps(config))  # Infinity and NaN as json.dumps writes them
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=re.escape(message)):
+        timm.create_model(f"local-dir:{tmp_path / 'export'}", pretrained=True)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: nothing large was allocated
+    with pytest.raises(SystemExit):  # explain says the same in one line
+        explain.main([str(photo(tmp_path / "p.png")), "--checkpoint", str(tmp_path / "export"), "--out", str(tmp_path / "f.png")])
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------ 10. the commands check their inputs
+def bomb(path: Path) -> Path:
+    """An 8x8 PNG whose header claims 100000 x 100000 pixels."""
+    Image.new("RGB", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", 100000, 100000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such image file"), ("empty", r"empty\.png: not a readable image"), ("truncated", "image file is truncated"),
+    ("directory", "is not a file"), ("size 0", "--size must be >= 1, got 0"), ("k 0", "--num-gaussians must be >= 1, got 0"),
+    ("steps -1", "--steps must be >= 0"), ("lr 0", "--lr must be a finite number > 0"), ("out folder", "--out .* is a folder"),
+    ("bomb", "DecompressionBombError"),
+])
+def test_fitting_command_refuses_bad_input_in_one_line(tmp_path, capsys, case, message):
+    good = photo(tmp_path / "good.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "cut.png").write_bytes(fitting.ASSETS.joinpath("astronaut.png").read_bytes()[:400])
+    args = {"missing": [str(tmp_path / "nope.png")], "empty": [str(tmp_path / "empty.png")], "truncated": [str(tmp_path / "cut.png")],
+            "directory": [str(tmp_path)], "size 0": [str(good), "--size", "0"], "k 0": [str(good), "-k", "0"],
+            "steps -1": [str(good), "--steps", "-1"], "lr 0": [str(good), "--lr", "0"], "out folder": [str(good), "--out", str(tmp_path)],
+            "bomb": [str(bomb(tmp_path / "bomb.png"))]}[case]
+    with pytest.raises(SystemExit) as info:
+        fitting.main([*args, "--steps", "1"] if case != "steps -1" else args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err.strip().splitlines()[-1]) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("out folder", "--out .* is a folder"), ("bomb", "DecompressionBombError"),
+    ("zero std", "the pretrained config's std must be a list of finite numbers > 0, got \\[0, 0, 0\\]"),
+])
+def test_explain_refuses_bad_input_in_one_line(tmp_path, capsys, case, message):
+    two_class_export(tmp_path / "export")
+    if case == "zero std":
+        config = json.loads((tmp_path / "export" / "config.json").read_text())
+        config["pretrained_cfg"]["std"] = [0, 0, 0]
+        (tmp_path / "export" / "config.json").write_text(json.dumps(config))
+    image = bomb(tmp_path / "bomb.png") if case == "bomb" else photo(tmp_path / "p.png")
+    out = tmp_path if case == "out folder" else tmp_path / "f.png"
+    with pytest.raises(SystemExit):
+        explain.main([str(image), "--checkpoint", str(tmp_path / "export"), "--out", str(out)])
+    assert re.search(message, capsys.readouterr().err.strip().splitlines()[-1])
+
+
+def test_explain_ignores_label_names_that_do_not_fit_the_head(tmp_path, capsys):
+    model = two_class_export(tmp_path / "export")
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    config["label_names"] = ["only one"]
+    (tmp_path / "export" / "config.json").write_text(json.dumps(config))
+    image = photo(tmp_path / "p.png")
+    assert run_explain(capsys, str(image), "--checkpoint", str(tmp_path / "export"), "--out", str(tmp_path / "f.png")) == top_line(model, image)
