@@ -23,7 +23,7 @@ from pathlib import Path
 
 import timm
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from timm.data import create_transform, resolve_model_data_config
 from timm.optim import create_optimizer_v2
@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 import timm_gvit  # noqa: F401  (registers the models)
 from hub import PushError, export_model, push_folder
 from timm_gvit.fitting import psnr
-from timm_gvit.training.checkpoints import (checkpoint_root, load_checkpoint, load_encoder_weights, load_model_weights, pause_point, recover_checkpoints,
-                                            resolve_resume, save_checkpoint, write_atomically)
+from timm_gvit.training.checkpoints import (RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
+                                            pause_point, recover_checkpoints, resolve_resume, save_checkpoint, write_atomically)
 from timm_gvit.training.config import TrainConfig, parse_config, save_config
 from timm_gvit.training.data import ImageClassificationDataset, load_splits, training_transform
 from timm_gvit.training.guidance import guidance_step
@@ -68,8 +68,17 @@ def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     config: TrainConfig = parse_config(argv)  # validated; with --resume, the run's own config
+    try:
+        with lock_run_dir(config.output_dir, owner=PartialState().is_main_process):
+            return train(config)
+    except RunInUse as exc:
+        raise SystemExit(f"train_gvit.py: error: {exc}") from None
+
+
+def train(config: TrainConfig) -> int:
+    """The run of ``config``, in its folder, which the caller has locked."""
     run_dir = Path(config.output_dir)
-    if not config.resume and ((run_dir / "metrics.json").exists() or any(checkpoint_root(run_dir).glob("*"))):
+    if not config.resume and ((run_dir / "metrics.json").exists() or list_checkpoints(run_dir)):
         raise SystemExit(f"train_gvit.py: error: {run_dir} holds a run already: continue it with --resume latest, "
                          "or choose another --output-dir")
 

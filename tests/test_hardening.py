@@ -3,9 +3,12 @@
 generated data."""
 
 import json
+import os
 import re
 import resource
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -22,6 +25,8 @@ import train_gvit
 from hub import publish
 from timm_gvit import explain, fitting
 from timm_gvit.training.config import parse_config, save_config
+
+from test_training import ROOT, TINY, make_imagefolder
 
 SMALL = dict(img_size=16, patch_size=8, num_gaussians=8, encoder_depth=1, depth=1)
 SMALL_FLAGS = [f"{k}={v}" for k, v in SMALL.items()]
@@ -219,3 +224,35 @@ def test_explain_ignores_label_names_that_do_not_fit_the_head(tmp_path, capsys):
     (tmp_path / "export" / "config.json").write_text(json.dumps(config))
     image = photo(tmp_path / "p.png")
     assert run_explain(capsys, str(image), "--checkpoint", str(tmp_path / "export"), "--out", str(tmp_path / "f.png")) == top_line(model, image)
+
+
+# ------------------------------------------------------------------ 6. one trainer per run folder
+def start_paused(point: str, *args: str) -> subprocess.Popen:
+    """train_gvit.py in a subprocess, returned once it waits at the pause point ``point``."""
+    env = {**os.environ, "GVIT_PAUSE_AT": point, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train_gvit.py"), *args], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    output = []
+    for line in proc.stderr:
+        output.append(line)
+        if f"paused at {point}" in line:
+            return proc
+    proc.wait()
+    raise AssertionError("".join(output)[-3000:])
+
+
+def test_a_second_trainer_on_a_run_folder_is_refused_naming_the_first(tmp_path):
+    run = tmp_path / "run"
+    first = start_paused("before-metrics", *TINY, "--output-dir", str(run))  # in the middle of its run, after a checkpoint
+    try:
+        saved = (run / "config.yaml").read_text()
+        for args in ([*TINY, "--output-dir", str(run), "--gamma", "0.5"], ["--output-dir", str(run), "--resume", "latest"]):
+            with pytest.raises(SystemExit, match=rf"error: {run} is in use by another trainer \(pid {first.pid} on .*train_gvit.py"):
+                train_gvit.main(args)
+        assert (run / "config.yaml").read_text() == saved
+    finally:
+        first.kill()
+        first.wait()
+    # the OS released the dead trainer's lock: the folder's own rules apply again
+    with pytest.raises(SystemExit, match="holds a run already: continue it with --resume latest"):
+        train_gvit.main([*TINY, "--output-dir", str(run)])

@@ -23,10 +23,13 @@ weights and states are still used as they are.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import random
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -38,6 +41,35 @@ from safetensors.torch import load_file, save_file
 
 STATE_FILE = "trainer_state.json"
 PAUSE_VARIABLE = "GVIT_PAUSE_AT"
+LOCK_FILE = ".trainer.lock"
+
+
+class RunInUse(RuntimeError):
+    """Another trainer holds the run folder; the message names it."""
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str | Path, owner: bool = True):
+    """Hold an exclusive ``fcntl.flock`` on ``RUN/.trainer.lock`` while the block runs, so that a
+    second trainer on the folder fails with :class:`RunInUse` naming the first; the OS releases
+    the lock when the process ends, however it ends. Only the ``owner`` (main) process locks."""
+    if not owner:
+        yield
+        return
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunInUse(f"{run_dir} is in use by another trainer ({f.read().strip() or 'its process id unknown'}); "
+                           "wait for it to end, or choose another --output-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}")
+        f.flush()
+        yield
 
 
 def pause_point(name: str) -> None:
@@ -156,7 +188,8 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path:
             if found and skipped.name > found[-1].name.removeprefix(".tmp-"):
                 print(f"--resume latest: skipping incomplete checkpoint {skipped} ({checkpoint_problem(skipped)})", file=sys.stderr)
         if not found:
-            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {root}; start the run again without --resume")
+            again = "in another --output-dir" if (Path(run_dir) / "metrics.json").exists() else "without --resume"
+            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {root}; start the run again {again}")
         return found[-1]
     path = Path(resume)
     problem = checkpoint_problem(path)
