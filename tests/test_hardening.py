@@ -256,3 +256,52 @@ def test_a_second_trainer_on_a_run_folder_is_refused_naming_the_first(tmp_path):
     # the OS released the dead trainer's lock: the folder's own rules apply again
     with pytest.raises(SystemExit, match="holds a run already: continue it with --resume latest"):
         train_gvit.main([*TINY, "--output-dir", str(run)])
+
+
+# ------------------------------------------------------------------ 3. labels the data does not support
+def labelled(folder: Path, train_labels: list, val_labels: list, feature=None) -> Path:
+    """A save_to_disk dataset of 8x8 images with these labels in its train and validation splits."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": feature or datasets.Value("int64")})
+    split = lambda labels: datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * len(labels), "label": labels},  # noqa: E731
+                                                      features=features)
+    datasets.DatasetDict({"train": split(train_labels), "validation": split(val_labels)}).save_to_disk(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("train_labels, val_labels, names, message", [
+    (["cat", "dog"] * 8, ["cat", "dog"], None, r"split 'train': the labels in column 'label' must be integer class ids 0, 1, "
+     r"\.\.\., found 'cat' \(16 such\): convert them to class ids with datasets' class_encode_column"),
+    ([0, 7] * 8, [0, 7], None, r"split 'train': the labels in column 'label' are \[0, 7\], so classes \[1, 2, 3, 4, 5, 6\] have no "
+     "training image and the model would have outputs it never learns"),
+    ([0, 1] * 8, [0, 1, 2], ["a", "b", "c"], r"split 'validation' has classes \['c'\] that the training split 'train' has no image "
+     "of: the model could never predict them"),
+    ([0, 1] * 8, [0, 1, 2], None, r"split 'validation': labels \[2\] in column 'label' are outside 0\.\.1"),
+    ([0, 1] * 8, [0, -1], ["a", "b"], r"split 'validation': labels \[-1\] .* outside 0\.\.1, the classes its ClassLabel names give; "
+     "-1 marks an unlabelled image"),
+])
+def test_labels_the_data_does_not_support_are_refused_before_training(tmp_path, train_labels, val_labels, names, message):
+    import datasets
+
+    feature = datasets.ClassLabel(names=names) if names else (datasets.Value("string") if isinstance(train_labels[0], str) else None)
+    data = labelled(tmp_path / "data", train_labels, val_labels, feature)
+    with pytest.raises(ValueError, match=message):
+        train_gvit.main([*TINY, "--dataset", str(data), "--output-dir", str(tmp_path / "run"), "--batch-size", "4"])
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_float_tiffs_in_0_to_255_keep_their_grey_levels(tmp_path):
+    from timm_gvit.training.data import ImageClassificationDataset, load_splits
+
+    levels = np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8)
+    for name in ("a", "b"):
+        (tmp_path / "tiffs" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(levels, mode="F").save(tmp_path / "tiffs" / name / f"{i}.tif")
+    train, _, info = load_splits(parse_config(["--dataset", str(tmp_path / "tiffs"), "--val-fraction", "0.3"]))
+    image, _ = ImageClassificationDataset(train, info.name, "image", "label", info.num_classes)[0]
+    assert np.array_equal(np.asarray(image)[..., 0], np.round(levels).astype(np.uint8))  # not 99 % white
+    Image.fromarray(levels * 1000, mode="F").save(tmp_path / "hot.tif")
+    with pytest.raises(SystemExit):
+        explain.main([str(tmp_path / "hot.tif")])

@@ -139,7 +139,7 @@ def read_image(path: Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()  # decodes everything: a truncated file fails here
             return to_rgb(image)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
 
 

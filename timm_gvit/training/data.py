@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +39,21 @@ class DataInfo:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB. 16-bit and 32-bit integer greyscale (16-bit PNGs) are scaled
-    to 8 bits, where PIL's ``convert`` would clip them to white."""
+    """Any PIL image -> 8-bit RGB. 16-bit and 32-bit integer greyscale (16-bit PNGs) and float
+    greyscale in 0..1 or 0..255 (float TIFFs) are scaled to 8 bits, where PIL's ``convert`` would
+    clip them to white."""
     if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit), I (32-bit int, what 16-bit PNGs may open as)
         values = np.asarray(image).astype(np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max)
         image = Image.fromarray(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8))
-    elif image.mode == "F":  # 32-bit float greyscale, taken to be in [0, 1]
-        image = Image.fromarray(np.round(np.asarray(image).clip(0, 1) * 255).astype(np.uint8))
+    elif image.mode == "F":  # 32-bit float greyscale: in [0, 1], or in [0, 255] as many tools write it
+        values = np.asarray(image)
+        top = float(np.nanmax(values, initial=0))
+        if not np.isfinite(values).all() or top > 255:
+            raise ValueError(f"a 32-bit float image with values up to {top:g}{' and non-finite ones' if np.isfinite(top) else ''}: "
+                             "expected values in 0..1 or 0..255")
+        scale = 255 if top <= 1 else 1
+        image = Image.fromarray(np.round(values.clip(0, 255 / scale) * scale).astype(np.uint8))
     return image.convert("RGB")
 
 
@@ -176,15 +184,51 @@ def load_splits(config) -> tuple[object, object, DataInfo]:
         train = train.shuffle(seed=config.seed).select(range(min(config.max_train_samples, len(train))))
     if config.max_val_samples:
         val = val.shuffle(seed=config.seed).select(range(min(config.max_val_samples, len(val))))
-    feature = train.features.get(config.label_column)
-    if hasattr(feature, "names"):
-        class_names = list(feature.names)
-    else:
-        class_names = [str(i) for i in range(int(max(train[config.label_column])) + 1)]
+    val_desc = val_name or f"{config.train_split}, its --val-fraction part"
+    class_names = check_labels(name, config.label_column, train.features.get(config.label_column),
+                               {config.train_split: train[config.label_column], val_desc: val[config.label_column]})
     if len(class_names) < 2:
         raise ValueError(f"dataset '{name}' has {len(class_names)} class ({class_names}) in column '{config.label_column}': "
                          "a classifier needs at least two")
     return train, val, DataInfo(name, len(class_names), class_names, len(train), len(val))
+
+
+def check_labels(name: str, column: str, feature, labels: dict[str, list]) -> list[str]:
+    """The class names of labels ``{split: [label, ...]}`` (training split first), after refusing,
+    with a ``ValueError`` that says what was found, labels the model could not learn from: labels
+    that are not integer class ids or are out of range, classes without a training image where
+    the labels are bare integers (``{0, 7}``), and validation classes the training split lacks."""
+    (train_split, train_labels), *others = labels.items()
+    for split, values in labels.items():
+        wrong = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+        if wrong:
+            hint = (": convert them to class ids with datasets' class_encode_column, or use an imagefolder (one "
+                    "sub-folder per class)") if isinstance(wrong[0], str) else ""
+            raise ValueError(f"dataset '{name}', split '{split}': the labels in column '{column}' must be integer "
+                             f"class ids 0, 1, ..., found {wrong[0]!r} ({len(wrong)} such){hint}")
+    names = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(max(train_labels, default=-1) + 1)]
+    for split, values in labels.items():
+        outside = sorted({int(v) for v in values if not 0 <= v < len(names)})
+        if outside:
+            raise ValueError(f"dataset '{name}', split '{split}': labels {outside[:10]} in column '{column}' are outside "
+                             f"0..{len(names) - 1}, the classes {'its ClassLabel names' if hasattr(feature, 'names') else 'the training labels'} give"
+                             + ("; -1 marks an unlabelled image: choose another --val-split, or --val-fraction" if -1 in outside else ""))
+    trained = {int(v) for v in train_labels}
+    missing = [i for i in range(len(names)) if i not in trained]
+    if missing and not hasattr(feature, "names"):
+        raise ValueError(f"dataset '{name}', split '{train_split}': the labels in column '{column}' are {sorted(trained)[:10]}, so "
+                         f"classes {missing[:10]} have no training image and the model would have outputs it never learns; "
+                         "number the classes 0..N-1 (with --max-train-samples, a larger sample may hold every class)")
+    for split, values in others:
+        unseen = sorted({int(v) for v in values} - trained)
+        if unseen:
+            raise ValueError(f"dataset '{name}', split '{split}' has classes {[names[i] for i in unseen][:10]} that the training "
+                             f"split '{train_split}' has no image of: the model could never predict them (with "
+                             "--max-train-samples, a larger sample may hold them)")
+    if missing:
+        print(f"dataset '{name}': classes {[names[i] for i in missing][:10]} have no image in split '{train_split}' or the "
+              f"validation split; the model keeps an output for each of the {len(names)} named classes", file=sys.stderr)
+    return names
 
 
 def training_transform(data_config: dict, hflip: float):
