@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from timm.models import save_for_hf
@@ -305,3 +306,30 @@ def test_float_tiffs_in_0_to_255_keep_their_grey_levels(tmp_path):
     Image.fromarray(levels * 1000, mode="F").save(tmp_path / "hot.tif")
     with pytest.raises(SystemExit):
         explain.main([str(tmp_path / "hot.tif")])
+
+
+# ------------------------------------------------------------------ 11. an export describes its own run
+def test_an_export_has_its_own_tag_the_users_licence_and_no_local_paths(tmp_path):
+    data = make_imagefolder(tmp_path / "private-photos", per_class=8)
+    run = tmp_path / "my-run"
+    assert train_gvit.main([*TINY, "--dataset", str(data), "--output-dir", str(run), "--batch-size", "8",
+                            "--joint-epochs", "1", "--guidance-epochs", "0"]) == 0
+    export = run / "export"
+
+    def check(licence):
+        config = json.loads((export / "config.json").read_text())
+        assert config["pretrained_cfg"]["tag"] == "my_run" and config["pretrained_cfg"].get("license") == licence
+        card = (export / "README.md").read_text()
+        front = card.split("---")[1]
+        assert (f"license: {licence}" in front) if licence else ("license:" not in front)
+        assert "datasets:" not in front and "private-photos (a local folder)" in card
+        for name in ("config.json", "README.md", "train_config.yaml"):
+            assert str(tmp_path) not in (export / name).read_text()  # nothing --push-to-hub would publish about this machine
+        assert yaml.safe_load((export / "train_config.yaml").read_text())["dataset"] == "private-photos"
+        timm.create_model(f"local-dir:{export}", pretrained=True)
+
+    check(None)  # no licence stated unless the user states one
+    with pytest.raises(SystemExit, match="--license must be a Hub licence id"):
+        train_gvit.main(["--output-dir", str(run), "--resume", "latest", "--license", "mit\nfoo: bar"])
+    assert train_gvit.main(["--output-dir", str(run), "--resume", "latest", "--license", "mit"]) == 0  # the finished run, exported again
+    check("mit")

@@ -644,8 +644,9 @@ def _create_gvit(variant: str, pretrained: bool = False, **kwargs) -> GViT:
     if pretrained and model.num_classes and model.num_classes != cfg["num_classes"]:
         warnings.warn(f"{variant}: the pretrained classifier head has {cfg['num_classes']} classes and num_classes="
                       f"{model.num_classes} was asked for, so the head starts from random weights (for fine-tuning)", stacklevel=3)
-    if cfg.get("label_names") and (len(cfg["label_names"]) != model.num_classes or (overlay.get("file") and "label_names" not in overlay)):
-        del cfg["label_names"]  # they name another head's classes
+    if cfg.get("label_names") and (not pretrained or len(cfg["label_names"]) != model.num_classes
+                                   or (overlay.get("file") and "label_names" not in overlay)):
+        del cfg["label_names"]  # they name the classes of a head this model does not have
     model.pretrained_cfg = model.default_cfg = cfg
     return model
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,7 @@ class TrainConfig:
     push_to_hub: bool = _opt(False, "upload the export folder to the Hugging Face Hub at the end")
     hub_model_id: str | None = _opt(None, "Hub repository ORG/NAME for --push-to-hub", type=str)
     hub_private: bool = _opt(False, "create the Hub repository as private")
+    license: str | None = _opt(None, "licence of the exported weights, as a Hub licence id (e.g. apache-2.0, mit, cc-by-4.0, other); default: none stated, since the choice is the data owner's and yours", type=str)
 
     def model_create_kwargs(self) -> dict:
         """kwargs for ``timm.create_model`` beyond the model name and class count."""
@@ -123,7 +125,7 @@ DIGITS_PRESET = dict(
 #: or the model. Every other option must match the run's config.yaml.
 CHANGEABLE_ON_RESUME = (
     "output_dir", "resume", "workers", "mixed_precision", "max_nonfinite", "checkpoint_every", "keep_checkpoints",
-    "eval_every", "log_every", "image_every", "report_to", "push_to_hub", "hub_model_id", "hub_private",
+    "eval_every", "log_every", "image_every", "report_to", "push_to_hub", "hub_model_id", "hub_private", "license",
     "compile",  # issue 11's torch.compile switch, where present
 )
 
@@ -272,6 +274,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     for key in config.model_kwargs:
         if key in TRAINER_OWNED_KWARGS:
             _fail(f"--model-kwargs {key}: not a model option here: {TRAINER_OWNED_KWARGS[key]}")
+    if config.license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", config.license):
+        _fail(f"--license must be a Hub licence id such as apache-2.0, mit or other, got {config.license!r}")
     if config.push_to_hub and (not config.hub_model_id or config.hub_model_id.count("/") != 1):
         _fail(f"--push-to-hub needs --hub-model-id ORG/NAME, got {config.hub_model_id!r}")
     if config.model.startswith(("local-dir:", "hf-hub:")):
