@@ -188,7 +188,7 @@ def test_bad_dataset_input_gives_clear_errors(tmp_path):
     broken = datasets.Dataset.from_dict({"image": [{"bytes": b"garbage", "path": None}] * 8, "label": [0, 1] * 4},
                                         features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
     broken.save_to_disk(str(tmp_path / "broken"))
-    with pytest.raises(ValueError, match=r"dataset '.*broken', item \d+: cannot read the image in column 'image'"):
+    with pytest.raises(ValueError, match=r"dataset '.*broken', split '.*', item \d+: cannot read the image in column 'image'"):
         train(tmp_path / "r4", "--dataset", str(tmp_path / "broken"), "--batch-size", "2")
 
 

@@ -41,6 +41,7 @@ class TrainConfig:
     max_val_samples: int | None = _opt(None, "use only a random (seeded) subset of N >= 1 validation items", type=int)
     workers: int = _opt(2, "data-loading worker processes per training process")
     hflip: float = _opt(0.5, "probability of a horizontal flip in training (the paper's only augmentation besides random-resized-crop scale 0.5-1)")
+    skip_bad_images: int | None = _opt(None, "read every image before training and skip up to N unreadable ones (each logged, counted in metrics.json; a training image's place goes to the next readable one); default: an unreadable validation image stops the run before training, a training image when it is reached", type=int)
     eval_crop_pct: float | None = _opt(None, "centre-crop fraction for validation (default: the model's, 0.9)", type=float)
     # model
     model: str = _opt("gvit_tiny", "timm model name (gvit_tiny, gvit_small, gvit_base)")
@@ -127,6 +128,7 @@ CHANGEABLE_ON_RESUME = (
     "output_dir", "resume", "workers", "mixed_precision", "max_nonfinite", "checkpoint_every", "keep_checkpoints",
     "eval_every", "log_every", "image_every", "report_to", "push_to_hub", "hub_model_id", "hub_private", "license",
     "compile",  # issue 11's torch.compile switch, where present
+    "skip_bad_images",  # the way past an unreadable image that stops every resume
 )
 
 
@@ -257,6 +259,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         check(name, getattr(config, name) >= 1, ">= 1")
     for name in ("max_train_samples", "max_val_samples", "img_size", "patch_size", "num_gaussians"):
         check(name, getattr(config, name) is None or getattr(config, name) >= 1, ">= 1 (or left out)")
+    check("skip_bad_images", config.skip_bad_images is None or config.skip_bad_images >= 0, ">= 0 (or left out)")
     for name in ("workers", "keep_checkpoints", "seed", "recon_epochs", "dssim_from", "classifier_epochs", "joint_epochs",
                  "guidance_epochs", "gamma", "lambda_perc", "cls_into_encoder", "min_lr", "warmup_epochs", "weight_decay"):
         check(name, getattr(config, name) >= 0, ">= 0")

@@ -2,9 +2,10 @@
 
 A dataset is a Hub id, a local imagefolder directory (one sub-folder per class), a folder
 written by ``save_to_disk``, or, by default, scikit-learn's 8x8 digits (1,797 real scans of
-handwritten digits, shipped inside scikit-learn) turned into RGB images. Items are checked as
-they are read: an unreadable image or a label out of range raises a ``ValueError`` that names
-the dataset and the item.
+handwritten digits, shipped inside scikit-learn) turned into RGB images. The labels of both
+splits are checked when they load (:func:`check_labels`), every validation image before training
+(:func:`check_images`; every training image too with ``--skip-bad-images``), and each item as it
+is read: an unreadable image raises a ``ValueError`` that names the dataset, the split and the file.
 
 The training augmentation of an item is a function of (seed, epoch, item) alone, so that a run
 resumed in the middle of an epoch, or run with another number of loader workers, sees the same
@@ -13,6 +14,7 @@ crops and flips.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import random
 import sys
@@ -36,6 +38,7 @@ class DataInfo:
     class_names: list[str]
     train_size: int
     val_size: int
+    splits: tuple[str, str] = ("train", "validation")  # the names errors give the training and validation data
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -71,14 +74,23 @@ def seeded_rng(seed: int):
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
-    """(transformed image, label) pairs from a ``datasets.Dataset``, validated item by item.
+    """(transformed image, label) pairs from a ``datasets.Dataset``, validated item by item; an
+    unreadable image's error names the split and the file.
 
     With ``seed``, item ``i`` of epoch ``e`` (:meth:`set_epoch`) is transformed with the random
     generators seeded from ``(seed, e, i)``.
     """
 
-    def __init__(self, data, name: str, image_column: str, label_column: str, num_classes: int, transform=None, seed: int | None = None):
-        self.data, self.name = data, name
+    def __init__(self, data, name: str, image_column: str, label_column: str, num_classes: int, transform=None, seed: int | None = None,
+                 split: str | None = None):
+        import datasets
+
+        self.decoder = getattr(data, "features", {}).get(image_column)
+        if isinstance(self.decoder, datasets.Image) and self.decoder.decode:  # decoded here, where the file's path is known
+            data = data.cast_column(image_column, datasets.Image(decode=False))
+        else:
+            self.decoder = None
+        self.data, self.name, self.split = data, name, split
         self.image_column, self.label_column = image_column, label_column
         self.num_classes, self.transform = num_classes, transform
         self.seed, self.epoch = seed, 0
@@ -89,22 +101,98 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int):
-        where = f"dataset '{self.name}', item {index}"
+    def read(self, index: int) -> tuple[Image.Image, int]:
+        """Item ``index`` as (RGB image, label), untransformed; a ``ValueError`` naming it if unreadable."""
+        where = f"dataset '{self.name}'{f', split {self.split!r}' if self.split else ''}, item {index}"
         try:
             item = self.data[index]
-            image = to_rgb(_to_pil(item[self.image_column]))
+            value = item[self.image_column]
+            if isinstance(value, dict) and value.get("path"):
+                where += f" ({value['path']})"
+            image = to_rgb(self.decoder.decode_example(value) if self.decoder else _to_pil(value))
         except Exception as exc:
             raise ValueError(f"{where}: cannot read the image in column '{self.image_column}': {exc}") from exc
         label = item[self.label_column]
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes:
             raise ValueError(f"{where}: label {label!r} in column '{self.label_column}' is not an integer in 0..{self.num_classes - 1}")
+        return image, int(label)
+
+    def problem(self, index: int) -> str | None:
+        """Why item ``index`` cannot be read, or None."""
+        try:
+            self.read(index)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def skip(self, bad: set[int], replace: bool) -> None:
+        """Leave out the items ``bad``; with ``replace``, each one's place goes to the next readable
+        item instead, so that the dataset keeps its length (and a run its schedule)."""
+        good = [i for i in range(len(self.data)) if i not in bad]
+        if not good:
+            raise ValueError(f"dataset '{self.name}', split {self.split!r}: no readable image")
+        if bad:
+            self.data = self.data.select([good[bisect.bisect(good, i) % len(good)] if i in bad else i for i in range(len(self.data))]
+                                         if replace else good)
+
+    def __getitem__(self, index: int):
+        try:
+            image, label = self.read(index)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (the trainer's --skip-bad-images N checks every image before training and skips up "
+                             "to N unreadable ones)") from exc
         if self.transform is None:
             return image, int(label)
         if self.seed is None:
             return self.transform(image), int(label)
         with seeded_rng(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])):
             return self.transform(image), int(label)
+
+
+class _Problems(torch.utils.data.Dataset):
+    def __init__(self, dataset: ImageClassificationDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, str | None]:
+        return index, self.dataset.problem(index)
+
+
+def find_unreadable(dataset: ImageClassificationDataset, workers: int = 0) -> dict[int, str]:
+    """Read every item of ``dataset`` (with ``workers`` loader processes): ``{index: why}`` of those that fail."""
+    loader = torch.utils.data.DataLoader(_Problems(dataset), batch_size=64, num_workers=workers, collate_fn=list)
+    return {index: why for batch in loader for index, why in batch if why}
+
+
+def check_images(train: ImageClassificationDataset, val: ImageClassificationDataset, limit: int | None, workers: int = 0,
+                 log=print) -> dict[str, int]:
+    """Read every validation image before training, and with ``limit`` (``--skip-bad-images``)
+    every training image too; returns the number skipped per checked split.
+
+    Without ``limit`` an unreadable validation image is a ``ValueError``. With it, up to ``limit``
+    unreadable images are skipped, each logged: a training item gives its place to the next
+    readable one (the schedule keeps its length), a validation item is left out. More are a
+    ``ValueError`` that lists them.
+    """
+    found = {val.split: find_unreadable(val, workers)}
+    if limit is not None:
+        found[train.split] = find_unreadable(train, workers)
+    total = sum(len(problems) for problems in found.values())
+    listed = "; ".join(why for problems in found.values() for why in list(problems.values())[:3])
+    if total and limit is None:
+        raise ValueError(f"{total} unreadable validation image(s), found before training: {listed}. Fix or remove them, "
+                         "or skip up to N unreadable images with --skip-bad-images N")
+    if total > (limit or 0):
+        raise ValueError(f"{total} unreadable images, more than --skip-bad-images {limit} allows: {listed}")
+    for problems in found.values():
+        for why in problems.values():
+            log(f"skipping an unreadable image: {why}")
+    if limit is not None:
+        train.skip(set(found[train.split]), replace=True)
+    val.skip(set(found[val.split]), replace=False)
+    return {split: len(problems) for split, problems in found.items()}
 
 
 def _to_pil(value) -> Image.Image:
@@ -190,7 +278,7 @@ def load_splits(config) -> tuple[object, object, DataInfo]:
     if len(class_names) < 2:
         raise ValueError(f"dataset '{name}' has {len(class_names)} class ({class_names}) in column '{config.label_column}': "
                          "a classifier needs at least two")
-    return train, val, DataInfo(name, len(class_names), class_names, len(train), len(val))
+    return train, val, DataInfo(name, len(class_names), class_names, len(train), len(val), (config.train_split, val_desc))
 
 
 def check_labels(name: str, column: str, feature, labels: dict[str, list]) -> list[str]:
