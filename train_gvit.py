@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 import timm_gvit  # noqa: F401  (registers the models)
 from hub import PushError, export_model, push_folder
 from timm_gvit.fitting import psnr
-from timm_gvit.training.checkpoints import (RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
+from timm_gvit.training.checkpoints import (DiskFull, RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
                                             pause_point, recover_checkpoints, resolve_resume, save_checkpoint, write_atomically)
 from timm_gvit.training.config import TrainConfig, parse_config, save_config
 from timm_gvit.training.data import ImageClassificationDataset, check_images, load_splits, training_transform
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with lock_run_dir(config.output_dir, owner=PartialState().is_main_process):
             return train(config)
-    except RunInUse as exc:
+    except (RunInUse, DiskFull) as exc:
         raise SystemExit(f"train_gvit.py: error: {exc}") from None
 
 

@@ -374,3 +374,44 @@ def test_skip_bad_images_logs_counts_and_limits_the_skipped_files(tmp_path, caps
     assert (info["train_size"], info["val_size"]) == (25, 9)  # the training split keeps its length: the schedule does not change
     # the way past a bad image for a run that stopped at one: the option may be added on resume
     assert parse_config(["--output-dir", str(run), "--resume", "latest", "--skip-bad-images", "3"]).skip_bad_images == 3
+
+
+# ------------------------------------------------------------------ 7. a full disk during a checkpoint
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mounted at tmp_path/disk, resized by calling the fixture's value with a size in MB."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs to fill a disk here: {mounted.stderr.strip()}")
+
+    def resize(megabytes: int) -> Path:
+        subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(disk)], check=True)
+        return disk
+
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_says_what_a_checkpoint_needs_and_the_run_resumes_once_space_is_freed(small_disk):
+    run = small_disk(16) / "run"  # a checkpoint of TINY's model with all of its optimiser state takes 10.1 MB: two do not fit
+    with pytest.raises(SystemExit, match=r"train_gvit.py: error: no space left on the disk of .* for checkpoint step-\d+: one "
+                                         r"checkpoint of this run takes about 10\.\d MB, and with --keep-checkpoints 1 the run folder "
+                                         r"holds up to 2 while the next is written .* continue with --resume latest \(from (step-\d+)\)") as info:
+        train_gvit.main([*TINY, "--output-dir", str(run), "--keep-checkpoints", "1"])
+    complete = re.search(r"from (step-\d+)", str(info.value)).group(1)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [complete]  # the half-written one is gone
+    with pytest.raises(SystemExit, match="holds a run already: continue it with --resume latest"):
+        train_gvit.main([*TINY, "--output-dir", str(run)])
+    small_disk(40)  # space freed
+    assert train_gvit.main(["--output-dir", str(run), "--resume", "latest"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["total_steps"] == 16
+
+
+def test_checkpoints_that_keep_checkpoints_prunes_go_before_the_next_is_written(small_disk):
+    run = small_disk(26) / "run"  # two checkpoints and the export fit, three checkpoints do not
+    assert train_gvit.main([*TINY, "--output-dir", str(run), "--keep-checkpoints", "2"]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000015", "step-00000016"]

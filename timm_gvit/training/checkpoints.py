@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -46,6 +47,10 @@ LOCK_FILE = ".trainer.lock"
 
 class RunInUse(RuntimeError):
     """Another trainer holds the run folder; the message names it."""
+
+
+class DiskFull(OSError):
+    """A checkpoint did not fit on its disk; the message says how much space one needs."""
 
 
 @contextlib.contextmanager
@@ -281,24 +286,45 @@ def save_checkpoint(accelerator, run_dir: str | Path, state: dict, keep: int, *,
     tmp = root / f".tmp-{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+        if keep > 0:  # those the save would prune go first: the disk holds max(keep, 2) checkpoints, one of them complete
+            others = [p for p in list_checkpoints(run_dir) if p.name.removeprefix(".tmp-") != final.name]
+            for old in others[: len(others) - max(keep - 2 if final.exists() else keep - 1, 0 if final.exists() else 1)]:
+                _discard(old)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    write_atomically(tmp / f"rng-{accelerator.process_index}.json", json.dumps(rng_state()))
-    accelerator.wait_for_everyone()
+    weights = {k: v.contiguous() for k, v in objective.state_dict().items()}
+    ema_weights = {k: v.contiguous() for k, v in ema.state_dict().items()} if ema is not None else None
+    tensors, optimizer_rest = _split_optimizer_state(optimizer)
+    try:
+        write_atomically(tmp / f"rng-{accelerator.process_index}.json", json.dumps(rng_state()))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_file(weights, str(tmp / "model.safetensors"))
+            if ema_weights is not None:
+                save_file(ema_weights, str(tmp / "ema.safetensors"))
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            files = {}
+            for path in sorted(tmp.iterdir()):
+                _fsync(path)
+                files[path.name] = path.stat().st_size
+            full = {**state, "optimizer": optimizer_rest, "scheduler": scheduler.state_dict(),
+                    "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                    "accelerator_step": accelerator.step, "num_processes": accelerator.num_processes, "files": files}
+            write_atomically(tmp / STATE_FILE, json.dumps(full, indent=1))  # last: the checkpoint is complete
+    except (OSError, SafetensorError) as exc:  # safetensors' errors carry no errno: a full disk is known by its free space
+        shutil.rmtree(tmp, ignore_errors=True)
+        needed = sum(t.numel() * t.element_size() for part in (weights, ema_weights or {}, tensors) for t in part.values())
+        full_disk = exc.errno in (errno.ENOSPC, errno.EDQUOT) if isinstance(exc, OSError) else shutil.disk_usage(root).free < needed
+        if not full_disk:
+            raise
+        found = list_checkpoints(run_dir)
+        raise DiskFull(
+            f"no space left on the disk of {root} for checkpoint {final.name}: one checkpoint of this run takes about "
+            f"{needed / 1e6:.1f} MB, and with --keep-checkpoints {keep} the run folder holds "
+            f"{'every one' if keep == 0 else f'up to {max(keep, 2)}'} while the next is written "
+            f"({shutil.disk_usage(root).free / 1e6:.1f} MB are free now). Free space, then continue with --resume latest"
+            + (f" (from {found[-1].name})" if found else "; no checkpoint is complete yet, so start the run again")) from exc
     if accelerator.is_main_process:
-        save_file({k: v.contiguous() for k, v in objective.state_dict().items()}, str(tmp / "model.safetensors"))
-        if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-        tensors, optimizer_rest = _split_optimizer_state(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        files = {}
-        for path in sorted(tmp.iterdir()):
-            _fsync(path)
-            files[path.name] = path.stat().st_size
-        full = {**state, "optimizer": optimizer_rest, "scheduler": scheduler.state_dict(),
-                "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "accelerator_step": accelerator.step, "num_processes": accelerator.num_processes, "files": files}
-        write_atomically(tmp / STATE_FILE, json.dumps(full, indent=1))  # last: the checkpoint is complete
         if final.exists():  # the end-of-epoch save of a step that --checkpoint-every saved
             trash = final.with_name(f".trash-{final.name}")
             shutil.rmtree(trash, ignore_errors=True)
