@@ -26,7 +26,6 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from timm.data import create_transform, resolve_model_data_config
-from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
@@ -40,17 +39,20 @@ from timm_gvit.training.checkpoints import (DiskFull, RunInUse, list_checkpoints
 from timm_gvit.training.config import TrainConfig, parse_config, save_config
 from timm_gvit.training.data import ImageClassificationDataset, check_images, load_splits, training_transform
 from timm_gvit.training.guidance import guidance_step
+from timm_gvit.training.monitor import StepMonitor
 from timm_gvit.training.objective import GViTObjective
+from timm_gvit.training.optim import create_adamw, step_if_finite
 from timm_gvit.training.schedule import PHASES, Schedule
 from timm_gvit.visualize import save_reconstruction_grid
 
 
 @torch.no_grad()
 def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
-    """Top-1/top-5 (%) and reconstruction PSNR (dB) over a validation loader."""
+    """Top-1/top-5 (%) and reconstruction PSNR (dB) over a validation loader; the counts stay on
+    the device until the end."""
     was_training = model.training
     model.eval()
-    correct1 = correct5 = psnr_sum = count = 0.0
+    correct1 = correct5 = psnr_sum = count = 0
     for images, labels in loader:
         with accelerator.autocast():
             gaussians = model.encode(images)
@@ -60,10 +62,10 @@ def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
         hits = top5 == labels[:, None]
         quality = psnr(rendered, (images * std + mean).clamp(0, 1))
         hit1, hit5, quality = accelerator.gather_for_metrics((hits[:, 0], hits.any(1), quality))
-        correct1, correct5 = correct1 + hit1.sum().item(), correct5 + hit5.sum().item()
-        psnr_sum, count = psnr_sum + quality.sum().item(), count + hit1.numel()
+        correct1, correct5 = correct1 + hit1.sum(), correct5 + hit5.sum()
+        psnr_sum, count = psnr_sum + quality.double().sum(), count + hit1.numel()
     model.train(was_training)
-    return {"top1": 100 * correct1 / count, "top5": 100 * correct5 / count, "psnr": psnr_sum / count}
+    return {"top1": 100 * float(correct1) / count, "top5": 100 * float(correct5) / count, "psnr": float(psnr_sum) / count}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +95,8 @@ def train(config: TrainConfig) -> int:
         gradient_accumulation_steps=config.grad_accum_steps,
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # pinned batches copied without blocking the host (the loaders pin where there is a GPU)
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
         # phases leave the encoder or the classifier without gradients
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -108,8 +111,6 @@ def train(config: TrainConfig) -> int:
     if config.init_encoder_from and not config.resume:
         count = load_encoder_weights(model, config.init_encoder_from)
         accelerator.print(f"encoder initialised from {config.init_encoder_from} ({count} tensors)")
-    if config.compile:
-        model.compile_networks()
     data_config = resolve_model_data_config(model)
     train_transform = training_transform(data_config, config.hflip)
     val_transform = create_transform(**{**data_config, "crop_pct": config.eval_crop_pct or data_config["crop_pct"]})
@@ -123,10 +124,11 @@ def train(config: TrainConfig) -> int:
     val_dataset = dataset(val_data, val_transform, info.splits[1])
     skipped_images = check_images(train_dataset, val_dataset, config.skip_bad_images, config.workers, accelerator.print)
     info.val_size = len(val_dataset)
+    pin = torch.cuda.is_available()
     train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
-                              generator=torch.Generator().manual_seed(config.seed))
+                              pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
     val_loader = DataLoader(val_dataset, batch_size=config.batch_size, num_workers=config.workers,
-                            generator=torch.Generator().manual_seed(config.seed))
+                            pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
     if len(train_loader) < config.grad_accum_steps:
         raise ValueError(f"dataset '{info.name}' has {info.train_size} training images: too few for one step of "
                          f"{config.batch_size} x {config.grad_accum_steps} per process")
@@ -135,7 +137,9 @@ def train(config: TrainConfig) -> int:
     global_batch = config.batch_size * accelerator.num_processes * config.grad_accum_steps
     lr = config.base_lr * global_batch / 256
     objective = GViTObjective(model, config.pixel_loss, config.lambda_perc, config.cls_into_encoder, config.label_smoothing)
-    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=config.weight_decay, betas=config.betas)
+    if config.compile:  # the encoder, decode, classifier and losses; the rasteriser stays eager
+        objective.compile_regions()
+    optimizer = create_adamw(model, lr, config.weight_decay, config.betas)
     objective, optimizer, train_loader, val_loader = accelerator.prepare(objective, optimizer, train_loader, val_loader)
     model = accelerator.unwrap_model(objective).model  # the plain GViT, for eval, guidance and export
     steps_per_epoch = len(train_loader) // config.grad_accum_steps
@@ -188,7 +192,8 @@ def train(config: TrainConfig) -> int:
     )
 
     # ---------------------------------------------------------------- training
-    phase = None
+    monitor = StepMonitor(state, config.max_nonfinite)
+    phase, step_finite, guided = None, None, {}
     for epoch in range(state["epoch"], schedule.epochs(steps_per_epoch)):
         train_loader.set_epoch(epoch)
         train_dataset.set_epoch(epoch)
@@ -197,7 +202,6 @@ def train(config: TrainConfig) -> int:
         bar = tqdm(total=len(train_loader), initial=skip, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
         objective.train()
         seen, started = 0, time.perf_counter()
-        sums, counts = state["sums"], state["counts"]  # of the losses of this epoch's finite batches
         for batch_index, (images, labels) in enumerate(loader, start=skip):
             if state["step"] >= schedule.total_steps:
                 break
@@ -208,64 +212,63 @@ def train(config: TrainConfig) -> int:
                 accelerator.print(f"step {step}: phase '{phase}'")
                 accelerator.log({"phase": PHASES.index(phase)}, step=step)
             targets = (images * std + mean).clamp(0, 1)
+            # nothing in a step waits for the device: a non-finite loss skips the optimiser step on the
+            # device (step_if_finite), and the monitor's counts are read at the logging interval
             with accelerator.accumulate(objective):
                 with accelerator.autocast():
                     loss, parts = objective(images, targets, labels, phase, schedule.dssim_on(step))
                 finite = accelerator.gather(torch.isfinite(loss.detach())[None]).all()
-                if finite:
-                    accelerator.backward(loss)
-                    if config.clip_grad is not None and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(objective.parameters(), config.clip_grad)
-                    optimizer.step()
+                step_finite = finite if step_finite is None else step_finite & finite  # over the accumulated batches
+                accelerator.backward(loss)
+                if config.clip_grad is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(objective.parameters(), config.clip_grad)
+                step_if_finite(optimizer, step_finite)  # a no-op until the last micro-batch
                 optimizer.zero_grad(set_to_none=True)
-            if not finite:
-                state["skipped_steps"] += 1
-                state["nonfinite_in_a_row"] += 1
-                accelerator.print(f"step {step}: non-finite loss, step skipped ({state['nonfinite_in_a_row']} in a row)")
-                if state["nonfinite_in_a_row"] >= config.max_nonfinite:
-                    raise RuntimeError(f"{state['nonfinite_in_a_row']} non-finite losses in a row (last at step {step}, phase '{phase}'); "
-                                       "lower the learning rate or gamma, or resume from an earlier checkpoint")
-                continue
-            state["nonfinite_in_a_row"] = 0
+            monitor.step(parts, finite)
             seen += images.shape[0] * accelerator.num_processes
-            for key, value in parts.items():
-                sums[key], counts[key] = sums.get(key, 0.0) + value.item(), counts.get(key, 0) + 1
             if not accelerator.sync_gradients:
                 continue
+            step_finite = None
             state["step"] = step = step + 1
             scheduler.step_update(step)
             if ema is not None:
                 ema.update(model, step=step)
             if schedule.guidance_due(step - 1):
-                guided = guidance_step(model, optimizer, images, targets, labels, gamma=config.gamma, pixel_loss=config.pixel_loss,
-                                       lambda_perc=config.lambda_perc, with_dssim=schedule.dssim_on(step - 1), accelerator=accelerator)
-                state["guidance_steps" if guided else "skipped_steps"] += 1
-                accelerator.log(guided, step=step)
-            current_lr = optimizer.param_groups[0]["lr"]
-            rate = seen / (time.perf_counter() - started)
+                guided = guidance_step(model, optimizer, images, targets, labels, gamma=config.gamma, label_smoothing=config.label_smoothing,
+                                       accelerator=accelerator, encode=objective.encode, classify=objective.classification,
+                                       reconstruction=lambda r, t: objective.reconstruction(r, t, schedule.dssim_on(step - 1)))
+                monitor.guidance(guided.pop("guidance/finite"))
             bar.update(config.grad_accum_steps)
-            bar.set_postfix(phase=phase, loss=f"{loss.item():.4f}", lr=f"{current_lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
             if step % config.log_every == 0:
+                monitor.flush(step, phase, accelerator.print)
+                current_lr, rate = optimizer.param_groups[0]["lr"], seen / (time.perf_counter() - started)
+                bar.set_postfix(phase=phase, loss=f"{loss.item():.4f}", lr=f"{current_lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
                 accelerator.log({**{k: v.item() for k, v in parts.items()}, "lr": current_lr, "images_per_s": rate,
-                                 "guidance_steps": state["guidance_steps"]}, step=step)
+                                 "guidance_steps": state["guidance_steps"],
+                                 **{k: v.item() for k, v in guided.items()}}, step=step)
+                guided = {}  # the last guidance step's losses, logged once
             if step % config.image_every == 0 and accelerator.is_main_process:
                 with torch.no_grad():
                     gaussians = model.encode(images[:4])
                     save_reconstruction_grid(targets[:4], model.render(gaussians, tuple(images.shape[-2:])), gaussians,
                                              run_dir / "figures" / f"step-{step:08d}.png")
             if step % config.checkpoint_every == 0:
+                monitor.flush(step, phase, accelerator.print)
                 save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints, **training_state)
+        monitor.flush(state["step"], phase, accelerator.print)
+        sums, counts = state["sums"], state["counts"]  # of the losses of this epoch's finite batches
         bar.close()
         last_epoch = state["step"] >= schedule.total_steps
         epoch_record = {"epoch": epoch, "step": state["step"], "phase": schedule.phase(max(state["step"] - 1, 0)),
-                        **{k if k.startswith("train") else f"train_{k}": sums[k] / counts[k] for k in sums}}
+                        **{k if k.startswith("train") else f"train_{k}": sums[k] / counts[k] for k in sums if counts[k]}}
         if last_epoch or (epoch + 1) % config.eval_every == 0:
             results = evaluate(ema.module if ema is not None else model, val_loader, accelerator, mean, std)
             epoch_record.update(results)
             accelerator.print(f"epoch {epoch}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, PSNR {results['psnr']:.2f} dB")
             accelerator.log({f"val/{k}": v for k, v in results.items()}, step=state["step"])
         state["history"].append(epoch_record)
-        state.update(epoch=epoch + 1, batch_in_epoch=0, sums={}, counts={})
+        state.update(epoch=epoch + 1, batch_in_epoch=0)
+        monitor.reset_epoch()
         save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints, **training_state)  # holds the history too
         pause_point("before-metrics")
         write_metrics()

@@ -13,11 +13,19 @@ the next one still runs; the exit status is 0 when every step passed):
    where it exists) from an earlier run on the same kind of machine, load that build instead.
 3. ``pytest``: ``tests/test_gsplat.py``.
 4. ``render``: the gsplat rows of ``benchmarks/render.py`` (speed against gsplat-direct,
-   accuracy against the CPU kernel at k = 16, 64, 256, 1024).
-5. ``train_step``: ``benchmarks/train_step.py``, gvit_small at 224 px, k = 256, bf16, batch 256:
-   images/s, peak GPU memory and the share of the step spent rendering, per phase.
-6. ``train_gvit``: a short bf16 ``train_gvit.py`` run of gvit_small at 224 px, k = 256 on a
-   generated imagefolder: that the trainer runs end to end on the GPU, and its own images/s.
+   accuracy against the CPU kernel at k = 16, 64, 256, 1024); ``render_batch``: the same speed
+   comparison at the training batch (256, k = 256, 224 px).
+5. ``train_step``: ``benchmarks/train_step.py``, gvit_small at 224 px, k = 256, bf16, batch 256,
+   eager and compiled, beside timm's vit_small_patch16_224 eager and compiled, with a profile:
+   images/s, MFU, peak GPU memory, the share of the step spent rendering, the top kernels and the
+   host-device syncs per step. Its compile caches (``TORCHINDUCTOR_CACHE_DIR``) are saved to OUT as
+   ``inductor-cache.tgz.part-*`` and, given back (``--inductor-cache``, default ``.inductor-cache``
+   where it exists), loaded by the next run, which then skips most of the compiling.
+6. ``train_gvit``: ``benchmarks/loader.py`` (the trainer's loader alone, a worker per core, with
+   the per-image read / decode / transform cost), then a short bf16 ``train_gvit.py --compile`` run
+   of gvit_small at 224 px, k = 256, a worker per core, on a generated imagefolder of ImageNet-sized
+   JPEGs (500 x 375, about 100 KiB): that the trainer runs end to end on the GPU, its own images/s,
+   and whether the loader or the step limits it.
 
 Everything lands in OUT (``$OUT`` on a lent machine, else ``benchmarks/results/device_check``):
 ``device_check.json`` (rewritten after every step, so a cut-off run still leaves one),
@@ -30,8 +38,8 @@ With the device tool (about 8 minutes on an H100 with a fresh build, less with a
 
     benchmarks/fetch_device_wheels.sh                      # once, here: .whl/
     run  command="bash benchmarks/device_check.sh"  carry=[".whl"]  timeout_s=600
-    # to reuse the build: copy the returned gsplat-build.tgz.part-* into .gsplat-build/ and
-    # add ".gsplat-build" to carry
+    # to reuse the build and the compile caches: copy the returned gsplat-build.tgz.part-* into
+    # .gsplat-build/ and inductor-cache.tgz.part-* into .inductor-cache/, and carry both
 """
 
 from __future__ import annotations
@@ -60,18 +68,21 @@ SITE = Path("/tmp/site")  # pip --target, as the device tool's README does
 EXTENSIONS = Path("/tmp/torch_extensions")  # TORCH_EXTENSIONS_DIR: gsplat's and the CPU kernel's builds
 RESTORED = Path("/tmp/gsplat_build")
 BUILD_PARTS = "gsplat-build.tgz.part-"
+INDUCTOR = Path("/tmp/inductor_cache")  # TORCHINDUCTOR_CACHE_DIR
+CACHE_PARTS = "inductor-cache.tgz.part-"
+MAX_CACHE_BYTES = 2 * 15 * 2**20  # two parts at most: the device tool returns 8 files
 PART_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
 SCRIPTS = ("tests/test_gsplat.py", "tests/test_rendering.py", "tests/conftest.py", "benchmarks/render.py",
-           "benchmarks/train_step.py", "train_gvit.py")
+           "benchmarks/train_step.py", "benchmarks/loader.py", "train_gvit.py")
 #: Modules the machine's image provides (the device tool's KINDS.md); carried wheels add the rest.
 IMAGE_MODULES = ("torch", "torchvision", "timm", "accelerate", "huggingface_hub", "safetensors", "numpy", "PIL", "yaml",
                  "tqdm", "sklearn", "packaging", "jaxtyping", "rich", "ninja", "pytest", "pyarrow", "pandas", "xxhash",
                  "filelock")
 #: Seconds each step may take at most (the overall --deadline cuts them shorter).
-BUDGET = {"wheels": 60, "build": 420, "pytest": 240, "render": 150, "train_step": 150, "train_gvit": 240}
+BUDGET = {"wheels": 60, "build": 420, "pytest": 240, "render": 150, "render_batch": 60, "train_step": 330, "train_gvit": 200}
 STEPS = tuple(BUDGET)
 #: The short training run: 50 steps in all, over a generated imagefolder of IMAGES images.
-IMAGES, CLASSES, IMAGE_SIZE = 3200, 10, 256
+IMAGES, CLASSES, IMAGE_SIZE = 3200, 10, (500, 375)
 
 
 def wheel_requirements() -> list[tuple[str, str]]:
@@ -115,15 +126,21 @@ def commands(work: Path, quick: bool) -> dict[str, list[str]]:
                    "--junitxml", str(work / "junit.xml")],
         "render": ["python", "benchmarks/render.py", "--backends", "gsplat", "gsplat-direct", "--ks", *ks, "--sizes", *sizes,
                    "--batch", "8", "--repeats", repeats, "--out", str(work / "render.json")],
+        "render_batch": ["python", "benchmarks/render.py", "--backends", "gsplat", "gsplat-direct", "--ks", "256", "--sizes", "224",
+                         "--scenes", "grid", "--batch", "64" if quick else "256", "--repeats", "2" if quick else "3",
+                         "--out", str(work / "render_batch.json")],
         "train_step": ["python", "benchmarks/train_step.py", "--model", "gvit_small", "--img-size", "224", "--num-gaussians",
                        "256", "--batch", batch, "--steps", steps, "--warmup", warmup, "--precision", "bf16",
-                       "--out", str(work / "train_step.json")],
-        "train_gvit": ["python", "train_gvit.py", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
+                       "--modes", "eager", "compiled", "--vit-baseline", "--profile", "--out", str(work / "train_step.json")],
+        "loader": ["python", "benchmarks/loader.py", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
+                   "--batch", batch, "--workers", str(os.cpu_count() or 1), "--batches", "5" if quick else "10",
+                   "--out", str(work / "loader.json")],
+        "train_gvit": ["python", "train_gvit.py", "--compile", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
                        "--num-gaussians", "256", "--mixed-precision", "bf16", "--phase-unit", "steps",
                        "--recon-epochs", "5" if quick else "20", "--dssim-from", "2" if quick else "10",
                        "--classifier-epochs", "3" if quick else "10", "--joint-epochs", "4" if quick else "20",
                        "--guidance-epochs", "2" if quick else "10", "--guidance-every", "2" if quick else "5",
-                       "--warmup-epochs", "2", "--batch-size", batch, "--workers", str(max(1, min(12, (os.cpu_count() or 2) - 2))),
+                       "--warmup-epochs", "2", "--batch-size", batch, "--workers", str(os.cpu_count() or 1),
                        "--report-to", "none", "--checkpoint-every", "100000", "--image-every", "100000", "--log-every", "10",
                        "--eval-every", "1000", "--max-val-samples", "256", "--output-dir", str(work / "train")],
     }
@@ -151,6 +168,7 @@ def preflight(args, work: Path, installed: bool) -> list[str]:
         cmds = commands(work, quick)
         try:
             render.build_parser().parse_args(cmds["render"][2:])
+            render.build_parser().parse_args(cmds["render_batch"][2:])
             train_step.parse_args(cmds["train_step"][2:])
             parse_config(cmds["train_gvit"][2:])
         except SystemExit as exc:
@@ -172,7 +190,7 @@ class Run:
                        "steps": {}, "targets": []}
         self.env = {**os.environ, "PYTHONPATH": f"{SITE}{os.pathsep}{ROOT}", "PYTHONUNBUFFERED": "1",
                     "TORCH_EXTENSIONS_DIR": str(EXTENSIONS), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                    "HF_HOME": str(work / "hf"), "TOKENIZERS_PARALLELISM": "false"}
+                    "HF_HOME": str(work / "hf"), "TOKENIZERS_PARALLELISM": "false", "TORCHINDUCTOR_CACHE_DIR": str(INDUCTOR)}
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -305,14 +323,44 @@ def save_build(manifest: dict, out: Path) -> list[str]:
         entry = tarfile.TarInfo("gsplat-build.json")
         entry.size = len(blob)
         tar.addfile(entry, io.BytesIO(blob))
-    data = buffer.getvalue()
-    for old in out.glob(BUILD_PARTS + "*"):
+    return write_parts(buffer.getvalue(), out, BUILD_PARTS)
+
+
+def write_parts(data: bytes, out: Path, prefix: str) -> list[str]:
+    """``data`` as ``prefix00``, ``prefix01``, ... files of at most PART_BYTES in ``out``."""
+    for old in out.glob(prefix + "*"):
         old.unlink()
     names = []
     for i in range(0, len(data), PART_BYTES):
-        names.append(f"{BUILD_PARTS}{i // PART_BYTES:02d}")
+        names.append(f"{prefix}{i // PART_BYTES:02d}")
         (out / names[-1]).write_bytes(data[i:i + PART_BYTES])
     return names
+
+
+def save_compile_cache(out: Path) -> str:
+    """TORCHINDUCTOR_CACHE_DIR as ``inductor-cache.tgz.part-*`` in ``out``; what was saved, or why not."""
+    if not INDUCTOR.is_dir():
+        return f"no compile cache at {INDUCTOR}"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(INDUCTOR, arcname="inductor_cache")
+    data = buffer.getvalue()
+    if len(data) > MAX_CACHE_BYTES:
+        return f"not saved: the compile cache is {len(data) / 2**20:.0f} MiB, more than {MAX_CACHE_BYTES / 2**20:.0f}"
+    return f"saved {len(data) / 2**20:.1f} MiB as {', '.join(write_parts(data, out, CACHE_PARTS))}"
+
+
+def restore_compile_cache(parts_dir: Path | None) -> str:
+    """Unpack saved ``inductor-cache.tgz.part-*`` into TORCHINDUCTOR_CACHE_DIR; what happened."""
+    parts = sorted(parts_dir.glob(CACHE_PARTS + "*")) if parts_dir and parts_dir.is_dir() else []
+    if not parts:
+        return f"no {CACHE_PARTS}* in {parts_dir}: compiling from scratch"
+    try:
+        with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:gz") as tar:
+            tar.extractall(INDUCTOR.parent, filter="data")
+    except (tarfile.TarError, OSError, ValueError) as exc:
+        return f"cannot read the saved compile cache ({type(exc).__name__}: {exc}): compiling from scratch"
+    return f"restored the compile cache from {len(parts)} part(s) in {parts_dir}"
 
 
 def build_step(run: Run, info: dict):
@@ -357,19 +405,29 @@ def pytest_summary(junit: Path) -> dict:
     return {**counts, "not_passed": problems}
 
 
-def write_images(folder: Path, count: int, classes: int, size: int) -> None:
-    """An imagefolder of ``count`` smooth random JPEGs (``classes`` sub-folders), seeded."""
+def _write_image(args: tuple[Path, int, int, int, int]) -> None:
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        label = i % classes
-        low = rng.random((6, 6, 3)) * 0.6 + np.array([label / classes, 0.3, 1 - label / classes]) * 0.4
-        image = Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-        path = folder / f"class_{label}" / f"{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, quality=90)
+    folder, i, classes, width, height = args
+    rng = np.random.default_rng(i)
+    label = i % classes
+    low = rng.random((12, 16, 3)) * 0.6 + np.array([label / classes, 0.3, 1 - label / classes]) * 0.4
+    base = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC), dtype=np.float32)
+    pixels = (base + rng.normal(0, 18, base.shape)).clip(0, 255).astype(np.uint8)  # texture: ~100 KiB files, as ImageNet's
+    path = folder / f"class_{label}" / f"{i:05d}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=90)
+
+
+def write_images(folder: Path, count: int, classes: int, size: tuple[int, int]) -> None:
+    """An imagefolder of ``count`` seeded JPEGs the size of ImageNet's (``size`` = (W, H), about
+    100 KiB each, so that decoding costs what real photos cost), in ``classes`` sub-folders,
+    written by a process per core."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_write_image, [(folder, i, classes, *size) for i in range(count)], chunksize=32))
 
 
 def trainer_summary(output: str, run_dir: Path) -> dict:
@@ -382,7 +440,7 @@ def trainer_summary(output: str, run_dir: Path) -> dict:
 
 
 def targets(report: dict) -> list[str]:
-    lines = list(report.get("render", {}).get("targets", [])) + list(report.get("train_step", {}).get("targets", []))
+    lines = [line for key in ("render", "render_batch", "train_step") for line in report.get(key, {}).get("targets", [])]
     tests = report.get("tests") or {}
     if tests:
         ok = tests["failures"] == tests["errors"] == 0 and tests["skipped"] == 0
@@ -402,6 +460,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="carried wheels (default .whl)")
     parser.add_argument("--gsplat-build", type=Path, default=ROOT / ".gsplat-build" if (ROOT / ".gsplat-build").is_dir() else None,
                         help=f"folder of {BUILD_PARTS}* from an earlier run, to load instead of building (default .gsplat-build if present)")
+    parser.add_argument("--inductor-cache", type=Path, default=ROOT / ".inductor-cache" if (ROOT / ".inductor-cache").is_dir() else None,
+                        help=f"folder of {CACHE_PARTS}* from an earlier run, to start compiling from (default .inductor-cache if present)")
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds for the whole run (default 560)")
     return parser.parse_args(argv)
 
@@ -414,8 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  wheels      install {', '.join(f'{n}=={v}' for n, v in wheel_requirements())} from {args.wheels}/ into {SITE}")
     print(f"  build       gsplat's kernels for this GPU ({'reuse ' + str(args.gsplat_build) + ' if it matches, else ' if args.gsplat_build else ''}"
           f"build with TORCH_CUDA_ARCH_LIST=<its capability>, MAX_JOBS=<its cores>), saved as {BUILD_PARTS}*")
-    for name in ("pytest", "render", "train_step", "train_gvit"):
+    for name in ("pytest", "render", "render_batch", "train_step", "loader", "train_gvit"):
         print(f"  {name:<11} {' '.join(plan[name])}")
+    print(f"  cache       compile caches in {INDUCTOR} ({'from ' + str(args.inductor_cache) + ', ' if args.inductor_cache else ''}"
+          f"saved as {CACHE_PARTS}* after train_step)")
     print(f"  report      {args.out / 'device_check.json'} (and device_check.log)")
     if args.dry_run:
         problems = preflight(args, work, installed=False)
@@ -469,13 +531,20 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         write_images(work / "images", IMAGES // (4 if args.quick else 1), CLASSES, IMAGE_SIZE)
         run.say(f"wrote {IMAGES // (4 if args.quick else 1)} images in {time.monotonic() - started:.1f} s")
+        _, loader_output = run.execute("loader", plan["loader"], min(60.0, limit / 4))
+        if (work / "loader.json").is_file():
+            run.report["loader"] = json.loads((work / "loader.json").read_text())
         rc, output = run.execute("train_gvit", plan["train_gvit"], limit - (time.monotonic() - started))
         run.report["train_gvit"] = trainer_summary(output, work / "train")
         return rc, output, {}
 
     passed.append(run.step("pytest", pytest_action))
     passed.append(run.step("render", json_action("render", "render")))
+    passed.append(run.step("render_batch", json_action("render_batch", "render_batch")))
+    run.say(restore_compile_cache(args.inductor_cache))
     passed.append(run.step("train_step", json_action("train_step", "train_step")))
+    run.report["compile_cache"] = save_compile_cache(run.out)
+    run.say(run.report["compile_cache"])
     passed.append(run.step("train_gvit", train_gvit_action))
     run.report["targets"] = targets(run.report)
     run.report["seconds"] = round(time.monotonic() - run.started, 1)

@@ -3,6 +3,7 @@ bookkeeping (the GPU numbers themselves come from a lent GPU machine)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,12 +128,13 @@ def test_gsplat_direct_baseline_renders_our_scene(size):
 
 
 def test_train_step_benchmark_times_the_phases(tmp_path):
-    """A tiny model on the CPU: every phase timed, the render's forward and backward found inside
-    the step, and the classifier phase renders nothing."""
+    """A tiny model on the CPU: every phase timed and its FLOPs counted, the render's forward and
+    backward found inside the step, the classifier phase renders nothing, the ViT-S baseline and
+    the profile come out, and MFU follows from the given peak."""
     out = tmp_path / "train_step.json"
     report = train_step.main(["--model", "gvit_nano", "--img-size", "32", "--num-gaussians", "16", "--num-classes", "5",
                               "--batch", "2", "--steps", "1", "--warmup", "0", "--precision", "fp32", "--device", "cpu",
-                              "--out", str(out)])
+                              "--vit-baseline", "--profile", "--peak-tflops", "0.5", "--out", str(out)])
     assert json.loads(out.read_text())["phases"].keys() == {"reconstruction", "classifier", "joint"}
     for phase in ("reconstruction", "joint"):
         p = report["phases"][phase]
@@ -143,4 +145,27 @@ def test_train_step_benchmark_times_the_phases(tmp_path):
     assert "render_fwd" not in report["phases"]["classifier"]["instrumented_ms"]
     assert report["phases"]["classifier"]["render_share"] == 0
     assert 0 < report["schedule"]["render_share"] < 1
-    assert len(report["targets"]) == 2
+    # the joint phase runs the encoder twice (training and test mode) and the classifier: the most FLOPs
+    flops = {phase: p["flops_per_image"] for phase, p in report["phases"].items()}
+    assert 0 < flops["classifier"] < flops["joint"] and 0 < flops["reconstruction"] < flops["joint"]
+    p = report["phases"]["joint"]
+    assert p["mfu"] == pytest.approx(p["flops_per_image"] * p["images_per_s"] / 0.5e12)
+    vit = report["vit_small"]["eager"]
+    assert vit["flops_per_image"] > 0 and vit["images_per_s"] > 0 and vit["mfu"] > 0
+    assert len(report["targets"]) == 3 and "ViT-S" in report["targets"][2]
+    assert set(report["profile"]) == {f"eager {phase}" for phase in flops}
+    assert report["profile"]["eager joint"]["top"] and "eager joint" in out.with_suffix(".profile.txt").read_text()
+
+
+def test_compile_cache_round_trip(tmp_path, monkeypatch):
+    """The compile cache goes out as parts and comes back where TORCHINDUCTOR_CACHE_DIR points."""
+    monkeypatch.setattr(device_check, "INDUCTOR", tmp_path / "cache" / "inductor_cache")
+    (device_check.INDUCTOR / "fxgraph").mkdir(parents=True)
+    (device_check.INDUCTOR / "fxgraph" / "entry").write_bytes(b"graph")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert "saved" in device_check.save_compile_cache(out)
+    shutil.rmtree(tmp_path / "cache")
+    assert "restored" in device_check.restore_compile_cache(out)
+    assert (device_check.INDUCTOR / "fxgraph" / "entry").read_bytes() == b"graph"
+    assert "compiling from scratch" in device_check.restore_compile_cache(tmp_path / "nothing")

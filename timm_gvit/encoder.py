@@ -140,7 +140,7 @@ class GaussianEncoder(nn.Module):
     def initial_gaussians(self, batch: int) -> Tensor:
         """Raw g0 ``[batch, k, 9]``: random in training, the stored draw in eval."""
         if self.training:
-            return sample_initial_gaussians(batch, self.num_gaussians, self.scale_bound).to(self.eval_g0)
+            return sample_initial_gaussians(batch, self.num_gaussians, self.scale_bound, device=self.eval_g0.device).to(self.eval_g0.dtype)
         return self.eval_g0.expand([batch, -1, -1])  # a list: torch.fx traces a buffer's expand only so
 
     def _predict(self, patches: Tensor, g0: Optional[Tensor]) -> Tensor:

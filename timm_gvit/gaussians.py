@@ -97,7 +97,8 @@ def hflip_gaussians(gaussians: Tensor) -> Tensor:
 
 @register_notrace_function  # torch.fx keeps it as one call (its batch size is a Proxy while tracing)
 def sample_initial_gaussians(batch: int, num_gaussians: int, scale_bound: float = 1.0,
-                             generator: Optional[torch.Generator] = None) -> Tensor:
+                             generator: Optional[torch.Generator] = None,
+                             device: Optional[torch.device] = None) -> Tensor:
     """Random raw Gaussians ``[batch, k, 9]`` around a grid layout: the denoising encoder's g0.
 
     The noise is in the geometry: Gaussian i sits in grid cell i (jittered by up to half a cell),
@@ -105,14 +106,23 @@ def sample_initial_gaussians(batch: int, num_gaussians: int, scale_bound: float 
     (log-normal spread) and a random rotation. Colour and opacity start near mid-grey and 0.73
     (raw N(0, 0.5) and N(1, 0.5)), for the encoder to read off the image.
 
-    TorchScript-compatible, so that a scripted encoder keeps its training-mode path.
+    Drawn on ``device`` (default: the CPU, or the ``generator``'s device) with no host-to-device
+    copy, so that a training step on a GPU does not wait for the host. TorchScript-compatible, so
+    that a scripted encoder keeps its training-mode path.
     """
-    centres, spacing = grid_layout(num_gaussians)
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    cols = max(1, math.ceil(math.sqrt(num_gaussians)))
+    rows = math.ceil(num_gaussians / cols)
+    index = torch.arange(num_gaussians, device=device)
+    # grid_layout's centres and spacing, made on the device
+    centres = torch.stack([((index % cols) + 0.5) / cols * 2 - 1, ((index // cols) + 0.5) / rows * 2 - 1], dim=-1)
+    spacing = torch.stack([torch.full([], 2.0 / cols, device=device), torch.full([], 2.0 / rows, device=device)])
     # the draws in this order: seeded runs keep their g0
-    xy = centres + (torch.rand([batch, num_gaussians, 2], generator=generator) - 0.5) * spacing
-    sigma = (spacing / 2 * torch.exp(0.3 * torch.randn([batch, num_gaussians, 2], generator=generator))).clamp(max=0.9 * scale_bound)
-    phi = torch.rand([batch, num_gaussians, 1], generator=generator) * math.pi
-    colour = torch.randn([batch, num_gaussians, 4], generator=generator)
+    xy = centres + (torch.rand([batch, num_gaussians, 2], generator=generator, device=device) - 0.5) * spacing
+    sigma = (spacing / 2 * torch.exp(0.3 * torch.randn([batch, num_gaussians, 2], generator=generator, device=device))).clamp(max=0.9 * scale_bound)
+    phi = torch.rand([batch, num_gaussians, 1], generator=generator, device=device) * math.pi
+    colour = torch.randn([batch, num_gaussians, 4], generator=generator, device=device)
     raw = encode_gaussians(torch.cat([xy, sigma, phi, torch.zeros_like(colour)], dim=-1), scale_bound)
-    raw[..., 5:9] = 0.5 * colour + torch.tensor([0.0, 0.0, 0.0, 1.0])
-    return raw
+    opacity_offset = (torch.arange(4, device=device) == 3).to(colour.dtype)  # raw opacity around 1, colour around 0
+    return torch.cat([raw[..., :5], 0.5 * colour + opacity_offset], dim=-1)

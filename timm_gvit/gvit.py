@@ -416,13 +416,9 @@ class GViT(nn.Module):
     def compile_networks(self, **compile_kwargs) -> "GViT":
         """``torch.compile`` the encoder and the classifier in place (``nn.Module.compile``), for
         every path that runs them (forward, encode, classify, forward_train); the renderer, a
-        custom kernel, stays eager. ``compile_kwargs`` go to ``torch.compile``.
-
-        Turns off AOTAutograd's donated buffers (a process-wide setting): they forbid a second
-        backward through one graph, which the trainer's guidance step takes (``retain_graph``).
+        custom kernel, stays eager. ``compile_kwargs`` go to ``torch.compile``. No process-wide
+        setting changes (the trainer compiles its own regions: ``GViTObjective.compile_regions``).
         """
-        if hasattr(torch._functorch.config, "donated_buffer"):
-            torch._functorch.config.donated_buffer = False
         self.encoder.compile(**compile_kwargs)
         self.classifier.compile(**compile_kwargs)
         return self

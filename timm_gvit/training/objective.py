@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,7 +25,12 @@ class GViTObjective(nn.Module):
       had learned in the classifier phase (digits preset: 35% -> 21-28% top-1).
 
     ``images`` are normalised, ``targets`` the same images in [0, 1]; ``parts`` are detached
-    scalars for logging.
+    0-d tensors for logging (nothing here waits for the device).
+
+    The step runs through three functions, :attr:`encode`, :attr:`classification` and
+    :attr:`reconstruction`, which :meth:`compile_regions` replaces with compiled ones: everything
+    but the rasteriser (a custom kernel with its own backward), which stays eager between them.
+    The guidance step takes the same three.
     """
 
     def __init__(self, model: nn.Module, pixel_loss: str = "bce", lambda_perc: float = 0.1,
@@ -32,17 +39,41 @@ class GViTObjective(nn.Module):
         self.model = model
         self.pixel_loss, self.lambda_perc = pixel_loss, lambda_perc
         self.cls_into_encoder, self.label_smoothing = cls_into_encoder, label_smoothing
+        self.encode: Callable[[Tensor], Tensor] = self._encode
+        self.classification: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = self._classification
+        self.reconstruction: Callable[[Tensor, Tensor, bool], Tensor] = self._reconstruction_loss
 
-    def _reconstruction(self, gaussians: Tensor, targets: Tensor, with_dssim: bool) -> Tensor:
-        if not torch.isfinite(gaussians).all():  # diverged weights: a non-finite loss, which the trainer skips
-            return gaussians.sum() * float("nan")
-        rendered = self.model.render(gaussians, tuple(targets.shape[-2:]))
-        return reconstruction_loss(rendered, targets, self.pixel_loss, self.lambda_perc, with_dssim)
+    # ----------------------------------------------------------------- the compiled regions
+    def _encode(self, images: Tensor) -> Tensor:
+        """Normalised images ``[B, C, H, W]`` -> decoded Gaussians ``[B, k, 9]`` (encoder + decode)."""
+        return self.model.encode(images, check_values=False)  # non-finite losses are skipped, not raised
 
     def _classification(self, gaussians: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.model.classify(gaussians, check_values=False)  # non-finite losses are skipped, not raised
+        """Gaussians ``[B, k, 9]``, labels ``[B]`` -> (cross-entropy, accuracy), 0-d float32."""
+        logits = self.model.classify(gaussians, check_values=False)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         return loss, (logits.argmax(1) == labels).float().mean()
+
+    def _reconstruction_loss(self, rendered: Tensor, targets: Tensor, with_dssim: bool) -> Tensor:
+        """Renderings and targets ``[B, 3, H, W]`` in [0, 1] -> L_pix (+ lambda_perc * D-SSIM)."""
+        return reconstruction_loss(rendered, targets, self.pixel_loss, self.lambda_perc, with_dssim)
+
+    def compile_regions(self, **compile_kwargs) -> "GViTObjective":
+        """``torch.compile`` the step's three regions (``compile_kwargs`` go to ``torch.compile``);
+        the rasteriser stays eager. Each region compiles once per mode it runs in (the encoder in
+        training and in eval mode, with and without D-SSIM): a handful of graphs per run."""
+        self.encode = torch.compile(self._encode, **compile_kwargs)
+        self.classification = torch.compile(self._classification, **compile_kwargs)
+        self.reconstruction = torch.compile(self._reconstruction_loss, **compile_kwargs)
+        return self
+
+    # ----------------------------------------------------------------- the step
+    def _rendered_loss(self, gaussians: Tensor, targets: Tensor, with_dssim: bool) -> Tensor:
+        if gaussians.device.type == "cpu" and not torch.isfinite(gaussians).all():
+            # diverged weights: a non-finite loss, which the trainer skips (the CPU renderer refuses
+            # them; on a GPU the renderer returns NaN images and nothing waits for the device)
+            return gaussians.sum() * float("nan")
+        return self.reconstruction(self.model.render(gaussians, tuple(targets.shape[-2:])), targets, with_dssim)
 
     def _test_time_gaussians(self, images: Tensor) -> Tensor:
         """The encoder's Gaussians as at test time (eval mode: fixed g0), without gradients."""
@@ -50,23 +81,23 @@ class GViTObjective(nn.Module):
         was_training = encoder.training
         encoder.eval()
         with torch.no_grad():
-            gaussians = self.model.encode(images)
+            gaussians = self.encode(images)
         encoder.train(was_training)
         return gaussians
 
     def forward(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool):
         if phase == "reconstruction":
-            rec = self._reconstruction(self.model.encode(images), targets, with_dssim)
+            rec = self._rendered_loss(self.encode(images), targets, with_dssim)
             return rec, {"rec_loss": rec.detach()}
         if phase == "classifier":
-            ce, acc = self._classification(self._test_time_gaussians(images), labels)
+            ce, acc = self.classification(self._test_time_gaussians(images), labels)
             return ce, {"ce_loss": ce.detach(), "train_acc": acc}
-        gaussians = self.model.encode(images)
+        gaussians = self.encode(images)
         w = self.cls_into_encoder
         if w == 0:
             to_classifier = self._test_time_gaussians(images)
         else:
             to_classifier = gaussians.detach() + w * (gaussians - gaussians.detach())
-        ce, acc = self._classification(to_classifier, labels)
-        rec = self._reconstruction(gaussians, targets, with_dssim)
+        ce, acc = self.classification(to_classifier, labels)
+        rec = self._rendered_loss(gaussians, targets, with_dssim)
         return rec + ce, {"rec_loss": rec.detach(), "ce_loss": ce.detach(), "train_acc": acc}
