@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     mean = torch.tensor(config["mean"])[:, None, None]
     std = torch.tensor(config["std"])[:, None, None]
     result = explain(model, images, None if args.target is None else torch.tensor([args.target]))
-    names = model.pretrained_cfg.get("label_names") or [str(i) for i in range(model.num_classes)]  # the model's own, or none
+    names = model.pretrained_cfg.get("label_names") or [str(i) for i in range(model.num_classes)]
     top = result["probs"][0].topk(min(5, model.num_classes))
     print("top classes:", ", ".join(f"{names[i]} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist())))
     class_name = names[int(result["target"][0])]
