@@ -415,3 +415,18 @@ def test_checkpoints_that_keep_checkpoints_prunes_go_before_the_next_is_written(
     run = small_disk(26) / "run"  # two checkpoints and the export fit, three checkpoints do not
     assert train_gvit.main([*TINY, "--output-dir", str(run), "--keep-checkpoints", "2"]) == 0
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000015", "step-00000016"]
+
+
+def test_a_run_stopped_by_an_unreadable_image_goes_on_with_skip_bad_images(tmp_path):
+    data = shapes_with_broken_files(tmp_path / "shapes", ())
+    run = tmp_path / "run"
+    args = [*TINY, "--dataset", str(data), "--output-dir", str(run), "--batch-size", "8", "--workers", "0"]
+    stopped = start_paused("before-metrics", *args)  # killed after epoch 0's checkpoint
+    stopped.kill()
+    stopped.wait()
+    (data / "train" / "bar" / "0.png").write_bytes(b"a file that went bad since")
+    for _ in range(2):  # before --skip-bad-images, every resume died at the same item
+        with pytest.raises(ValueError, match=r"split 'train', item \d+ \(.*train/bar/0\.png\): cannot read the image"):
+            train_gvit.main(["--output-dir", str(run), "--resume", "latest"])
+    assert train_gvit.main(["--output-dir", str(run), "--resume", "latest", "--skip-bad-images", "1"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["skipped_images"] == {"validation": 0, "train": 1}
