@@ -38,7 +38,7 @@ class DataInfo:
     class_names: list[str]
     train_size: int
     val_size: int
-    splits: tuple[str, str] = ("train", "validation")  # the names errors give the training and validation data
+    splits: tuple[str, str]  # the names errors give the training and validation data
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
