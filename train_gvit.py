@@ -23,7 +23,7 @@ from pathlib import Path
 
 import timm
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from timm.data import create_transform, resolve_model_data_config
 from timm.scheduler import CosineLRScheduler
@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 import timm_gvit  # noqa: F401  (registers the models)
 from hub import PushError, export_model, push_folder
 from timm_gvit.fitting import psnr
-from timm_gvit.training.checkpoints import (checkpoint_root, load_checkpoint, load_encoder_weights, load_model_weights, pause_point, recover_checkpoints,
-                                            resolve_resume, save_checkpoint, write_atomically)
+from timm_gvit.training.checkpoints import (DiskFull, RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
+                                            pause_point, recover_checkpoints, resolve_resume, save_checkpoint, write_atomically)
 from timm_gvit.training.config import TrainConfig, parse_config, save_config
-from timm_gvit.training.data import ImageClassificationDataset, load_splits, training_transform
+from timm_gvit.training.data import ImageClassificationDataset, check_images, load_splits, training_transform
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.monitor import StepMonitor
 from timm_gvit.training.objective import GViTObjective
@@ -70,8 +70,17 @@ def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     config: TrainConfig = parse_config(argv)  # validated; with --resume, the run's own config
+    try:
+        with lock_run_dir(config.output_dir, owner=PartialState().is_main_process):
+            return train(config)
+    except (RunInUse, DiskFull) as exc:
+        raise SystemExit(f"train_gvit.py: error: {exc}") from None
+
+
+def train(config: TrainConfig) -> int:
+    """The run of ``config``, in its folder, which the caller has locked."""
     run_dir = Path(config.output_dir)
-    if not config.resume and ((run_dir / "metrics.json").exists() or any(checkpoint_root(run_dir).glob("*"))):
+    if not config.resume and ((run_dir / "metrics.json").exists() or list_checkpoints(run_dir)):
         raise SystemExit(f"train_gvit.py: error: {run_dir} holds a run already: continue it with --resume latest, "
                          "or choose another --output-dir")
 
@@ -105,17 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     data_config = resolve_model_data_config(model)
     train_transform = training_transform(data_config, config.hflip)
     val_transform = create_transform(**{**data_config, "crop_pct": config.eval_crop_pct or data_config["crop_pct"]})
-    dataset = lambda data, transform, seed=None: ImageClassificationDataset(  # noqa: E731
-        data, info.name, config.image_column, config.label_column, info.num_classes, transform, seed
+    dataset = lambda data, transform, split, seed=None: ImageClassificationDataset(  # noqa: E731
+        data, info.name, config.image_column, config.label_column, info.num_classes, transform, seed, split
     )
     # augmentation is seeded per item and epoch (the dataset's set_epoch reaches the workers, which start afresh
     # every epoch), and the loaders draw their worker seeds from their own generators: together, a resumed
     # run sees the same crops as an uninterrupted one, and the global random state is the model's alone
-    train_dataset = dataset(train_data, train_transform, seed=config.seed)
+    train_dataset = dataset(train_data, train_transform, info.splits[0], seed=config.seed)
+    val_dataset = dataset(val_data, val_transform, info.splits[1])
+    skipped_images = check_images(train_dataset, val_dataset, config.skip_bad_images, config.workers, accelerator.print)
+    info.val_size = len(val_dataset)
     pin = torch.cuda.is_available()
     train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
                               pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
-    val_loader = DataLoader(dataset(val_data, val_transform), batch_size=config.batch_size, num_workers=config.workers,
+    val_loader = DataLoader(val_dataset, batch_size=config.batch_size, num_workers=config.workers,
                             pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
     if len(train_loader) < config.grad_accum_steps:
         raise ValueError(f"dataset '{info.name}' has {info.train_size} training images: too few for one step of "
@@ -160,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     def write_metrics(final: dict | None = None) -> None:
         if accelerator.is_main_process:
             record = {"epochs": state["history"], "total_steps": state["step"], "guidance_steps": state["guidance_steps"],
-                      "skipped_steps": state["skipped_steps"], **({"final": final} if final is not None else {})}
+                      "skipped_steps": state["skipped_steps"], "skipped_images": skipped_images,
+                      **({"final": final} if final is not None else {})}
             write_atomically(run_dir / "metrics.json", json.dumps(record, indent=2))
 
     if accelerator.is_main_process:  # only now, with data, model and checkpoint checked

@@ -9,6 +9,7 @@ An export folder holds ``config.json`` (architecture, model kwargs, pretrained c
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from string import Template
 
@@ -52,14 +53,24 @@ def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None 
     folder.mkdir(parents=True, exist_ok=True)
     save_for_hf(model, folder, model_config={"label_names": run["class_names"]}, model_args=model.architecture_args(),
                 safe_serialization=True)
-    config, schedule, metrics = run["config"], run["schedule"], run["metrics"]
+    config, schedule, metrics = _without_local_paths(run["config"]), run["schedule"], run["metrics"]
+    licence = config.get("license")
+    exported = json.loads((folder / "config.json").read_text())
+    # the pretrained cfg the model was built from describes other weights: their tag, licence and files
+    exported["pretrained_cfg"] = {k: v for k, v in exported["pretrained_cfg"].items() if k not in ("file", "url", "hf_hub_id", "source", "license")}
+    exported["pretrained_cfg"].update(tag=export_tag(repo_name or folder.parent.name, model.pretrained_cfg["architecture"]),
+                                      **({"license": licence} if licence else {}))
+    (folder / "config.json").write_text(json.dumps(exported, indent=4))
     (folder / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     cfg = model.pretrained_cfg
-    model_args = json.loads((folder / "config.json").read_text()).get("model_args", {})
+    model_args = exported.get("model_args", {})
+    dataset = _public_dataset(run["dataset"])
     card = render_model_card(
         {
             "repo_name": repo_name or folder.name,
-            "dataset": run["dataset"],
+            "license_line": f"license: {licence}\n" if licence else "",
+            "datasets_block": "" if dataset != run["dataset"] else f"datasets:\n- {dataset}\n",
+            "dataset": dataset,
             "model": config["model"],
             "params_m": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}",
             "gflops": f"{forward_gflops(model):.2f}",
@@ -122,6 +133,32 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: 
     except Exception as exc:
         raise PushError(f"pushing {folder} to the Hub repository {repo_id} failed: {type(exc).__name__}: {exc}") from exc
     return str(url)
+
+
+#: Options whose values are paths on the machine that trained: an export keeps their last part only.
+LOCAL_PATH_OPTIONS = ("dataset", "output_dir", "init_from", "init_encoder_from", "resume")
+
+
+def export_tag(name: str, architecture: str) -> str:
+    """The pretrained tag of an export named ``name`` (a Hub ``ORG/NAME``, or the run folder's name):
+    the part after ``ARCH.`` when it has one, lower case, with ``_`` for anything but letters and digits."""
+    name = name.rsplit("/", 1)[-1].removeprefix(f"{architecture}.")
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "custom"
+
+
+def _public_dataset(dataset: str) -> str:
+    """A dataset as a public card may name it: a local folder by its own name only."""
+    return f"{Path(dataset).name} (a local folder)" if Path(dataset).exists() else dataset
+
+
+def _without_local_paths(config: dict) -> dict:
+    """The run's options as an export publishes them: local paths cut to their last part."""
+    public = dict(config)
+    for key in LOCAL_PATH_OPTIONS:
+        value = public.get(key)
+        if isinstance(value, str) and (key != "dataset" or Path(value).exists()):
+            public[key] = Path(value).name
+    return public
 
 
 def _weights_origin(config: dict) -> str:

@@ -242,7 +242,7 @@ def test_weights_file_via_pretrained_cfg_overlay(tmp_path):
     """timm's --pretrained --pretrained-path FILE, and reloading at another image size."""
     model = tiny().eval()
     save_for_hf(model, tmp_path, safe_serialization=True)
-    weights = dict(file=str(tmp_path / "model.safetensors"), num_classes=5)  # else timm resets the head
+    weights = dict(file=str(tmp_path / "model.safetensors"))  # the file's head has 5 classes, as the model
     loaded = tiny(pretrained=True, pretrained_cfg_overlay=weights).eval()
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(model(x), loaded(x))

@@ -19,7 +19,8 @@ from PIL import Image
 from torch import Tensor
 
 from .rendering import render_gaussians
-from .visualize import draw_ellipses, save_panels, to_pil
+from .training.config import parse_kwargs
+from .visualize import draw_ellipses, output_problem, save_panels, to_pil
 
 # Colour ramps as (position, rgb) anchors: a dark-to-bright sequential one and a diverging one.
 SEQUENTIAL = ((0.0, (0.0, 0.0, 0.02)), (0.35, (0.45, 0.1, 0.5)), (0.7, (0.95, 0.4, 0.3)), (1.0, (1.0, 0.98, 0.75)))
@@ -138,7 +139,7 @@ def read_image(path: Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()  # decodes everything: a truncated file fails here
             return to_rgb(image)
-    except (OSError, SyntaxError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
 
 
@@ -169,10 +170,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     if args.target is not None and args.target < 0:
         parser.error(f"--class must be a class index >= 0, got {args.target}")
-    kwargs = {}
-    for item in args.model_kwargs:
-        key, _, value = item.partition("=")
-        kwargs[key] = int(value) if value.lstrip("-").isdigit() else value
+    if output_problem(args.out):
+        parser.error(output_problem(args.out))
+    try:
+        kwargs = parse_kwargs(args.model_kwargs)
+    except ValueError as exc:
+        parser.error(str(exc))
     shipped = get_pretrained_cfg(args.model, allow_unregistered=True) if "." in args.model else None
     pretrained = args.pretrained or args.model.startswith(("local-dir:", "hf-hub:")) or bool(shipped and shipped.file and Path(shipped.file).is_file())
     weights_file = None
@@ -201,7 +204,10 @@ def main(argv: list[str] | None = None) -> None:
                          "(gvit_nano.imagenette_64_v2), or --random-weights to explain the untrained model anyway")
         print(f"WARNING: explaining {args.model} with RANDOM weights (--random-weights): the figure shows an untrained model")
 
-    model = timm.create_model(args.model, pretrained=pretrained, **kwargs).eval()
+    try:
+        model = timm.create_model(args.model, pretrained=pretrained, **kwargs).eval()
+    except ValueError as exc:  # the model's own checks of its arguments, config and weights
+        parser.error(f"--model {args.model}: {exc}")
     if args.target is not None and args.target >= model.num_classes:
         parser.error(f"--class {args.target}: the model has {model.num_classes} classes (0..{model.num_classes - 1})")
     config = resolve_model_data_config(model)

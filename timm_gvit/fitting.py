@@ -147,11 +147,12 @@ def fit_gaussians(
 
 def load_image(path: str | Path | None, size: int) -> Tensor:
     """A ``[1, 3, size, size]`` image in [0, 1] from ``path`` (default: the bundled photo),
-    centre-cropped to a square."""
-    from PIL import Image
+    centre-cropped to a square; a ``ValueError`` that names an unreadable file."""
     from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
-    image = Image.open(path or ASSETS / "astronaut.png").convert("RGB")
+    from .explain import read_image
+
+    image = read_image(Path(path or ASSETS / "astronaut.png"))  # a ValueError naming a bad file
     tensor = pil_to_tensor(image).float() / 255
     tensor = resize(center_crop(tensor, min(tensor.shape[1:])), [size, size], antialias=True)
     return tensor.clamp(0, 1)[None]
@@ -175,9 +176,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="fit.png", help="output PNG (default fit.png)")
     args = parser.parse_args(argv)
 
-    from .visualize import draw_ellipses, save_panels, to_pil
+    from .rendering import BACKENDS
+    from .visualize import draw_ellipses, output_problem, save_panels, to_pil
 
-    image = load_image(args.image, args.size)
+    for flag, value, lowest in (("--num-gaussians", args.num_gaussians, 1), ("--size", args.size, 1), ("--steps", args.steps, 0)):
+        if value < lowest:
+            parser.error(f"{flag} must be >= {lowest}, got {value}")
+    if not args.lr > 0 or not math.isfinite(args.lr):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.backend not in BACKENDS:
+        parser.error(f"--backend must be one of {', '.join(BACKENDS)}, got {args.backend!r}")
+    if output_problem(args.out):
+        parser.error(output_problem(args.out))
+    try:
+        image = load_image(args.image, args.size)
+    except ValueError as exc:
+        parser.error(str(exc))
     start = time.perf_counter()
     gaussians = fit_gaussians(image, args.num_gaussians, args.steps, args.init, args.lr, backend=args.backend, seed=args.seed, progress=True)
     seconds = time.perf_counter() - start

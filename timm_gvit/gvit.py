@@ -17,6 +17,7 @@ tags on the Hub; ``timm.list_pretrained('gvit*')`` lists exactly those.
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Tuple, Union
 
@@ -52,9 +53,16 @@ class GViTOutput(NamedTuple):
     reconstruction: Tensor  # [B, 3, H, W] rendering of the Gaussians at the input's size
 
 
-def _check_int(name: str, value, minimum: int = 1) -> None:
+#: Generous upper bounds on the sizes a config.json may ask for, checked before anything is
+#: allocated (ViT-22B is 6144 wide and 48 deep): a folder from a stranger cannot exhaust memory.
+MAX_WIDTH, MAX_DEPTH, MAX_TOKENS, MAX_CLASSES, MAX_MLP_RATIO = 8192, 64, 65536, 100_000, 16
+
+
+def _check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
 
 
 def _check_arguments(img_size, patch_size, in_chans, num_classes, num_gaussians, scale_bound, widths_and_heads,
@@ -67,24 +75,27 @@ def _check_arguments(img_size, patch_size, in_chans, num_classes, num_gaussians,
         raise ValueError(f"img_size must be an integer or an (H, W) pair, got {img_size!r}")
     for value in size:
         _check_int("img_size", value)
+    if (size[0] // patch_size) * (size[1] // patch_size) > MAX_TOKENS:
+        raise ValueError(f"img_size {size[0]}x{size[1]} with patch_size {patch_size} gives "
+                         f"{(size[0] // patch_size) * (size[1] // patch_size)} patches, more than {MAX_TOKENS}")
     if size[0] % patch_size or size[1] % patch_size:
         raise ValueError(f"img_size {size[0]}x{size[1]} is not a multiple of patch_size {patch_size}: the encoder "
                          f"would silently drop the border; use a size divisible by {patch_size}")
     if in_chans not in IN_CHANS:
         raise ValueError(f"in_chans must be 3 (RGB) or 1 (greyscale, reconstructed as grey RGB), got {in_chans!r}")
-    _check_int("num_classes", num_classes, minimum=0)
-    _check_int("num_gaussians", num_gaussians)
-    if isinstance(scale_bound, bool) or not isinstance(scale_bound, (int, float)) or not scale_bound > 0:
-        raise ValueError(f"scale_bound must be a number > 0, got {scale_bound!r}")
+    _check_int("num_classes", num_classes, minimum=0, maximum=MAX_CLASSES)
+    _check_int("num_gaussians", num_gaussians, maximum=MAX_TOKENS)
+    if isinstance(scale_bound, bool) or not isinstance(scale_bound, (int, float)) or not 0 < scale_bound < math.inf:
+        raise ValueError(f"scale_bound must be a number > 0 and finite, got {scale_bound!r}")
     for (width_name, width), (heads_name, heads) in widths_and_heads:
-        _check_int(width_name, width)
+        _check_int(width_name, width, maximum=MAX_WIDTH)
         _check_int(heads_name, heads)
         if width % heads:
             raise ValueError(f"{width_name}={width} is not divisible by {heads_name}={heads}")
     for name, depth in depths:
-        _check_int(name, depth)
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
-        raise ValueError(f"mlp_ratio must be a number > 0, got {mlp_ratio!r}")
+        _check_int(name, depth, maximum=MAX_DEPTH)
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not 0 < mlp_ratio <= MAX_MLP_RATIO:
+        raise ValueError(f"mlp_ratio must be a number > 0 and at most {MAX_MLP_RATIO}, got {mlp_ratio!r}")
     for name, rate in rates:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}")
@@ -302,7 +313,7 @@ class GViT(nn.Module):
                     num_heads=clf.blocks[0].attn.num_heads)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        _check_int("num_classes", num_classes, minimum=0)
+        _check_int("num_classes", num_classes, minimum=0, maximum=MAX_CLASSES)
         self.classifier.reset_classifier(num_classes, global_pool)
 
     @torch.jit.ignore
@@ -610,14 +621,66 @@ def _create_gvit(variant: str, pretrained: bool = False, **kwargs) -> GViT:
     packaged = WEIGHTS_DIR / variant / "config.json"
     if "." in variant and packaged.is_file():  # the shipped weights' architecture, whatever the defaults are now
         kwargs = {**json.loads(packaged.read_text()).get("model_args", {}), **kwargs}
-    model = build_model_with_cfg(GViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    file_classes = _weights_file_classes(variant, kwargs) if pretrained else None
+    if file_classes is not None:  # the head in the file decides; timm replaces it only for another class count
+        kwargs.setdefault("num_classes", file_classes)
+        kwargs["pretrained_cfg_overlay"] = {**overlay, "num_classes": file_classes}
+    model = build_model_with_cfg(GViT, variant, pretrained, pretrained_filter_fn=_pretrained_filter_fn, **kwargs)
     # the data config must match the input the model was built for (size, and channels: a
     # greyscale model normalises with the mean of the RGB statistics)
     cfg = dict(model.pretrained_cfg, input_size=(model.in_chans, *model.img_size))
+    for key in ("mean", "std"):
+        values = cfg[key]
+        if not (isinstance(values, (list, tuple)) and values and all(_is_number(v) and math.isfinite(v) for v in values)
+                and (key == "mean" or min(values) > 0)):
+            raise ValueError(f"the pretrained config's {key} must be a list of finite numbers{' > 0' if key == 'std' else ''}, got {values!r}")
     if model.in_chans != len(cfg["mean"]):
         cfg.update(mean=(sum(cfg["mean"]) / len(cfg["mean"]),), std=(sum(cfg["std"]) / len(cfg["std"]),))
+    if pretrained and model.num_classes and model.num_classes != cfg["num_classes"]:
+        warnings.warn(f"{variant}: the pretrained classifier head has {cfg['num_classes']} classes and num_classes="
+                      f"{model.num_classes} was asked for, so the head starts from random weights (for fine-tuning)", stacklevel=3)
+    if cfg.get("label_names") and (not pretrained or len(cfg["label_names"]) != model.num_classes
+                                   or (overlay.get("file") and "label_names" not in overlay)):
+        del cfg["label_names"]  # they name the classes of a head this model does not have
     model.pretrained_cfg = model.default_cfg = cfg
     return model
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _weights_file_classes(variant: str, kwargs: dict) -> Optional[int]:
+    """The class count of the head in the local safetensors file this call loads (a packaged tag,
+    a ``file`` overlay, a ``local-dir:`` folder), read from its header; None when there is none."""
+    from safetensors import SafetensorError, safe_open
+
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                 pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+    path = Path(cfg.file) if cfg is not None and cfg.file else None
+    if path is not None and path.is_dir():
+        path = path / "model.safetensors"
+    if path is None or path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.get_slice("classifier.head.weight").get_shape()[0] if "classifier.head.weight" in f.keys() else None
+    except (SafetensorError, OSError):
+        return None  # timm's load names the unreadable file
+
+
+def _pretrained_filter_fn(state_dict: dict, model: GViT) -> dict:
+    """:func:`checkpoint_filter_fn`, refusing weights whose head timm would load or drop wrongly:
+    timm keeps the head when the model's class count equals the config's ``num_classes``, so the
+    file's head must have that many classes exactly when the model does."""
+    state_dict = checkpoint_filter_fn(state_dict, model)
+    head, said = state_dict.get("classifier.head.weight"), model.pretrained_cfg.get("num_classes")
+    if head is not None and model.num_classes and (head.shape[0] == model.num_classes) != (said == model.num_classes):
+        raise ValueError(f"the pretrained weights' classifier head has {head.shape[0]} classes but their config says "
+                         f"num_classes={said}: correct the config's num_classes (and model_args), or pass "
+                         f"num_classes={head.shape[0]} to load the head, or pretrained_cfg_overlay=dict(num_classes={head.shape[0]})")
+    return state_dict
 
 
 @register_model

@@ -37,6 +37,16 @@ def draw_ellipses(image: Tensor, gaussians: Tensor, num_sigmas: float = 2.0, sca
     return Image.alpha_composite(base, overlay).convert("RGB")
 
 
+def output_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot take a figure (a folder, an extension PIL does not write), or None."""
+    path = Path(path)
+    if path.is_dir():
+        return f"--out {path} is a folder; give a file name, e.g. {path / 'figure.png'}"
+    if path.suffix.lower() not in Image.registered_extensions():
+        return f"--out {path}: unknown image file extension {path.suffix!r}; use .png"
+    return None
+
+
 def save_panels(panels: list[tuple[str, Image.Image]], path: str | Path, height: int = 256) -> Path:
     """Save titled images side by side, each resized to ``height`` pixels high, as one PNG."""
     resized = [(t, im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.NEAREST)) for t, im in panels]

@@ -15,17 +15,22 @@ A checkpoint is written to a hidden ``.tmp-step-N`` folder and renamed into plac
 Nothing is deleted in place: a checkpoint that is replaced (the end-of-epoch save repeats the step
 of a ``--checkpoint-every`` save) or pruned is first renamed to ``.trash-...``. So at every instant
 each checkpoint has a complete copy under some name, and :func:`recover_checkpoints` (run when a
-trainer starts) finishes an interrupted save. A checkpoint folder is still trusted input: its
-weights and states are used as they are.
+trainer starts) finishes an interrupted save. Of a checkpoint folder from elsewhere, the file list
+is checked (plain names inside the folder, no links, exact sizes) and nothing is unpickled; its
+weights and states are still used as they are.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import random
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -37,6 +42,39 @@ from safetensors.torch import load_file, save_file
 
 STATE_FILE = "trainer_state.json"
 PAUSE_VARIABLE = "GVIT_PAUSE_AT"
+LOCK_FILE = ".trainer.lock"
+
+
+class RunInUse(RuntimeError):
+    """Another trainer holds the run folder; the message names it."""
+
+
+class DiskFull(OSError):
+    """A checkpoint did not fit on its disk; the message says how much space one needs."""
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str | Path, owner: bool = True):
+    """Hold an exclusive ``fcntl.flock`` on ``RUN/.trainer.lock`` while the block runs, so that a
+    second trainer on the folder fails with :class:`RunInUse` naming the first; the OS releases
+    the lock when the process ends, however it ends. Only the ``owner`` (main) process locks."""
+    if not owner:
+        yield
+        return
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunInUse(f"{run_dir} is in use by another trainer ({f.read().strip() or 'its process id unknown'}); "
+                           "wait for it to end, or choose another --output-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}")
+        f.flush()
+        yield
 
 
 def pause_point(name: str) -> None:
@@ -93,8 +131,18 @@ def checkpoint_problem(folder: str | Path) -> str | None:
         return f"no {STATE_FILE}"
     except (ValueError, KeyError, TypeError):
         return f"{STATE_FILE} is unreadable or was written by an older timm-gvit (no file list)"
+    if not isinstance(files, dict):
+        return f"{STATE_FILE}'s file list is a {type(files).__name__}, expected a mapping of file names to sizes"
+    if not {"model.safetensors", "optimizer.safetensors"} <= files.keys():
+        return f"{STATE_FILE}'s file list lacks model.safetensors or optimizer.safetensors"
     for name, size in files.items():
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            return f"{STATE_FILE} lists {name!r}, which is not a plain file name inside the checkpoint folder"
+        if isinstance(size, bool) or not isinstance(size, int):
+            return f"{STATE_FILE} gives {name} the size {size!r}, expected a number of bytes"
         path = folder / name
+        if path.is_symlink():
+            return f"{name} is a symbolic link, not a file of the checkpoint"
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != size:
@@ -145,7 +193,8 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path:
             if found and skipped.name > found[-1].name.removeprefix(".tmp-"):
                 print(f"--resume latest: skipping incomplete checkpoint {skipped} ({checkpoint_problem(skipped)})", file=sys.stderr)
         if not found:
-            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {root}; start the run again without --resume")
+            again = "in another --output-dir" if (Path(run_dir) / "metrics.json").exists() else "without --resume"
+            raise FileNotFoundError(f"--resume latest: no complete checkpoint under {root}; start the run again {again}")
         return found[-1]
     path = Path(resume)
     problem = checkpoint_problem(path)
@@ -237,24 +286,45 @@ def save_checkpoint(accelerator, run_dir: str | Path, state: dict, keep: int, *,
     tmp = root / f".tmp-{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+        if keep > 0:  # those the save would prune go first: the disk holds max(keep, 2) checkpoints, one of them complete
+            others = [p for p in list_checkpoints(run_dir) if p.name.removeprefix(".tmp-") != final.name]
+            for old in others[: len(others) - max(keep - 2 if final.exists() else keep - 1, 0 if final.exists() else 1)]:
+                _discard(old)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    write_atomically(tmp / f"rng-{accelerator.process_index}.json", json.dumps(rng_state()))
-    accelerator.wait_for_everyone()
+    weights = {k: v.contiguous() for k, v in objective.state_dict().items()}
+    ema_weights = {k: v.contiguous() for k, v in ema.state_dict().items()} if ema is not None else None
+    tensors, optimizer_rest = _split_optimizer_state(optimizer)
+    try:
+        write_atomically(tmp / f"rng-{accelerator.process_index}.json", json.dumps(rng_state()))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_file(weights, str(tmp / "model.safetensors"))
+            if ema_weights is not None:
+                save_file(ema_weights, str(tmp / "ema.safetensors"))
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            files = {}
+            for path in sorted(tmp.iterdir()):
+                _fsync(path)
+                files[path.name] = path.stat().st_size
+            full = {**state, "optimizer": optimizer_rest, "scheduler": scheduler.state_dict(),
+                    "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                    "accelerator_step": accelerator.step, "num_processes": accelerator.num_processes, "files": files}
+            write_atomically(tmp / STATE_FILE, json.dumps(full, indent=1))  # last: the checkpoint is complete
+    except (OSError, SafetensorError) as exc:  # safetensors' errors carry no errno: a full disk is known by its free space
+        shutil.rmtree(tmp, ignore_errors=True)
+        needed = sum(t.numel() * t.element_size() for part in (weights, ema_weights or {}, tensors) for t in part.values())
+        full_disk = exc.errno in (errno.ENOSPC, errno.EDQUOT) if isinstance(exc, OSError) else shutil.disk_usage(root).free < needed
+        if not full_disk:
+            raise
+        found = list_checkpoints(run_dir)
+        raise DiskFull(
+            f"no space left on the disk of {root} for checkpoint {final.name}: one checkpoint of this run takes about "
+            f"{needed / 1e6:.1f} MB, and with --keep-checkpoints {keep} the run folder holds "
+            f"{'every one' if keep == 0 else f'up to {max(keep, 2)}'} while the next is written "
+            f"({shutil.disk_usage(root).free / 1e6:.1f} MB are free now). Free space, then continue with --resume latest"
+            + (f" (from {found[-1].name})" if found else "; no checkpoint is complete yet, so start the run again")) from exc
     if accelerator.is_main_process:
-        save_file({k: v.contiguous() for k, v in objective.state_dict().items()}, str(tmp / "model.safetensors"))
-        if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-        tensors, optimizer_rest = _split_optimizer_state(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        files = {}
-        for path in sorted(tmp.iterdir()):
-            _fsync(path)
-            files[path.name] = path.stat().st_size
-        full = {**state, "optimizer": optimizer_rest, "scheduler": scheduler.state_dict(),
-                "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "accelerator_step": accelerator.step, "num_processes": accelerator.num_processes, "files": files}
-        write_atomically(tmp / STATE_FILE, json.dumps(full, indent=1))  # last: the checkpoint is complete
         if final.exists():  # the end-of-epoch save of a step that --checkpoint-every saved
             trash = final.with_name(f".trash-{final.name}")
             shutil.rmtree(trash, ignore_errors=True)

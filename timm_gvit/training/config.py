@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class TrainConfig:
     max_val_samples: int | None = _opt(None, "use only a random (seeded) subset of N >= 1 validation items", type=int)
     workers: int = _opt(2, "data-loading worker processes per training process")
     hflip: float = _opt(0.5, "probability of a horizontal flip in training (the paper's only augmentation besides random-resized-crop scale 0.5-1)")
+    skip_bad_images: int | None = _opt(None, "read every image before training and skip up to N unreadable ones (each logged, counted in metrics.json; a training image's place goes to the next readable one); default: an unreadable validation image stops the run before training, a training image when it is reached", type=int)
     eval_crop_pct: float | None = _opt(None, "centre-crop fraction for validation (default: the model's, 0.9)", type=float)
     # model
     model: str = _opt("gvit_tiny", "timm model name (gvit_tiny, gvit_small, gvit_base)")
@@ -88,6 +90,7 @@ class TrainConfig:
     push_to_hub: bool = _opt(False, "upload the export folder to the Hugging Face Hub at the end")
     hub_model_id: str | None = _opt(None, "Hub repository ORG/NAME for --push-to-hub", type=str)
     hub_private: bool = _opt(False, "create the Hub repository as private")
+    license: str | None = _opt(None, "licence of the exported weights, as a Hub licence id (e.g. apache-2.0, mit, cc-by-4.0, other); default: none stated, since the choice is the data owner's and yours", type=str)
 
     def model_create_kwargs(self) -> dict:
         """kwargs for ``timm.create_model`` beyond the model name and class count."""
@@ -123,17 +126,29 @@ DIGITS_PRESET = dict(
 #: or the model. Every other option must match the run's config.yaml.
 CHANGEABLE_ON_RESUME = (
     "output_dir", "resume", "workers", "mixed_precision", "max_nonfinite", "checkpoint_every", "keep_checkpoints",
-    "eval_every", "log_every", "image_every", "report_to", "push_to_hub", "hub_model_id", "hub_private",
+    "eval_every", "log_every", "image_every", "report_to", "push_to_hub", "hub_model_id", "hub_private", "license",
     "compile",  # issue 11's torch.compile switch, where present
+    "skip_bad_images",  # the way past an unreadable image that stops every resume
 )
 
 
-def _parse_kwargs(items: list[str]) -> dict:
+#: create_model kwargs that the trainer sets itself, and the option that does it instead.
+TRAINER_OWNED_KWARGS = {
+    "num_classes": "the dataset's labels set the class count",
+    **dict.fromkeys(("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "pretrained_strict", "cache_dir"),
+                    "the trainer builds a new model; start from trained weights with --init-from or --init-encoder-from"),
+    **dict.fromkeys(("features_only", "out_indices", "scriptable", "exportable", "no_jit"), "the trainer needs the plain classifier"),
+}
+
+
+def parse_kwargs(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> kwargs, each value a Python literal (``False``, ``0.75``, ``(2, 2)``)
+    or else the string; a ``ValueError`` for an item without ``=``."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--model-kwargs: expected KEY=VALUE, got {item!r}")
+        if not sep or not key:
+            raise ValueError(f"--model-kwargs: expected KEY=VALUE, got {item!r}")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -244,6 +259,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         check(name, getattr(config, name) >= 1, ">= 1")
     for name in ("max_train_samples", "max_val_samples", "img_size", "patch_size", "num_gaussians"):
         check(name, getattr(config, name) is None or getattr(config, name) >= 1, ">= 1 (or left out)")
+    check("skip_bad_images", config.skip_bad_images is None or config.skip_bad_images >= 0, ">= 0 (or left out)")
     for name in ("workers", "keep_checkpoints", "seed", "recon_epochs", "dssim_from", "classifier_epochs", "joint_epochs",
                  "guidance_epochs", "gamma", "lambda_perc", "cls_into_encoder", "min_lr", "warmup_epochs", "weight_decay"):
         check(name, getattr(config, name) >= 0, ">= 0")
@@ -258,6 +274,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     check("guidance_epochs", config.guidance_epochs <= config.joint_epochs, f"<= --joint-epochs ({config.joint_epochs})")
     check("joint_epochs", config.recon_epochs + config.classifier_epochs + config.joint_epochs > 0,
           "> 0 if --recon-epochs and --classifier-epochs are 0 (the schedule has no steps)")
+    for key in config.model_kwargs:
+        if key in TRAINER_OWNED_KWARGS:
+            _fail(f"--model-kwargs {key}: not a model option here: {TRAINER_OWNED_KWARGS[key]}")
+    if config.license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", config.license):
+        _fail(f"--license must be a Hub licence id such as apache-2.0, mit or other, got {config.license!r}")
     if config.push_to_hub and (not config.hub_model_id or config.hub_model_id.count("/") != 1):
         _fail(f"--push-to-hub needs --hub-model-id ORG/NAME, got {config.hub_model_id!r}")
     if config.model.startswith(("local-dir:", "hf-hub:")):
@@ -292,7 +313,10 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
     explicit = read_config_file(args.pop("config")) if "config" in args else {}
     if "model_kwargs" in args:
-        args["model_kwargs"] = _parse_kwargs(args["model_kwargs"])
+        try:
+            args["model_kwargs"] = parse_kwargs(args["model_kwargs"])
+        except ValueError as exc:
+            _fail(str(exc))
     if "betas" in args:
         args["betas"] = tuple(args["betas"])
     explicit.update(args)

@@ -2,9 +2,10 @@
 
 A dataset is a Hub id, a local imagefolder directory (one sub-folder per class), a folder
 written by ``save_to_disk``, or, by default, scikit-learn's 8x8 digits (1,797 real scans of
-handwritten digits, shipped inside scikit-learn) turned into RGB images. Items are checked as
-they are read: an unreadable image or a label out of range raises a ``ValueError`` that names
-the dataset and the item.
+handwritten digits, shipped inside scikit-learn) turned into RGB images. The labels of both
+splits are checked when they load (:func:`check_labels`), every validation image before training
+(:func:`check_images`; every training image too with ``--skip-bad-images``), and each item as it
+is read: an unreadable image raises a ``ValueError`` that names the dataset, the split and the file.
 
 The training augmentation of an item is a function of (seed, epoch, item) alone, so that a run
 resumed in the middle of an epoch, or run with another number of loader workers, sees the same
@@ -13,8 +14,10 @@ crops and flips.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,17 +38,25 @@ class DataInfo:
     class_names: list[str]
     train_size: int
     val_size: int
+    splits: tuple[str, str]  # the names errors give the training and validation data
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB. 16-bit and 32-bit integer greyscale (16-bit PNGs) are scaled
-    to 8 bits, where PIL's ``convert`` would clip them to white."""
+    """Any PIL image -> 8-bit RGB. 16-bit and 32-bit integer greyscale (16-bit PNGs) and float
+    greyscale in 0..1 or 0..255 (float TIFFs) are scaled to 8 bits, where PIL's ``convert`` would
+    clip them to white."""
     if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit), I (32-bit int, what 16-bit PNGs may open as)
         values = np.asarray(image).astype(np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max)
         image = Image.fromarray(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8))
-    elif image.mode == "F":  # 32-bit float greyscale, taken to be in [0, 1]
-        image = Image.fromarray(np.round(np.asarray(image).clip(0, 1) * 255).astype(np.uint8))
+    elif image.mode == "F":  # 32-bit float greyscale: in [0, 1], or in [0, 255] as many tools write it
+        values = np.asarray(image)
+        top = float(np.nanmax(values, initial=0))
+        if not np.isfinite(values).all() or top > 255:
+            raise ValueError(f"a 32-bit float image with values up to {top:g}{' and non-finite ones' if np.isfinite(top) else ''}: "
+                             "expected values in 0..1 or 0..255")
+        scale = 255 if top <= 1 else 1
+        image = Image.fromarray(np.round(values.clip(0, 255 / scale) * scale).astype(np.uint8))
     return image.convert("RGB")
 
 
@@ -63,14 +74,23 @@ def seeded_rng(seed: int):
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
-    """(transformed image, label) pairs from a ``datasets.Dataset``, validated item by item.
+    """(transformed image, label) pairs from a ``datasets.Dataset``, validated item by item; an
+    unreadable image's error names the split and the file.
 
     With ``seed``, item ``i`` of epoch ``e`` (:meth:`set_epoch`) is transformed with the random
     generators seeded from ``(seed, e, i)``.
     """
 
-    def __init__(self, data, name: str, image_column: str, label_column: str, num_classes: int, transform=None, seed: int | None = None):
-        self.data, self.name = data, name
+    def __init__(self, data, name: str, image_column: str, label_column: str, num_classes: int, transform=None, seed: int | None = None,
+                 split: str | None = None):
+        import datasets
+
+        self.decoder = getattr(data, "features", {}).get(image_column)
+        if isinstance(self.decoder, datasets.Image) and self.decoder.decode:  # decoded here, where the file's path is known
+            data = data.cast_column(image_column, datasets.Image(decode=False))
+        else:
+            self.decoder = None
+        self.data, self.name, self.split = data, name, split
         self.image_column, self.label_column = image_column, label_column
         self.num_classes, self.transform = num_classes, transform
         self.seed, self.epoch = seed, 0
@@ -81,22 +101,98 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int):
-        where = f"dataset '{self.name}', item {index}"
+    def read(self, index: int) -> tuple[Image.Image, int]:
+        """Item ``index`` as (RGB image, label), untransformed; a ``ValueError`` naming it if unreadable."""
+        where = f"dataset '{self.name}'{f', split {self.split!r}' if self.split else ''}, item {index}"
         try:
             item = self.data[index]
-            image = to_rgb(_to_pil(item[self.image_column]))
+            value = item[self.image_column]
+            if isinstance(value, dict) and value.get("path"):
+                where += f" ({value['path']})"
+            image = to_rgb(self.decoder.decode_example(value) if self.decoder else _to_pil(value))
         except Exception as exc:
             raise ValueError(f"{where}: cannot read the image in column '{self.image_column}': {exc}") from exc
         label = item[self.label_column]
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes:
             raise ValueError(f"{where}: label {label!r} in column '{self.label_column}' is not an integer in 0..{self.num_classes - 1}")
+        return image, int(label)
+
+    def problem(self, index: int) -> str | None:
+        """Why item ``index`` cannot be read, or None."""
+        try:
+            self.read(index)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def skip(self, bad: set[int], replace: bool) -> None:
+        """Leave out the items ``bad``; with ``replace``, each one's place goes to the next readable
+        item instead, so that the dataset keeps its length (and a run its schedule)."""
+        good = [i for i in range(len(self.data)) if i not in bad]
+        if not good:
+            raise ValueError(f"dataset '{self.name}', split {self.split!r}: no readable image")
+        if bad:
+            self.data = self.data.select([good[bisect.bisect(good, i) % len(good)] if i in bad else i for i in range(len(self.data))]
+                                         if replace else good)
+
+    def __getitem__(self, index: int):
+        try:
+            image, label = self.read(index)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (the trainer's --skip-bad-images N checks every image before training and skips up "
+                             "to N unreadable ones)") from exc
         if self.transform is None:
             return image, int(label)
         if self.seed is None:
             return self.transform(image), int(label)
         with seeded_rng(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])):
             return self.transform(image), int(label)
+
+
+class _Problems(torch.utils.data.Dataset):
+    def __init__(self, dataset: ImageClassificationDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, str | None]:
+        return index, self.dataset.problem(index)
+
+
+def find_unreadable(dataset: ImageClassificationDataset, workers: int = 0) -> dict[int, str]:
+    """Read every item of ``dataset`` (with ``workers`` loader processes): ``{index: why}`` of those that fail."""
+    loader = torch.utils.data.DataLoader(_Problems(dataset), batch_size=64, num_workers=workers, collate_fn=list)
+    return {index: why for batch in loader for index, why in batch if why}
+
+
+def check_images(train: ImageClassificationDataset, val: ImageClassificationDataset, limit: int | None, workers: int = 0,
+                 log=print) -> dict[str, int]:
+    """Read every validation image before training, and with ``limit`` (``--skip-bad-images``)
+    every training image too; returns the number skipped per checked split.
+
+    Without ``limit`` an unreadable validation image is a ``ValueError``. With it, up to ``limit``
+    unreadable images are skipped, each logged: a training item gives its place to the next
+    readable one (the schedule keeps its length), a validation item is left out. More are a
+    ``ValueError`` that lists them.
+    """
+    found = {val.split: find_unreadable(val, workers)}
+    if limit is not None:
+        found[train.split] = find_unreadable(train, workers)
+    total = sum(len(problems) for problems in found.values())
+    listed = "; ".join(why for problems in found.values() for why in list(problems.values())[:3])
+    if total and limit is None:
+        raise ValueError(f"{total} unreadable validation image(s), found before training: {listed}. Fix or remove them, "
+                         "or skip up to N unreadable images with --skip-bad-images N")
+    if total > (limit or 0):
+        raise ValueError(f"{total} unreadable images, more than --skip-bad-images {limit} allows: {listed}")
+    for problems in found.values():
+        for why in problems.values():
+            log(f"skipping an unreadable image: {why}")
+    if limit is not None:
+        train.skip(set(found[train.split]), replace=True)
+    val.skip(set(found[val.split]), replace=False)
+    return {split: len(problems) for split, problems in found.items()}
 
 
 def _to_pil(value) -> Image.Image:
@@ -176,15 +272,51 @@ def load_splits(config) -> tuple[object, object, DataInfo]:
         train = train.shuffle(seed=config.seed).select(range(min(config.max_train_samples, len(train))))
     if config.max_val_samples:
         val = val.shuffle(seed=config.seed).select(range(min(config.max_val_samples, len(val))))
-    feature = train.features.get(config.label_column)
-    if hasattr(feature, "names"):
-        class_names = list(feature.names)
-    else:
-        class_names = [str(i) for i in range(int(max(train[config.label_column])) + 1)]
+    val_desc = val_name or f"{config.train_split}, its --val-fraction part"
+    class_names = check_labels(name, config.label_column, train.features.get(config.label_column),
+                               {config.train_split: train[config.label_column], val_desc: val[config.label_column]})
     if len(class_names) < 2:
         raise ValueError(f"dataset '{name}' has {len(class_names)} class ({class_names}) in column '{config.label_column}': "
                          "a classifier needs at least two")
-    return train, val, DataInfo(name, len(class_names), class_names, len(train), len(val))
+    return train, val, DataInfo(name, len(class_names), class_names, len(train), len(val), (config.train_split, val_desc))
+
+
+def check_labels(name: str, column: str, feature, labels: dict[str, list]) -> list[str]:
+    """The class names of labels ``{split: [label, ...]}`` (training split first), after refusing,
+    with a ``ValueError`` that says what was found, labels the model could not learn from: labels
+    that are not integer class ids or are out of range, classes without a training image where
+    the labels are bare integers (``{0, 7}``), and validation classes the training split lacks."""
+    (train_split, train_labels), *others = labels.items()
+    for split, values in labels.items():
+        wrong = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+        if wrong:
+            hint = (": convert them to class ids with datasets' class_encode_column, or use an imagefolder (one "
+                    "sub-folder per class)") if isinstance(wrong[0], str) else ""
+            raise ValueError(f"dataset '{name}', split '{split}': the labels in column '{column}' must be integer "
+                             f"class ids 0, 1, ..., found {wrong[0]!r} ({len(wrong)} such){hint}")
+    names = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(max(train_labels, default=-1) + 1)]
+    for split, values in labels.items():
+        outside = sorted({int(v) for v in values if not 0 <= v < len(names)})
+        if outside:
+            raise ValueError(f"dataset '{name}', split '{split}': labels {outside[:10]} in column '{column}' are outside "
+                             f"0..{len(names) - 1}, the classes {'its ClassLabel names' if hasattr(feature, 'names') else 'the training labels'} give"
+                             + ("; -1 marks an unlabelled image: choose another --val-split, or --val-fraction" if -1 in outside else ""))
+    trained = {int(v) for v in train_labels}
+    missing = [i for i in range(len(names)) if i not in trained]
+    if missing and not hasattr(feature, "names"):
+        raise ValueError(f"dataset '{name}', split '{train_split}': the labels in column '{column}' are {sorted(trained)[:10]}, so "
+                         f"classes {missing[:10]} have no training image and the model would have outputs it never learns; "
+                         "number the classes 0..N-1 (with --max-train-samples, a larger sample may hold every class)")
+    for split, values in others:
+        unseen = sorted({int(v) for v in values} - trained)
+        if unseen:
+            raise ValueError(f"dataset '{name}', split '{split}' has classes {[names[i] for i in unseen][:10]} that the training "
+                             f"split '{train_split}' has no image of: the model could never predict them (with "
+                             "--max-train-samples, a larger sample may hold them)")
+    if missing:
+        print(f"dataset '{name}': classes {[names[i] for i in missing][:10]} have no image in split '{train_split}' or the "
+              f"validation split; the model keeps an output for each of the {len(names)} named classes", file=sys.stderr)
+    return names
 
 
 def training_transform(data_config: dict, hflip: float):
