@@ -54,6 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "imagenette"
 CONFIG = ROOT / "experiments" / "configs" / "imagenette_nano.yaml"
 RESULTS = ROOT / "experiments" / "results" / "trainer_runs.json"
+#: Exports kept in the repository because paired runs of later sessions must start from exactly them
+#: (run folders do not outlive a session's machine): ``experiments/checkpoints/<run name>/``.
+KEPT = ROOT / "experiments" / "checkpoints"
 SEEDS = (0, 1, 2)
 #: The encoder phases train at batch 16 and lr 2e-3 (base_lr 0.032): four times the steps of batch 64 in the same
 #: epochs, +1.9 dB after 4 epochs in the encoder ablation (experiments/results/encoder_ablation_gpu.json).
@@ -88,7 +91,7 @@ class Run:
     def command(self) -> list[str]:
         cmd = [sys.executable, str(ROOT / "train_gvit.py"), "--config", str(CONFIG), "--output-dir", str(self.dir), "--eval-every", "2", *self.flags]
         if self.after:
-            cmd += [self.init_flag, str(RUNS / self.after / "export")]
+            cmd += [self.init_flag, str(start_from(self.after))]
         if (self.dir / "checkpoints").is_dir() and any((self.dir / "checkpoints").iterdir()):
             cmd += ["--resume", "latest"]
         return cmd
@@ -100,6 +103,14 @@ class Run:
     def finished(self) -> bool:
         metrics = self.dir / "metrics.json"
         return metrics.is_file() and "final" in json.loads(metrics.read_text()) and (self.dir / "export").is_dir()
+
+
+def start_from(name: str) -> Path | None:
+    """The export a run named ``name`` left: its run folder's, else the copy kept in the repository."""
+    for folder in (RUNS / name / "export", KEPT / name):
+        if (folder / "model.safetensors").is_file():
+            return folder
+    return None
 
 
 def encoder(name: str, k: int = 64, loss: str = "bce+dssim", init: str = "denoise") -> Run:
@@ -216,7 +227,7 @@ def main() -> None:
         frontier = [r.after for r in wanted if r.after]
         while frontier:  # the runs they start from, and theirs
             name = frontier.pop()
-            if name not in needed:
+            if name not in needed and start_from(name) is None:  # a kept export needs no re-run
                 needed.add(name)
                 frontier += [by_name[name].after] if by_name[name].after else []
         runs = [r for r in runs if r in wanted or r.name in needed]
@@ -245,7 +256,7 @@ def main() -> None:
         for r in [r for r in todo if r.finished()]:  # finished by another process meanwhile
             todo.remove(r)
         elsewhere = running_elsewhere() - set(running)
-        ready = [r for r in todo if r.name not in elsewhere and (r.after is None or (RUNS / r.after / "export").is_dir())]
+        ready = [r for r in todo if r.name not in elsewhere and (r.after is None or start_from(r.after) is not None)]
         blocked = [r for r in todo if r.after in failed]
         for r in blocked:
             print(f"skipped: {r.name} (its encoder run {r.after} failed)", flush=True)
