@@ -188,7 +188,7 @@ def train(config: TrainConfig) -> int:
         f"batch {config.batch_size} per process x {accelerator.num_processes} processes x {config.grad_accum_steps} accumulation "
         f"= global batch {global_batch}, lr {lr:.3g}; {schedule.total_steps} steps in {schedule.epochs(steps_per_epoch)} epochs: "
         f"reconstruction {schedule.recon_steps}, classifier {schedule.classifier_steps}, joint {schedule.joint_steps} "
-        f"(guidance {schedule.guidance_steps if config.gamma else 0}, gamma {config.gamma}); mixed precision {mixed}"
+        f"(guidance {schedule.guidance_steps}, gamma {schedule.gamma}); mixed precision {mixed}"
     )
 
     # ---------------------------------------------------------------- training
@@ -234,7 +234,7 @@ def train(config: TrainConfig) -> int:
             if ema is not None:
                 ema.update(model, step=step)
             if schedule.guidance_due(step - 1):
-                guided = guidance_step(model, optimizer, images, targets, labels, gamma=config.gamma, label_smoothing=config.label_smoothing,
+                guided = guidance_step(model, optimizer, images, targets, labels, gamma=schedule.gamma, label_smoothing=config.label_smoothing,
                                        accelerator=accelerator, encode=objective.encode, classify=objective.classification,
                                        reconstruction=lambda r, t: objective.reconstruction(r, t, schedule.dssim_on(step - 1)))
                 monitor.guidance(guided.pop("guidance/finite"))

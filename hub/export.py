@@ -87,7 +87,7 @@ def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None 
             "dssim_from": schedule["dssim_from"],
             "classifier_steps": schedule["classifier_steps"],
             "joint_steps": schedule["joint_steps"],
-            "guidance_steps": schedule["guidance_steps"] if schedule["gamma"] else 0,
+            "guidance_steps": schedule["guidance_steps"],  # 0 when gamma is 0: the Schedule decides
             "guidance_every": schedule["guidance_every"],
             "gamma": schedule["gamma"],
             "pixel_loss": config["pixel_loss"].upper(),

@@ -130,13 +130,17 @@ def test_guidance_step_descends_cross_entropy_and_moves_only_the_encoder():
 
 
 def test_schedule_phases_in_steps():
-    config = parse_config(["--dataset", "x", "--recon-epochs", "2", "--dssim-from", "1", "--classifier-epochs", "1",
-                           "--joint-epochs", "3", "--guidance-epochs", "1", "--guidance-every", "2"])
-    s = Schedule.from_config(config, steps_per_epoch=10)
+    config_args = ["--dataset", "x", "--recon-epochs", "2", "--dssim-from", "1", "--classifier-epochs", "1",
+                   "--joint-epochs", "3", "--guidance-epochs", "1", "--guidance-every", "2"]
+    s = Schedule.from_config(parse_config(config_args), steps_per_epoch=10)
     assert (s.recon_steps, s.classifier_steps, s.joint_steps, s.guidance_steps, s.total_steps) == (20, 10, 30, 10, 60)
     assert [s.phase(i) for i in (0, 19, 20, 29, 30, 49, 50, 59)] == ["reconstruction"] * 2 + ["classifier"] * 2 + ["joint"] * 2 + ["guidance"] * 2
     assert not s.dssim_on(9) and s.dssim_on(10)
     assert [i for i in range(60) if s.guidance_due(i)] == [51, 53, 55, 57, 59]
+    # gamma 0 is "no guidance", decided once by the schedule: no guidance phase, no guidance steps
+    off = Schedule.from_config(parse_config([*config_args, "--gamma", "0"]), steps_per_epoch=10)
+    assert off.guidance_steps == 0 and "guidance" not in {off.phase(i) for i in range(60)}
+    assert not any(off.guidance_due(i) for i in range(60))
     with pytest.raises(SystemExit, match=r"--guidance-epochs must be <= --joint-epochs \(1.0\), got 2.0"):
         parse_config(["--dataset", "x", "--joint-epochs", "1", "--guidance-epochs", "2"])
 

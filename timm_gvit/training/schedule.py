@@ -39,11 +39,12 @@ class Schedule:
             dssim_from=steps(config.dssim_from, "dssim_from"),
             classifier_steps=steps(config.classifier_epochs, "classifier_epochs"),
             joint_steps=steps(config.joint_epochs, "joint_epochs"),
-            guidance_steps=steps(config.guidance_epochs, "guidance_epochs"),
+            # gamma 0 means no guidance, decided here once: the schedule then has no guidance steps
+            guidance_steps=steps(config.guidance_epochs, "guidance_epochs") if config.gamma > 0 else 0,
             guidance_every=config.guidance_every,
             gamma=config.gamma,
         )
-        if schedule.guidance_steps > schedule.joint_steps:
+        if steps(config.guidance_epochs, "guidance_epochs") > schedule.joint_steps:
             raise ValueError(f"--guidance-epochs ({config.guidance_epochs}) cannot exceed --joint-epochs ({config.joint_epochs})")
         if schedule.total_steps == 0:
             raise ValueError("the schedule has no steps: set --recon-epochs, --classifier-epochs or --joint-epochs")
@@ -64,7 +65,7 @@ class Schedule:
             return "reconstruction"
         if step < self.recon_steps + self.classifier_steps:
             return "classifier"
-        if step < self.total_steps - self.guidance_steps or self.gamma == 0:
+        if step < self.total_steps - self.guidance_steps:
             return "joint"
         return "guidance"
 
