@@ -37,7 +37,7 @@ from timm_gvit.fitting import psnr
 from timm_gvit.training.checkpoints import (DiskFull, RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
                                             pause_point, recover_checkpoints, resolve_resume, save_checkpoint, write_atomically)
 from timm_gvit.training.config import TrainConfig, parse_config, save_config
-from timm_gvit.training.data import ImageClassificationDataset, check_images, load_splits, training_transform
+from timm_gvit.training.data import DataInfo, ImageClassificationDataset, check_images, load_splits, training_transform
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.monitor import StepMonitor
 from timm_gvit.training.objective import GViTObjective
@@ -46,29 +46,8 @@ from timm_gvit.training.schedule import PHASES, Schedule
 from timm_gvit.visualize import save_reconstruction_grid
 
 
-@torch.no_grad()
-def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
-    """Top-1/top-5 (%) and reconstruction PSNR (dB) over a validation loader; the counts stay on
-    the device until the end."""
-    was_training = model.training
-    model.eval()
-    correct1 = correct5 = psnr_sum = count = 0
-    for images, labels in loader:
-        with accelerator.autocast():
-            gaussians = model.encode(images)
-            logits = model.classify(gaussians)
-        rendered = model.render(gaussians, tuple(images.shape[-2:]))
-        top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top5 == labels[:, None]
-        quality = psnr(rendered, (images * std + mean).clamp(0, 1))
-        hit1, hit5, quality = accelerator.gather_for_metrics((hits[:, 0], hits.any(1), quality))
-        correct1, correct5 = correct1 + hit1.sum(), correct5 + hit5.sum()
-        psnr_sum, count = psnr_sum + quality.double().sum(), count + hit1.numel()
-    model.train(was_training)
-    return {"top1": 100 * float(correct1) / count, "top5": 100 * float(correct5) / count, "psnr": float(psnr_sum) / count}
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Parse the options, lock the run folder, train; the exit status."""
     config: TrainConfig = parse_config(argv)  # validated; with --resume, the run's own config
     try:
         with lock_run_dir(config.output_dir, owner=PartialState().is_main_process):
@@ -78,13 +57,71 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(config: TrainConfig) -> int:
-    """The run of ``config``, in its folder, which the caller has locked."""
+    """The run of ``config``, in its folder, which the caller has locked: every epoch, then the export."""
+    run = setup(config)
+    announce(run)
+    for epoch in range(run.state["epoch"], run.schedule.epochs(run.steps_per_epoch)):
+        record = train_one_epoch(run, epoch)
+        last_epoch = run.state["step"] >= run.schedule.total_steps
+        if last_epoch or (epoch + 1) % config.eval_every == 0:
+            record.update(validate(run))
+        end_epoch(run, epoch, record)
+        if last_epoch:
+            break
+    return finish(run)
+
+
+@dataclasses.dataclass
+class Run:
+    """What a run's functions share: its options and folder, Accelerate, the data, the model and its
+    optimisation, and the trainer's own state (saved in every checkpoint)."""
+
+    config: TrainConfig
+    run_dir: Path
+    accelerator: Accelerator
+    info: DataInfo
+    train_dataset: ImageClassificationDataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+    skipped_images: list
+    model: torch.nn.Module  # the plain GViT, for evaluation, guidance and export
+    objective: torch.nn.Module  # as Accelerate prepared it
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    ema: ModelEmaV3 | None
+    schedule: Schedule
+    steps_per_epoch: int
+    mean: torch.Tensor  # [C] the data config's, on the device
+    std: torch.Tensor
+    run_info: dict
+    state: dict
+    monitor: StepMonitor
+    phase: str | None = None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def save_checkpoint(self) -> None:
+        save_checkpoint(self.accelerator, self.run_dir, self.state, self.config.keep_checkpoints,
+                        objective=self.accelerator.unwrap_model(self.objective), optimizer=self.optimizer,
+                        scheduler=self.scheduler, ema=self.ema)
+
+    def write_metrics(self, final: dict | None = None) -> None:
+        if self.accelerator.is_main_process:
+            record = {"epochs": self.state["history"], "total_steps": self.state["step"], "guidance_steps": self.state["guidance_steps"],
+                      "skipped_steps": self.state["skipped_steps"], "skipped_images": self.skipped_images,
+                      **({"final": final} if final is not None else {})}
+            write_atomically(self.run_dir / "metrics.json", json.dumps(record, indent=2))
+
+
+def setup(config: TrainConfig) -> Run:
+    """Accelerate, the checked data and its loaders, the model, the optimiser and schedules, and the
+    trainer's state (from the checkpoint with --resume)."""
     run_dir = Path(config.output_dir)
     if not config.resume and ((run_dir / "metrics.json").exists() or list_checkpoints(run_dir)):
         raise SystemExit(f"train_gvit.py: error: {run_dir} holds a run already: continue it with --resume latest, "
                          "or choose another --output-dir")
-
-    # ---------------------------------------------------------------- accelerator
     if config.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
         raise SystemExit("--report-to wandb: wandb is not installed (pip install wandb), or use tensorboard / none")
     mixed = config.mixed_precision
@@ -141,16 +178,13 @@ def train(config: TrainConfig) -> int:
         objective.compile_regions()
     optimizer = create_adamw(model, lr, config.weight_decay, config.betas)
     objective, optimizer, train_loader, val_loader = accelerator.prepare(objective, optimizer, train_loader, val_loader)
-    model = accelerator.unwrap_model(objective).model  # the plain GViT, for eval, guidance and export
+    model = accelerator.unwrap_model(objective).model
     steps_per_epoch = len(train_loader) // config.grad_accum_steps
     schedule = Schedule.from_config(config, steps_per_epoch)
     warmup_steps = round(config.warmup_epochs * (steps_per_epoch if config.phase_unit == "epochs" else 1))
     scheduler = CosineLRScheduler(optimizer, t_initial=schedule.total_steps, lr_min=config.min_lr,
                                   warmup_t=warmup_steps, warmup_lr_init=config.min_lr, t_in_epochs=False)
     ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay else None
-    mean = torch.tensor(data_config["mean"], device=accelerator.device).view(1, 3, 1, 1)
-    std = torch.tensor(data_config["std"], device=accelerator.device).view(1, 3, 1, 1)
-    training_state = dict(objective=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler, ema=ema)
 
     # the trainer's own state, all of it in every checkpoint: counters, this epoch's running loss sums, the metrics history
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "guidance_steps": 0, "skipped_steps": 0, "nonfinite_in_a_row": 0,
@@ -160,131 +194,166 @@ def train(config: TrainConfig) -> int:
             recover_checkpoints(run_dir)
         accelerator.wait_for_everyone()
         path = resolve_resume(run_dir, config.resume)
-        state = load_checkpoint(accelerator, path, **training_state)
+        state = load_checkpoint(accelerator, path, objective=accelerator.unwrap_model(objective), optimizer=optimizer,
+                                scheduler=scheduler, ema=ema)
         accelerator.print(f"resumed from {path}: step {state['step']}, epoch {state['epoch']}, batch {state['batch_in_epoch']}")
-
     run_info = {
         "dataset": info.name, "class_names": info.class_names, "train_size": info.train_size, "val_size": info.val_size,
         "steps_per_epoch": steps_per_epoch, "schedule": dataclasses.asdict(schedule), "global_batch": global_batch,
         "lr": lr, "warmup_steps": warmup_steps, "mixed_precision": mixed,
     }
+    return Run(config, run_dir, accelerator, info, train_dataset, train_loader, val_loader, skipped_images, model, objective,
+               optimizer, scheduler, ema, schedule, steps_per_epoch,
+               mean=torch.tensor(data_config["mean"], device=accelerator.device).view(1, 3, 1, 1),
+               std=torch.tensor(data_config["std"], device=accelerator.device).view(1, 3, 1, 1),
+               run_info=run_info, state=state, monitor=StepMonitor(state, config.max_nonfinite))
 
-    def write_metrics(final: dict | None = None) -> None:
-        if accelerator.is_main_process:
-            record = {"epochs": state["history"], "total_steps": state["step"], "guidance_steps": state["guidance_steps"],
-                      "skipped_steps": state["skipped_steps"], "skipped_images": skipped_images,
-                      **({"final": final} if final is not None else {})}
-            write_atomically(run_dir / "metrics.json", json.dumps(record, indent=2))
 
-    if accelerator.is_main_process:  # only now, with data, model and checkpoint checked
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-        write_atomically(run_dir / "run_info.json", json.dumps(run_info, indent=2))
+def announce(run: Run) -> None:
+    """Write the run's config and facts into its folder (only now, with data, model and checkpoint
+    checked), start the trackers and say what will happen."""
+    config, accelerator, schedule, info = run.config, run.accelerator, run.schedule, run.info
+    if accelerator.is_main_process:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run.run_dir / "config.yaml")
+        write_atomically(run.run_dir / "run_info.json", json.dumps(run.run_info, indent=2))
         if config.resume:
-            write_metrics()  # the history as the checkpoint has it
+            run.write_metrics()  # the history as the checkpoint has it
     accelerator.init_trackers("gvit", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in dataclasses.asdict(config).items()})
     accelerator.print(
         f"{config.model} on '{info.name}' ({info.train_size} train / {info.val_size} val images, {info.num_classes} classes); "
         f"batch {config.batch_size} per process x {accelerator.num_processes} processes x {config.grad_accum_steps} accumulation "
-        f"= global batch {global_batch}, lr {lr:.3g}; {schedule.total_steps} steps in {schedule.epochs(steps_per_epoch)} epochs: "
-        f"reconstruction {schedule.recon_steps}, classifier {schedule.classifier_steps}, joint {schedule.joint_steps} "
-        f"(guidance {schedule.guidance_steps}, gamma {schedule.gamma}); mixed precision {mixed}"
+        f"= global batch {run.run_info['global_batch']}, lr {run.run_info['lr']:.3g}; {schedule.total_steps} steps in "
+        f"{schedule.epochs(run.steps_per_epoch)} epochs: reconstruction {schedule.recon_steps}, classifier {schedule.classifier_steps}, "
+        f"joint {schedule.joint_steps} (guidance {schedule.guidance_steps}, gamma {schedule.gamma}); mixed precision {run.run_info['mixed_precision']}"
     )
 
-    # ---------------------------------------------------------------- training
-    monitor = StepMonitor(state, config.max_nonfinite)
-    phase, step_finite, guided = None, None, {}
-    for epoch in range(state["epoch"], schedule.epochs(steps_per_epoch)):
-        train_loader.set_epoch(epoch)
-        train_dataset.set_epoch(epoch)
-        skip = state["batch_in_epoch"]
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        bar = tqdm(total=len(train_loader), initial=skip, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
-        objective.train()
-        seen, started = 0, time.perf_counter()
-        for batch_index, (images, labels) in enumerate(loader, start=skip):
-            if state["step"] >= schedule.total_steps:
-                break
-            step = state["step"]
-            state["batch_in_epoch"] = batch_index + 1  # consumed, whether it ends in a step or not
-            if schedule.phase(step) != phase:
-                phase = schedule.phase(step)
-                accelerator.print(f"step {step}: phase '{phase}'")
-                accelerator.log({"phase": PHASES.index(phase)}, step=step)
-            targets = (images * std + mean).clamp(0, 1)
-            # nothing in a step waits for the device: a non-finite loss skips the optimiser step on the
-            # device (step_if_finite), and the monitor's counts are read at the logging interval
-            with accelerator.accumulate(objective):
-                with accelerator.autocast():
-                    loss, parts = objective(images, targets, labels, phase, schedule.dssim_on(step))
-                finite = accelerator.gather(torch.isfinite(loss.detach())[None]).all()
-                step_finite = finite if step_finite is None else step_finite & finite  # over the accumulated batches
-                accelerator.backward(loss)
-                if config.clip_grad is not None and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(objective.parameters(), config.clip_grad)
-                step_if_finite(optimizer, step_finite)  # a no-op until the last micro-batch
-                optimizer.zero_grad(set_to_none=True)
-            monitor.step(parts, finite)
-            seen += images.shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            step_finite = None
-            state["step"] = step = step + 1
-            scheduler.step_update(step)
-            if ema is not None:
-                ema.update(model, step=step)
-            if schedule.guidance_due(step - 1):
-                guided = guidance_step(model, optimizer, images, targets, labels, gamma=schedule.gamma, label_smoothing=config.label_smoothing,
-                                       accelerator=accelerator, encode=objective.encode, classify=objective.classification,
-                                       reconstruction=lambda r, t: objective.reconstruction(r, t, schedule.dssim_on(step - 1)))
-                monitor.guidance(guided.pop("guidance/finite"))
-            bar.update(config.grad_accum_steps)
-            if step % config.log_every == 0:
-                monitor.flush(step, phase, accelerator.print)
-                current_lr, rate = optimizer.param_groups[0]["lr"], seen / (time.perf_counter() - started)
-                bar.set_postfix(phase=phase, loss=f"{loss.item():.4f}", lr=f"{current_lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
-                accelerator.log({**{k: v.item() for k, v in parts.items()}, "lr": current_lr, "images_per_s": rate,
-                                 "guidance_steps": state["guidance_steps"],
-                                 **{k: v.item() for k, v in guided.items()}}, step=step)
-                guided = {}  # the last guidance step's losses, logged once
-            if step % config.image_every == 0 and accelerator.is_main_process:
-                with torch.no_grad():
-                    gaussians = model.encode(images[:4])
-                    save_reconstruction_grid(targets[:4], model.render(gaussians, tuple(images.shape[-2:])), gaussians,
-                                             run_dir / "figures" / f"step-{step:08d}.png")
-            if step % config.checkpoint_every == 0:
-                monitor.flush(step, phase, accelerator.print)
-                save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints, **training_state)
-        monitor.flush(state["step"], phase, accelerator.print)
-        sums, counts = state["sums"], state["counts"]  # of the losses of this epoch's finite batches
-        bar.close()
-        last_epoch = state["step"] >= schedule.total_steps
-        epoch_record = {"epoch": epoch, "step": state["step"], "phase": schedule.phase(max(state["step"] - 1, 0)),
-                        **{k if k.startswith("train") else f"train_{k}": sums[k] / counts[k] for k in sums if counts[k]}}
-        if last_epoch or (epoch + 1) % config.eval_every == 0:
-            results = evaluate(ema.module if ema is not None else model, val_loader, accelerator, mean, std)
-            epoch_record.update(results)
-            accelerator.print(f"epoch {epoch}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, PSNR {results['psnr']:.2f} dB")
-            accelerator.log({f"val/{k}": v for k, v in results.items()}, step=state["step"])
-        state["history"].append(epoch_record)
-        state.update(epoch=epoch + 1, batch_in_epoch=0)
-        monitor.reset_epoch()
-        save_checkpoint(accelerator, run_dir, state, config.keep_checkpoints, **training_state)  # holds the history too
-        pause_point("before-metrics")
-        write_metrics()
-        if last_epoch:
-            break
 
-    # ---------------------------------------------------------------- results and export
-    history = state["history"]
-    final = history[-1] if history and "top1" in history[-1] else evaluate(ema.module if ema is not None else model, val_loader, accelerator, mean, std)
-    write_metrics(final)
+def train_one_epoch(run: Run, epoch: int) -> dict:
+    """The optimiser steps of one epoch (from the batch a resumed run stopped at), with guidance
+    steps, logging, figures and checkpoints at their intervals; returns the epoch's record.
+
+    Nothing in a step waits for the device: a non-finite loss skips the optimiser step on the
+    device (:func:`step_if_finite`), and the monitor's counts are read at the logging interval.
+    """
+    config, accelerator, state, schedule = run.config, run.accelerator, run.state, run.schedule
+    objective, optimizer, model, monitor = run.objective, run.optimizer, run.model, run.monitor
+    run.train_loader.set_epoch(epoch)
+    run.train_dataset.set_epoch(epoch)
+    skip = state["batch_in_epoch"]
+    loader = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+    bar = tqdm(total=len(run.train_loader), initial=skip, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
+    objective.train()
+    seen, started, step_finite, guided = 0, time.perf_counter(), None, {}
+    for batch_index, (images, labels) in enumerate(loader, start=skip):
+        if state["step"] >= schedule.total_steps:
+            break
+        step = state["step"]
+        state["batch_in_epoch"] = batch_index + 1  # consumed, whether it ends in a step or not
+        if schedule.phase(step) != run.phase:
+            run.phase = schedule.phase(step)
+            accelerator.print(f"step {step}: phase '{run.phase}'")
+            accelerator.log({"phase": PHASES.index(run.phase)}, step=step)
+        targets = (images * run.std + run.mean).clamp(0, 1)
+        with accelerator.accumulate(objective):
+            with accelerator.autocast():
+                loss, parts = objective(images, targets, labels, run.phase, schedule.dssim_on(step))
+            finite = accelerator.gather(torch.isfinite(loss.detach())[None]).all()
+            step_finite = finite if step_finite is None else step_finite & finite  # over the accumulated batches
+            accelerator.backward(loss)
+            if config.clip_grad is not None and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(objective.parameters(), config.clip_grad)
+            step_if_finite(optimizer, step_finite)  # a no-op until the last micro-batch
+            optimizer.zero_grad(set_to_none=True)
+        monitor.step(parts, finite)
+        seen += images.shape[0] * accelerator.num_processes
+        if not accelerator.sync_gradients:
+            continue
+        step_finite = None
+        state["step"] = step = step + 1
+        run.scheduler.step_update(step)
+        if run.ema is not None:
+            run.ema.update(model, step=step)
+        if schedule.guidance_due(step - 1):
+            guided = guidance_step(model, optimizer, images, targets, labels, gamma=schedule.gamma, label_smoothing=config.label_smoothing,
+                                   accelerator=accelerator, encode=objective.encode, classify=objective.classification,
+                                   reconstruction=lambda r, t: objective.reconstruction(r, t, schedule.dssim_on(step - 1)))
+            monitor.guidance(guided.pop("guidance/finite"))
+        bar.update(config.grad_accum_steps)
+        if step % config.log_every == 0:
+            monitor.flush(step, run.phase, accelerator.print)
+            current_lr, rate = optimizer.param_groups[0]["lr"], seen / (time.perf_counter() - started)
+            bar.set_postfix(phase=run.phase, loss=f"{loss.item():.4f}", lr=f"{current_lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+            accelerator.log({**{k: v.item() for k, v in parts.items()}, "lr": current_lr, "images_per_s": rate,
+                             "guidance_steps": state["guidance_steps"], **{k: v.item() for k, v in guided.items()}}, step=step)
+            guided = {}  # the last guidance step's losses, logged once
+        if step % config.image_every == 0 and accelerator.is_main_process:
+            with torch.no_grad():
+                gaussians = model.encode(images[:4])
+                save_reconstruction_grid(targets[:4], model.render(gaussians, tuple(images.shape[-2:])), gaussians,
+                                         run.run_dir / "figures" / f"step-{step:08d}.png")
+        if step % config.checkpoint_every == 0:
+            monitor.flush(step, run.phase, accelerator.print)
+            run.save_checkpoint()
+    monitor.flush(state["step"], run.phase, accelerator.print)
+    bar.close()
+    sums, counts = state["sums"], state["counts"]  # of the losses of this epoch's finite batches
+    return {"epoch": epoch, "step": state["step"], "phase": schedule.phase(max(state["step"] - 1, 0)),
+            **{k if k.startswith("train") else f"train_{k}": sums[k] / counts[k] for k in sums if counts[k]}}
+
+
+def validate(run: Run) -> dict[str, float]:
+    """Validation top-1/top-5 and PSNR of the model (its EMA where there is one), printed and logged."""
+    results = evaluate(run.eval_model, run.val_loader, run.accelerator, run.mean, run.std)
+    run.accelerator.print(f"epoch {run.state['epoch']}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, "
+                          f"PSNR {results['psnr']:.2f} dB")
+    run.accelerator.log({f"val/{k}": v for k, v in results.items()}, step=run.state["step"])
+    return results
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
+    """Top-1/top-5 (%) and reconstruction PSNR (dB) over a validation loader; the counts stay on
+    the device until the end."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = psnr_sum = count = 0
+    for images, labels in loader:
+        with accelerator.autocast():
+            gaussians = model.encode(images)
+            logits = model.classify(gaussians)
+        rendered = model.render(gaussians, tuple(images.shape[-2:]))
+        top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top5 == labels[:, None]
+        quality = psnr(rendered, (images * std + mean).clamp(0, 1))
+        hit1, hit5, quality = accelerator.gather_for_metrics((hits[:, 0], hits.any(1), quality))
+        correct1, correct5 = correct1 + hit1.sum(), correct5 + hit5.sum()
+        psnr_sum, count = psnr_sum + quality.double().sum(), count + hit1.numel()
+    model.train(was_training)
+    return {"top1": 100 * float(correct1) / count, "top5": 100 * float(correct5) / count, "psnr": float(psnr_sum) / count}
+
+
+def end_epoch(run: Run, epoch: int, record: dict) -> None:
+    """The epoch's record into the history, then a checkpoint (which holds the history) and metrics.json."""
+    run.state["history"].append(record)
+    run.state.update(epoch=epoch + 1, batch_in_epoch=0)
+    run.monitor.reset_epoch()
+    run.save_checkpoint()
+    pause_point("before-metrics")
+    run.write_metrics()
+
+
+def finish(run: Run) -> int:
+    """Final metrics, the export folder and, with --push-to-hub, the upload; the exit status."""
+    config, accelerator, history = run.config, run.accelerator, run.state["history"]
+    final = history[-1] if history and "top1" in history[-1] else evaluate(run.eval_model, run.val_loader, accelerator, run.mean, run.std)
+    run.write_metrics(final)
     accelerator.end_training()
     status = 0
     if accelerator.is_main_process:
-        export_dir = run_dir / "export"
-        run = {"config": {**dataclasses.asdict(config), "betas": list(config.betas)}, **run_info, "metrics": final}
-        export_model(ema.module if ema is not None else model, export_dir, run=run, repo_name=config.hub_model_id)
+        export_dir = run.run_dir / "export"
+        record = {"config": {**dataclasses.asdict(config), "betas": list(config.betas)}, **run.run_info, "metrics": final}
+        export_model(run.eval_model, export_dir, run=record, repo_name=config.hub_model_id)
         print(f"exported {export_dir} (top-1 {final['top1']:.2f}%); load it with timm.create_model('local-dir:{export_dir}', pretrained=True)")
         if config.push_to_hub:
             try:
