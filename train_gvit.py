@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 import timm_gvit  # noqa: F401  (registers the models)
 from hub import PushError, export_model, push_folder
+from timm_gvit.data_utils import rgb_targets
 from timm_gvit.fitting import psnr
 from timm_gvit.training.checkpoints import (checkpoint_root, load_checkpoint, load_encoder_weights, load_model_weights, pause_point, recover_checkpoints,
                                             resolve_resume, save_checkpoint, write_atomically)
@@ -58,7 +59,7 @@ def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
         rendered = model.render(gaussians, tuple(images.shape[-2:]))
         top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == labels[:, None]
-        quality = psnr(rendered, (images * std + mean).clamp(0, 1))
+        quality = psnr(rendered, rgb_targets(images, mean, std))
         hit1, hit5, quality = accelerator.gather_for_metrics((hits[:, 0], hits.any(1), quality))
         correct1, correct5 = correct1 + hit1.sum().item(), correct5 + hit5.sum().item()
         psnr_sum, count = psnr_sum + quality.sum().item(), count + hit1.numel()
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     train_transform = training_transform(data_config, config.hflip)
     val_transform = create_transform(**{**data_config, "crop_pct": config.eval_crop_pct or data_config["crop_pct"]})
     dataset = lambda data, transform, seed=None: ImageClassificationDataset(  # noqa: E731
-        data, info.name, config.image_column, config.label_column, info.num_classes, transform, seed
+        data, info.name, config.image_column, config.label_column, info.num_classes, transform, seed, model.in_chans
     )
     # augmentation is seeded per item and epoch (the dataset's set_epoch reaches the workers, which start afresh
     # every epoch), and the loaders draw their worker seeds from their own generators: together, a resumed
@@ -132,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = CosineLRScheduler(optimizer, t_initial=schedule.total_steps, lr_min=config.min_lr,
                                   warmup_t=warmup_steps, warmup_lr_init=config.min_lr, t_in_epochs=False)
     ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay else None
-    mean = torch.tensor(data_config["mean"], device=accelerator.device).view(1, 3, 1, 1)
-    std = torch.tensor(data_config["std"], device=accelerator.device).view(1, 3, 1, 1)
+    mean = torch.tensor(data_config["mean"], device=accelerator.device)  # one value per input channel
+    std = torch.tensor(data_config["std"], device=accelerator.device)
     training_state = dict(objective=accelerator.unwrap_model(objective), optimizer=optimizer, scheduler=scheduler, ema=ema)
 
     # the trainer's own state, all of it in every checkpoint: counters, this epoch's running loss sums, the metrics history
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 phase = schedule.phase(step)
                 accelerator.print(f"step {step}: phase '{phase}'")
                 accelerator.log({"phase": PHASES.index(phase)}, step=step)
-            targets = (images * std + mean).clamp(0, 1)
+            targets = rgb_targets(images, mean, std)
             with accelerator.accumulate(objective):
                 with accelerator.autocast():
                     loss, parts = objective(images, targets, labels, phase, schedule.dssim_on(step))

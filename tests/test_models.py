@@ -495,6 +495,8 @@ def test_greyscale_from_scratch_reconstructs_grey_rgb():
     images = (grey - config["mean"][0]) / config["std"][0]
     targets = rgb_targets(images, config["mean"], config["std"])
     assert targets.shape == (2, 3, 32, 32) and torch.allclose(targets, grey.expand(-1, 3, -1, -1), atol=1e-6)
+    with pytest.raises(ValueError, match=r"mean has 3 value\(s\) but the images have 1 channel"):
+        rgb_targets(images, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))  # an RGB data config on greyscale images
     out = model.forward_train(images)
     loss = (out.reconstruction - targets).pow(2).mean() + out.logits.logsumexp(1).mean()
     loss.backward()

@@ -90,6 +90,23 @@ def test_end_to_end_on_digits_walks_all_phases_and_exports(digits_run):
     assert json.loads((export / "config.json").read_text())["label_names"] == [str(d) for d in range(10)]
 
 
+def test_greyscale_model_trains_on_one_channel_and_exports(tmp_path):
+    """--model-kwargs in_chans=1: the images stay one channel from the dataset to the model, the
+    reconstruction target is grey RGB, and the export reloads as a greyscale model."""
+    from timm.data import create_transform, resolve_model_data_config
+
+    assert train(tmp_path, "--model-kwargs", "encoder_depth=2", "depth=2", "in_chans=1") == 0
+    final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+    assert np.isfinite([final["top1"], final["psnr"]]).all()
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'export'}", pretrained=True).eval()
+    assert loaded.in_chans == 1 and loaded.encoder.patch_embed.proj.weight.shape[1] == 1
+    config = resolve_model_data_config(loaded)
+    assert config["input_size"] == (1, 16, 16) and len(config["mean"]) == 1
+    train_data, _, info = load_splits(parse_config(["--max-train-samples", "4"]))
+    grey = ImageClassificationDataset(train_data, info.name, "image", "label", info.num_classes, create_transform(**config), in_chans=1)
+    assert grey[0][0].shape == (1, 16, 16) and loaded(grey[0][0][None]).shape == (1, 10)
+
+
 def test_gamma_zero_gives_no_guidance_steps_and_eval_every_skips_epochs(tmp_path):
     assert train(tmp_path, "--gamma", "0", "--eval-every", "3") == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -29,6 +29,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models.vision_transformer import Block
 
 from .classifier import GaussianClassifier
+from .data_utils import rgb_targets  # noqa: F401  (timm_gvit.gvit.rgb_targets, as before)
 from .encoder import GaussianEncoder
 from .gaussians import decode_gaussians
 from .rendering import BACKENDS, render_gaussians
@@ -133,15 +134,6 @@ def check_gaussian_values(gaussians: Tensor) -> None:
     if (gaussians[..., 2:4] <= 0).any():
         bad = (gaussians[..., 2:4] <= 0).nonzero()[0].tolist()
         raise ValueError(f"sigma_x/sigma_y (params 2, 3) must be > 0; the first that is not is at [batch, gaussian] = {bad[:2]}")
-
-
-def rgb_targets(images: Tensor, mean, std) -> Tensor:
-    """The reconstruction target ``[B, 3, H, W]`` in [0, 1] of normalised ``images``
-    ``[B, C, H, W]``: un-normalised with the data config's ``mean``/``std`` (C values each), and a
-    greyscale image (C = 1) replicated to grey RGB, since the Gaussians are always RGB."""
-    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images * std + mean).clamp(0, 1).expand(-1, 3, -1, -1)
 
 
 class GViT(nn.Module):

@@ -66,17 +66,6 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
 
 
-def check_safetensors(path: str | Path) -> None:
-    """Raise a ``ValueError`` naming ``path`` unless it is a complete safetensors file (reads the header only)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            f.keys()
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
-
-
 # ----------------------------------------------------------------------------- finding checkpoints
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data_utils import to_channels, to_rgb  # noqa: F401  (to_rgb: also timm_gvit.training.data.to_rgb, as before)
+
 VAL_SPLIT_NAMES = ("validation", "val", "test")
 #: Random-resized-crop scale range of the paper's training augmentation.
 CROP_SCALE = (0.5, 1.0)
@@ -35,18 +37,6 @@ class DataInfo:
     class_names: list[str]
     train_size: int
     val_size: int
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB. 16-bit and 32-bit integer greyscale (16-bit PNGs) are scaled
-    to 8 bits, where PIL's ``convert`` would clip them to white."""
-    if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit), I (32-bit int, what 16-bit PNGs may open as)
-        values = np.asarray(image).astype(np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max)
-        image = Image.fromarray(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8))
-    elif image.mode == "F":  # 32-bit float greyscale, taken to be in [0, 1]
-        image = Image.fromarray(np.round(np.asarray(image).clip(0, 1) * 255).astype(np.uint8))
-    return image.convert("RGB")
 
 
 @contextlib.contextmanager
@@ -66,10 +56,15 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     """(transformed image, label) pairs from a ``datasets.Dataset``, validated item by item.
 
     With ``seed``, item ``i`` of epoch ``e`` (:meth:`set_epoch`) is transformed with the random
-    generators seeded from ``(seed, e, i)``.
+    generators seeded from ``(seed, e, i)``. Images are read as 8-bit RGB, or greyscale with
+    ``in_chans=1`` (a model with ``in_chans=1``).
     """
 
-    def __init__(self, data, name: str, image_column: str, label_column: str, num_classes: int, transform=None, seed: int | None = None):
+    def __init__(self, data, name: str, image_column: str, label_column: str, num_classes: int, transform=None, seed: int | None = None,
+                 in_chans: int = 3):
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 3 (RGB) or 1 (greyscale), got {in_chans!r}")
+        self.in_chans = in_chans
         self.data, self.name = data, name
         self.image_column, self.label_column = image_column, label_column
         self.num_classes, self.transform = num_classes, transform
@@ -85,7 +80,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         where = f"dataset '{self.name}', item {index}"
         try:
             item = self.data[index]
-            image = to_rgb(_to_pil(item[self.image_column]))
+            image = to_channels(_to_pil(item[self.image_column]), self.in_chans)
         except Exception as exc:
             raise ValueError(f"{where}: cannot read the image in column '{self.image_column}': {exc}") from exc
         label = item[self.label_column]
