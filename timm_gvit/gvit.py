@@ -450,7 +450,7 @@ class GViT(nn.Module):
         Args:
             gaussians: ``[B, k, 9]`` float, decoded (float16/bfloat16 are rendered in float32).
             size: int or (H, W); default the model's ``img_size``.
-            background: ``[3]`` or ``[B, 3]`` float in [0, 1], or None (black).
+            background: in [0, 1]: None (black), a float, 3 floats, or a ``[B, 3]`` float tensor.
 
         Returns:
             ``[B, 3, H, W]`` float32 images in [0, 1].

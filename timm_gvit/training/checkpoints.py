@@ -35,6 +35,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..data_utils import check_safetensors  # noqa: F401  (timm_gvit.training.checkpoints.check_safetensors, as before)
+
 STATE_FILE = "trainer_state.json"
 PAUSE_VARIABLE = "GVIT_PAUSE_AT"
 
