@@ -641,7 +641,7 @@ def test_vit_constructor_arguments_reach_both_networks_and_the_export():
     GViT(**args, num_classes=5).load_state_dict(model.state_dict())  # the recorded arguments give the same shapes
     default = tiny()
     assert isinstance(default.encoder.norm, torch.nn.LayerNorm) and default.encoder.norm.eps == 1e-6
-    assert default.encoder.blocks[0].norm1.eps == 1e-5 and default.classifier.blocks[0].attn.qkv.bias is not None
+    assert default.encoder.blocks[0].norm1.eps == 1e-6 and default.classifier.blocks[0].attn.qkv.bias is not None
     custom = tiny(block_fn=MyBlock, norm_layer=torch.nn.LayerNorm)
     assert isinstance(custom.encoder.blocks[0], MyBlock) and isinstance(custom.classifier.blocks[-1], MyBlock)
     with pytest.raises(ValueError, match="norm_layer=.*cannot be written to a config file: pass it by name"):

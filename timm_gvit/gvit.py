@@ -181,8 +181,7 @@ class GViT(nn.Module):
             of (sigma_x, sigma_y, phi), see :func:`timm_gvit.classifier.shape_features`.
         mlp_embed: bool; embed each Gaussian with a two-layer MLP instead of one linear map.
         norm_layer: a timm norm layer name ('layernorm', 'rmsnorm', ...) or class, for every norm;
-            None: what GViTs were trained with (``nn.LayerNorm``, eps 1e-6 for the final norms,
-            1e-5 inside the blocks).
+            None: what GViTs were trained with (LayerNorm, eps 1e-6).
         act_layer: a timm activation name ('gelu', 'silu', ...) or class for every MLP; None: GELU.
         block_fn: the transformer block class, called with timm ``Block``'s keyword arguments.
         weight_init: '' (the paper's: Xavier-uniform linears, small normal tokens) or 'skip'

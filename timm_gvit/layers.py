@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from timm.layers import get_act_layer, get_norm_layer
+from timm.layers import LayerNorm, get_act_layer, get_norm_layer
 from timm.models.vision_transformer import Block
 
 #: ``weight_init`` values: '' is the paper's init (:func:`xavier_init_linears`), 'skip' keeps each
@@ -19,18 +19,18 @@ def resolve_layers(norm_layer, act_layer) -> tuple[Callable[..., nn.Module], Cal
     """The (blocks' norm, final norm, activation) classes for ``norm_layer`` and ``act_layer``,
     given as timm layer names (e.g. 'layernorm', 'rmsnorm', 'gelu') or classes.
 
-    ``None`` keeps what every GViT so far was trained with: ``nn.LayerNorm`` inside the blocks
-    (eps 1e-5, timm ``Block``'s default), ``nn.LayerNorm(eps=1e-6)`` for the final norms (timm's
-    ViT), and ``nn.GELU``. A given ``norm_layer`` is used for both.
+    ``None`` keeps what every GViT so far was trained with: LayerNorm with eps 1e-6 (timm's
+    ``LayerNorm`` inside the blocks, timm ``Block``'s default, and ``nn.LayerNorm`` for the final
+    norms, as timm's ViT) and ``nn.GELU``. A given ``norm_layer`` is used for both.
     """
     norm = get_norm_layer(norm_layer) if norm_layer is not None else None
     act = get_act_layer(act_layer) if act_layer is not None else nn.GELU
-    return norm or nn.LayerNorm, norm or partial(nn.LayerNorm, eps=1e-6), act
+    return norm or LayerNorm, norm or partial(nn.LayerNorm, eps=1e-6), act
 
 
 def transformer_blocks(embed_dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                        proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path_rate: float = 0.0,
-                       norm_layer: Callable[..., nn.Module] = nn.LayerNorm, act_layer: Callable[..., nn.Module] = nn.GELU,
+                       norm_layer: Callable[..., nn.Module] = LayerNorm, act_layer: Callable[..., nn.Module] = nn.GELU,
                        block_fn: Callable[..., nn.Module] = Block) -> nn.Sequential:
     """``depth`` pre-norm ViT blocks with a linear stochastic-depth ramp: ``block_fn`` (timm's
     ``Block`` by default) called with ``Block``'s keyword arguments."""
