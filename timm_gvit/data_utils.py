@@ -19,14 +19,21 @@ Stats = Union[Sequence[float], Tensor]
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB. 16-bit and 32-bit integer greyscale (16-bit PNGs) are scaled
-    to 8 bits, where PIL's ``convert`` would clip them to white."""
+    """Any PIL image -> 8-bit RGB. 16-bit and 32-bit integer greyscale (16-bit PNGs) and float
+    greyscale in 0..1 or 0..255 (float TIFFs) are scaled to 8 bits, where PIL's ``convert`` would
+    clip them to white."""
     if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit), I (32-bit int, what 16-bit PNGs may open as)
         values = np.asarray(image).astype(np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max)
         image = Image.fromarray(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8))
-    elif image.mode == "F":  # 32-bit float greyscale, taken to be in [0, 1]
-        image = Image.fromarray(np.round(np.asarray(image).clip(0, 1) * 255).astype(np.uint8))
+    elif image.mode == "F":  # 32-bit float greyscale: in [0, 1], or in [0, 255] as many tools write it
+        values = np.asarray(image)
+        top = float(np.nanmax(values, initial=0))
+        if not np.isfinite(values).all() or top > 255:
+            raise ValueError(f"a 32-bit float image with values up to {top:g}{' and non-finite ones' if np.isfinite(top) else ''}: "
+                             "expected values in 0..1 or 0..255")
+        scale = 255 if top <= 1 else 1
+        image = Image.fromarray(np.round(values.clip(0, 255 / scale) * scale).astype(np.uint8))
     return image.convert("RGB")
 
 
