@@ -160,4 +160,4 @@ def test_timm_model_tests_list_gvit_as_timm_lists_its_vits_and_the_readme_quotes
     assert summary("...\n37 passed, 2 skipped, 16036 deselected, 64 warnings in 366.94s\n") == {"passed": 37, "skipped": 2, "deselected": 16036}
     record = json.loads((ROOT / "benchmarks" / "reference" / "timm_test_models.json").read_text())
     assert record["returncode"] == 0 and "failed" not in record
-    assert f"all {record['passed']} selected tests pass" in (ROOT / "README.md").read_text()
+    assert f"all {record['passed']} selected tests pass" in " ".join((ROOT / "README.md").read_text().split())
