@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 import timm_gvit  # noqa: F401  (registers the models)
 from hub import PushError, export_model, push_folder
+from timm_gvit.data_utils import rgb_targets
 from timm_gvit.fitting import psnr
 from timm_gvit.training.checkpoints import (DiskFull, RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
                                             pause_point, recover_checkpoints, resolve_resume, save_checkpoint, write_atomically)
@@ -152,7 +153,7 @@ def setup(config: TrainConfig) -> Run:
     train_transform = training_transform(data_config, config.hflip)
     val_transform = create_transform(**{**data_config, "crop_pct": config.eval_crop_pct or data_config["crop_pct"]})
     dataset = lambda data, transform, split, seed=None: ImageClassificationDataset(  # noqa: E731
-        data, info.name, config.image_column, config.label_column, info.num_classes, transform, seed, split
+        data, info.name, config.image_column, config.label_column, info.num_classes, transform, seed, split=split, in_chans=model.in_chans
     )
     # augmentation is seeded per item and epoch (the dataset's set_epoch reaches the workers, which start afresh
     # every epoch), and the loaders draw their worker seeds from their own generators: together, a resumed
@@ -204,8 +205,8 @@ def setup(config: TrainConfig) -> Run:
     }
     return Run(config, run_dir, accelerator, info, train_dataset, train_loader, val_loader, skipped_images, model, objective,
                optimizer, scheduler, ema, schedule, steps_per_epoch,
-               mean=torch.tensor(data_config["mean"], device=accelerator.device).view(1, 3, 1, 1),
-               std=torch.tensor(data_config["std"], device=accelerator.device).view(1, 3, 1, 1),
+               mean=torch.tensor(data_config["mean"], device=accelerator.device),  # one value per input channel
+               std=torch.tensor(data_config["std"], device=accelerator.device),
                run_info=run_info, state=state, monitor=StepMonitor(state, config.max_nonfinite))
 
 
@@ -254,7 +255,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             run.phase = schedule.phase(step)
             accelerator.print(f"step {step}: phase '{run.phase}'")
             accelerator.log({"phase": PHASES.index(run.phase)}, step=step)
-        targets = (images * run.std + run.mean).clamp(0, 1)
+        targets = rgb_targets(images, run.mean, run.std)  # [B, 3, H, W] in [0, 1]; grey images as grey RGB
         with accelerator.accumulate(objective):
             with accelerator.autocast():
                 loss, parts = objective(images, targets, labels, run.phase, schedule.dssim_on(step))
@@ -325,7 +326,7 @@ def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
         rendered = model.render(gaussians, tuple(images.shape[-2:]))
         top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == labels[:, None]
-        quality = psnr(rendered, (images * std + mean).clamp(0, 1))
+        quality = psnr(rendered, rgb_targets(images, mean, std))
         hit1, hit5, quality = accelerator.gather_for_metrics((hits[:, 0], hits.any(1), quality))
         correct1, correct5 = correct1 + hit1.sum(), correct5 + hit5.sum()
         psnr_sum, count = psnr_sum + quality.double().sum(), count + hit1.numel()

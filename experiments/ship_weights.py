@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +33,8 @@ from tqdm import tqdm
 import timm_gvit  # noqa: F401
 from timm_gvit.explain import main as explain_main
 from timm_gvit.fitting import psnr
-from timm_gvit.gvit import HUB_ORG, IMAGENETTE_CLASSES, WEIGHTS_DIR
+from timm_gvit.data_utils import rgb_targets
+from timm_gvit.gvit import IMAGENETTE_CLASSES, WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # hub/ is a repository-level package, next to train_gvit.py
@@ -58,7 +58,7 @@ def evaluate(model, folder: ImageFolder, mean: torch.Tensor, std: torch.Tensor) 
         predictions += top5[:, 0].tolist()
         correct += (top5[:, 0] == labels).sum().item()
         correct5 += (top5 == labels[:, None]).any(1).sum().item()
-        quality += psnr(model.render(gaussians), (images * std + mean).clamp(0, 1)).sum().item()
+        quality += psnr(model.render(gaussians), rgb_targets(images, mean, std)).sum().item()
     n = len(folder)
     return {"images": n, "correct": int(correct), "top1": 100 * correct / n, "top5": 100 * correct5 / n, "psnr": quality / n,
             "predictions": predictions}
@@ -80,6 +80,9 @@ def main() -> None:
         if not finished:
             raise SystemExit("no finished final-k64(-g0) or long-protocol run in experiments/results/trainer_runs.json")
         args.run = max(finished, key=lambda n: finished[n]["final"]["top1"])
+    if TAG not in timm.list_pretrained("gvit_nano*"):
+        raise SystemExit(f"{TAG} has no pretrained cfg: add one to default_cfgs in timm_gvit/gvit.py (its file, "
+                         "num_classes, input_size and label_names), then run this again")
     if args.evaluate_only:
         return evaluate_shipped(args, runs)
     run_dir = RUNS / args.run
@@ -95,14 +98,11 @@ def main() -> None:
     folder = WEIGHTS_DIR / TAG
     if folder.exists():
         shutil.rmtree(folder)
-    export_model(trained, folder, run=run, repo_name=f"{HUB_ORG}/{TAG}")  # the Hub folder format
+    export_model(trained, folder, run=run)  # the Hub folder format
     target = folder / "model.safetensors"
     state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(target).items()}
     save_file(state, target, metadata={"format": "pt", "source_run": args.run})
     print(f"{run_dir / 'export'} -> {folder} ({target.stat().st_size / 1e6:.1f} MB of float16 weights)")
-    if TAG not in timm.list_pretrained("gvit_nano*"):  # a new tag: timm learns the packaged tags at import
-        os.execv(sys.executable, [sys.executable, __file__, "--run", args.run, "--data", args.data, "--per-class",
-                                  str(args.per_class), "--evaluate-only"])
     evaluate_shipped(args, runs)
 
 
@@ -112,7 +112,7 @@ def evaluate_shipped(args, runs: dict) -> None:
     model = timm.create_model(TAG, pretrained=True).eval()
     config = resolve_model_data_config(model)
     transform = create_transform(**config)
-    mean, std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
+    mean, std = config["mean"], config["std"]
     val = ImageFolder(str(Path(args.data) / "val"), transform=transform)
     full = evaluate(model, val, mean, std)
 

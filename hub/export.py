@@ -37,7 +37,7 @@ def forward_gflops(model) -> float:
     was_training = model.training
     model.eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, 3, *model.img_size, device=param.device, dtype=param.dtype))
+        model(torch.zeros(1, model.in_chans, *model.img_size, device=param.device, dtype=param.dtype))
     model.train(was_training)
     return counter.get_total_flops() / 1e9
 

@@ -169,3 +169,20 @@ def test_compile_cache_round_trip(tmp_path, monkeypatch):
     assert "restored" in device_check.restore_compile_cache(out)
     assert (device_check.INDUCTOR / "fxgraph" / "entry").read_bytes() == b"graph"
     assert "compiling from scratch" in device_check.restore_compile_cache(tmp_path / "nothing")
+
+
+def test_timm_model_tests_list_gvit_as_timm_lists_its_vits_and_the_readme_quotes_the_record():
+    """benchmarks/timm_model_tests.py puts gvit in the two lists of timm's test_models.py that
+    hold its ViTs, refuses a test file without them, and the README quotes the recorded count."""
+    from benchmarks.timm_model_tests import patched_test_models, summary
+
+    source = "X = 1\nFEAT_INTER_FILTERS = [\n    'vision_transformer',\n]\nNON_STD_FILTERS = [\n    'vit_*',\n]\n"
+    patched = patched_test_models(source)
+    assert "FEAT_INTER_FILTERS = [\n    'gvit',\n    'vision_transformer'," in patched
+    assert "NON_STD_FILTERS = [\n    'gvit_*',\n    'vit_*'," in patched
+    with pytest.raises(ValueError, match="has no 'NON_STD_FILTERS = \\[' list"):
+        patched_test_models("FEAT_INTER_FILTERS = [\n]\n")
+    assert summary("...\n37 passed, 2 skipped, 16036 deselected, 64 warnings in 366.94s\n") == {"passed": 37, "skipped": 2, "deselected": 16036}
+    record = json.loads((ROOT / "benchmarks" / "reference" / "timm_test_models.json").read_text())
+    assert record["returncode"] == 0 and "failed" not in record
+    assert f"all {record['passed']} selected tests pass" in " ".join((ROOT / "README.md").read_text().split())

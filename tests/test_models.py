@@ -258,9 +258,8 @@ def test_pretrained_head_adapts_to_num_classes(tmp_path):
     torch.testing.assert_close(adapted.encode(torch.ones(1, 3, 32, 32)), model.encode(torch.ones(1, 3, 32, 32)))
 
 
-def test_pretrained_without_published_weights_says_so(monkeypatch):
-    monkeypatch.delenv("TIMM_GVIT_HUB_ORG", raising=False)
-    with pytest.raises(RuntimeError, match="no pretrained weights are published for 'gvit_small'.*local-dir"):
+def test_pretrained_without_published_weights_says_so():
+    with pytest.raises(RuntimeError, match="no pretrained weights are published for 'gvit_small'.*local-dir.*hf-hub:ORG/NAME"):
         timm.create_model("gvit_small", pretrained=True)
 
 
@@ -496,6 +495,8 @@ def test_greyscale_from_scratch_reconstructs_grey_rgb():
     images = (grey - config["mean"][0]) / config["std"][0]
     targets = rgb_targets(images, config["mean"], config["std"])
     assert targets.shape == (2, 3, 32, 32) and torch.allclose(targets, grey.expand(-1, 3, -1, -1), atol=1e-6)
+    with pytest.raises(ValueError, match=r"mean has 3 value\(s\) but the images have 1 channel"):
+        rgb_targets(images, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))  # an RGB data config on greyscale images
     out = model.forward_train(images)
     loss = (out.reconstruction - targets).pow(2).mean() + out.logits.logsumexp(1).mean()
     loss.backward()
@@ -531,33 +532,21 @@ def test_list_pretrained_names_only_weights_that_exist():
         assert timm.models.get_pretrained_cfg(name).file.startswith(str(WEIGHTS_DIR))
 
 
-def test_list_pretrained_with_a_user_hub_organisation():
+def test_pretrained_cfgs_are_static():
+    """No environment variable changes the tags: a fresh interpreter with TIMM_GVIT_HUB_ORG set
+    (which older versions read) lists the same one tag, whose cfg carries the shipped weights'
+    data config."""
     import os
     import subprocess
     import sys
 
-    code = "import timm, timm_gvit; print(timm.list_pretrained('gvit*')); print(timm.models.get_pretrained_cfg('gvit_small').hf_hub_id)"
+    code = "import timm, timm_gvit; print(timm.list_pretrained('gvit*'))"
     env = dict(os.environ, TIMM_GVIT_HUB_ORG="my-lab")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == str(sorted(["gvit_base.in1k", "gvit_nano.imagenette_64_v2", "gvit_small.in1k", "gvit_tiny.in1k"]))
-    assert out[1] == "my-lab/gvit_small.in1k"
-
-
-def test_packaged_cfgs_come_from_the_weights_folders(tmp_path):
-    import json
-
-    from timm_gvit.gvit import packaged_cfgs
-
-    (tmp_path / "gvit_tiny.mine").mkdir()
-    (tmp_path / "gvit_tiny.mine" / "config.json").write_text(json.dumps(
-        {"label_names": ["a", "b"], "pretrained_cfg": {"num_classes": 2, "input_size": [3, 48, 48], "license": "mit"}}))
-    (tmp_path / "gvit_tiny.mine" / "model.safetensors").write_bytes(b"")
-    (tmp_path / "gvit_tiny.incomplete").mkdir()  # no weights: not a tag
-    cfgs = packaged_cfgs(tmp_path)
-    assert list(cfgs) == ["gvit_tiny.mine"]
-    cfg = cfgs["gvit_tiny.mine"]
-    assert cfg["input_size"] == (3, 48, 48) and cfg["num_classes"] == 2 and cfg["label_names"] == ("a", "b")
-    assert cfg["license"] == "mit" and cfg["file"].endswith("model.safetensors") and cfg["first_conv"] == "encoder.patch_embed.proj"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['gvit_nano.imagenette_64_v2']"
+    cfg = timm.models.get_pretrained_cfg("gvit_nano.imagenette_64_v2")
+    assert cfg.num_classes == 10 and cfg.input_size == (3, 64, 64) and cfg.label_names[0] == "tench" and cfg.license == "other"
+    assert not timm.models.get_pretrained_cfg("gvit_small").has_weights
 
 
 # ------------------------------------------------------------------ checkpoints at other sizes
@@ -587,16 +576,77 @@ def test_checkpoint_of_unknown_grid_is_refused(tmp_path):
     assert loaded.encoder.pos_embed.shape[1] == 16
 
 
-# ------------------------------------------------------------------ forward_intermediates
-def test_forward_intermediates_follow_timm_vit():
-    model = tiny(encoder_depth=1, depth=6).eval()
-    x = torch.randn(2, 3, 32, 32)
-    final, intermediates = model.forward_intermediates(x, indices=3)
+# ------------------------------------------------------------------ feature maps
+def test_forward_intermediates_are_the_encoder_s_patch_grid():
+    """As timm's ViT: NCHW maps of the encoder's patch tokens at stride patch_size (NLC: the same
+    tokens in row-major order), the Gaussian tokens as prefix tokens, and the final output is
+    forward_features; grad checkpointing gives the same numbers."""
+    model = tiny(encoder_depth=4, depth=2, img_size=(32, 48)).eval()
+    x = torch.randn(2, 3, 32, 48)
+    final, maps = model.forward_intermediates(x)
     torch.testing.assert_close(final, model.forward_features(x))
-    assert len(intermediates) == 3 and all(t.shape == (2, 16, 192) for t in intermediates)
-    only = model.forward_intermediates(x, indices=[0, 5], return_prefix_tokens=True, norm=True, stop_early=True, intermediates_only=True)
-    assert [(t.shape, p.shape) for t, p in only] == [((2, 16, 192), (2, 1, 192))] * 2
-    with pytest.raises(ValueError, match="output_fmt must be 'NLC'"):
-        model.forward_intermediates(x, output_fmt="NCHW")
-    assert model.prune_intermediate_layers([1]) == [1]
-    assert len(model.classifier.blocks) == 2 and model.num_classes == 0
+    assert len(maps) == len(model.feature_info) == 4 and all(t.shape == (2, 192, 4, 6) for t in maps)
+    tokens = model.forward_intermediates(x, indices=[1], output_fmt="NLC", intermediates_only=True)[0]
+    assert tokens.shape == (2, 24, 192)
+    torch.testing.assert_close(tokens[:, 6 + 2], maps[1][:, :, 1, 2])  # row 1, column 2 of the grid
+    only = model.forward_intermediates(x, indices=2, return_prefix_tokens=True, norm=True, stop_early=True, intermediates_only=True)
+    assert [(t.shape, g.shape) for t, g in only] == [((2, 192, 4, 6), (2, 16, 192))] * 2
+    model.set_grad_checkpointing()
+    torch.testing.assert_close(model.forward_intermediates(x)[0], final)
+    with pytest.raises(ValueError, match="output_fmt must be 'NCHW'.*or 'NLC'"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+    clf_final, clf_tokens = model.classifier.forward_intermediates(model.encode(x), indices=1)
+    torch.testing.assert_close(clf_final, final)
+    assert clf_tokens[0].shape == (2, 16, 192)
+
+
+def test_features_only_gives_feature_maps_from_chosen_blocks():
+    """features_only=True as on timm's ViT: three maps by default, out_indices picks encoder
+    blocks, the maps equal forward_intermediates', and the unused layers are pruned."""
+    x = torch.randn(2, 3, 32, 32)
+    full = tiny(encoder_depth=4).eval()
+    features = tiny(encoder_depth=4, features_only=True, out_indices=(0, 2)).eval()
+    features.model.load_state_dict(full.state_dict(), strict=False)
+    maps = features(x)
+    assert features.feature_info.channels() == [192, 192] and features.feature_info.reduction() == [8, 8]
+    expected = full.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+    assert len(maps) == 2 and all(torch.equal(a, b) for a, b in zip(maps, expected))
+    assert len(features.model.encoder.blocks) == 3 and len(features.model.classifier.blocks) == 0
+    default = tiny(features_only=True).eval()
+    assert default.feature_info.module_name() == ["encoder.blocks.9", "encoder.blocks.10", "encoder.blocks.11"]
+    assert [m.shape for m in default(x)] == [(2, 192, 4, 4)] * 3
+    shipped = timm.create_model("gvit_nano", pretrained=True, features_only=True)
+    assert [m.shape for m in shipped(torch.randn(1, 3, 64, 64))] == [(1, 128, 8, 8)] * 3
+
+
+def test_vit_constructor_arguments_reach_both_networks_and_the_export():
+    """qkv_bias, norm_layer, act_layer, block_fn, weight_init and the classifier's options, named
+    as on timm's ViT; architecture_args records what changes the weights' shapes or meaning."""
+    from timm.layers import RmsNorm
+    from timm.models.vision_transformer import Block
+
+    class MyBlock(Block):
+        pass
+
+    model = tiny(qkv_bias=False, norm_layer="rmsnorm", act_layer="silu", mlp_ratio=2.0, in_chans=1, pos_embed="none",
+                 shape_features=True, mlp_embed=True)
+    for net in (model.encoder, model.classifier):
+        assert net.blocks[0].attn.qkv.bias is None and isinstance(net.norm, RmsNorm) and isinstance(net.blocks[0].norm1, RmsNorm)
+        assert isinstance(net.blocks[0].mlp.act, torch.nn.SiLU) and net.blocks[0].mlp.fc1.out_features == 384
+    assert model.classifier.pos_embed is None and isinstance(model.classifier.gaussian_embed.act, torch.nn.SiLU)
+    args = model.architecture_args()
+    recorded = {k: args[k] for k in ("in_chans", "mlp_ratio", "qkv_bias", "pos_embed", "shape_features", "mlp_embed", "norm_layer", "act_layer")}
+    assert recorded == dict(in_chans=1, mlp_ratio=2.0, qkv_bias=False, pos_embed="none", shape_features=True, mlp_embed=True,
+                            norm_layer="rmsnorm", act_layer="silu")
+    GViT(**args, num_classes=5).load_state_dict(model.state_dict())  # the recorded arguments give the same shapes
+    default = tiny()
+    assert isinstance(default.encoder.norm, torch.nn.LayerNorm) and default.encoder.norm.eps == 1e-6
+    assert default.encoder.blocks[0].norm1.eps == 1e-6 and default.classifier.blocks[0].attn.qkv.bias is not None
+    custom = tiny(block_fn=MyBlock, norm_layer=torch.nn.LayerNorm)
+    assert isinstance(custom.encoder.blocks[0], MyBlock) and isinstance(custom.classifier.blocks[-1], MyBlock)
+    with pytest.raises(ValueError, match="norm_layer=.*cannot be written to a config file: pass it by name"):
+        custom.architecture_args()
+    skip = tiny(weight_init="skip")
+    assert skip.classifier.pos_embed.abs().max() == 0 and skip.encoder.gaussian_head.fc2.weight.abs().max() > 0
+    with pytest.raises(ValueError, match="weight_init must be one of"):
+        tiny(weight_init="jax")

@@ -1,6 +1,7 @@
 """The renderer against its dense oracle, analytic values and its own stated cut-off bounds."""
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 import timm_gvit
 from timm_gvit.rendering import ALPHA_MIN, T_MIN, render_gaussians
 from timm_gvit.rendering.chunked import render_chunked
-from timm_gvit.rendering.cpu import load_extension, render_cpu
+from timm_gvit.rendering.cpu import REQUIRE_VARIABLE, load_extension, render_cpu
 from timm_gvit.rendering.projection import to_pixel_space
 from timm_gvit.rendering.reference import pixel_centers, render_reference
 
@@ -220,6 +221,7 @@ def test_backward_keeps_no_dense_intermediates(backend):
 def test_fallback_without_compiler_warns_once_and_still_renders(monkeypatch):
     g = random_gaussians(1, 10, dtype=torch.float32)
     expected = render_chunked(g, 16, 16, torch.zeros(1, 3))
+    monkeypatch.delenv(REQUIRE_VARIABLE, raising=False)  # a user's machine, not CI
     monkeypatch.setenv("TIMM_GVIT_NO_EXTENSION", "1")
     load_extension.cache_clear()
     try:
@@ -231,6 +233,24 @@ def test_fallback_without_compiler_warns_once_and_still_renders(monkeypatch):
     finally:
         load_extension.cache_clear()
     torch.testing.assert_close(out, expected)
+
+
+def test_a_kernel_that_cannot_be_built_fails_where_it_is_required(monkeypatch):
+    """CI sets TIMM_GVIT_REQUIRE_CPU_KERNEL: without the kernel the 'cpu' tests would compare the
+    chunked fallback with itself, so a failed build must fail them."""
+    monkeypatch.setenv(REQUIRE_VARIABLE, "1")
+    monkeypatch.setenv("TIMM_GVIT_NO_EXTENSION", "1")
+    load_extension.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="compiled CPU renderer is unavailable.*TIMM_GVIT_REQUIRE_CPU_KERNEL is set"):
+            render_gaussians(random_gaussians(1, 10, dtype=torch.float32), 8, 8, backend="cpu")
+    finally:
+        load_extension.cache_clear()
+
+
+@pytest.mark.skipif(os.environ.get(REQUIRE_VARIABLE, "") in ("", "0"), reason="CI only: TIMM_GVIT_REQUIRE_CPU_KERNEL unset")
+def test_ci_compares_the_compiled_kernel():
+    assert load_extension()
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """timm-gvit: GViT image classifiers that see an image as a few hundred 2D Gaussians.
 
-Importing this package registers ``gvit_tiny``, ``gvit_small`` and ``gvit_base`` with timm.
+Importing this package registers ``gvit_nano``, ``gvit_tiny``, ``gvit_small`` and ``gvit_base``
+with timm.
 """
 
 from .fitting import fit_gaussians

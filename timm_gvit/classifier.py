@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Callable, List, Optional, Tuple, Union
+
 import torch
 from torch import Tensor, nn
-from timm.layers import Mlp, PatchDropout, trunc_normal_
+from torch.utils.checkpoint import checkpoint
+from timm.layers import LayerType, Mlp, PatchDropout, trunc_normal_
 from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import Block
 
 from .encoder import position_features
 from .gaussians import NUM_PARAMS
-from .layers import transformer_blocks, xavier_init_linears
+from .layers import WEIGHT_INITS, resolve_layers, transformer_blocks, xavier_init_linears
 
 GLOBAL_POOLS = ("token", "avg", "")
 POS_EMBEDS = ("learn", "none")
@@ -56,6 +61,9 @@ class GaussianClassifier(nn.Module):
 
     ``patch_drop_rate`` is timm's ViT option of that name (:class:`timm.layers.PatchDropout`): in
     training, each image keeps a random ``1 - patch_drop_rate`` of its Gaussian tokens.
+
+    ``qkv_bias``, ``norm_layer``, ``act_layer`` (also the MLP embedding's), ``block_fn`` and
+    ``weight_init`` are timm ViT's arguments (see :class:`~timm_gvit.GViT`).
     """
 
     def __init__(
@@ -77,8 +85,15 @@ class GaussianClassifier(nn.Module):
         centre_features: bool = False,
         shape_features: bool = False,
         mlp_embed: bool = False,
+        qkv_bias: bool = True,
+        norm_layer: Optional[LayerType] = None,
+        act_layer: Optional[LayerType] = None,
+        block_fn: Callable[..., nn.Module] = Block,
+        weight_init: str = "",
     ):
         super().__init__()
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         if pos_embed not in POS_EMBEDS:
@@ -92,19 +107,22 @@ class GaussianClassifier(nn.Module):
         self.grad_checkpointing = False
         self.centre_features = centre_features
         self.shape_features = shape_features
-        self.gaussian_embed = Mlp(NUM_PARAMS, embed_dim, embed_dim) if mlp_embed else nn.Linear(NUM_PARAMS, embed_dim)
+        block_norm, final_norm, act = resolve_layers(norm_layer, act_layer)
+        self.gaussian_embed = Mlp(NUM_PARAMS, embed_dim, embed_dim, act_layer=act) if mlp_embed else nn.Linear(NUM_PARAMS, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_gaussians + 1, embed_dim)) if pos_embed == "learn" else None
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.patch_drop = PatchDropout(patch_drop_rate, num_prefix_tokens=1) if patch_drop_rate > 0 else nn.Identity()
-        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, proj_drop_rate, attn_drop_rate, drop_path_rate)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate,
+                                         drop_path_rate, norm_layer=block_norm, act_layer=act, block_fn=block_fn)
+        self.norm = final_norm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if self.pos_embed is not None:
-            trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
-        xavier_init_linears(self)
+        if weight_init != "skip":
+            if self.pos_embed is not None:
+                trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.normal_(self.cls_token, std=1e-6)
+            xavier_init_linears(self)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
@@ -129,6 +147,45 @@ class GaussianClassifier(nn.Module):
         x = self.embed_tokens(gaussians)
         x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing and not torch.jit.is_scripting() else self.blocks(x)
         return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        gaussians: Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]], List[Tuple[Tensor, Tensor]], Tuple[Tensor, List[Tuple[Tensor, Tensor]]]]:
+        """The Gaussian tokens after the blocks picked by ``indices``, as timm's ViT in format 'NLC'.
+
+        Args:
+            gaussians: ``[B, k, 9]`` float, decoded.
+            indices: the last n blocks if an int, all if None, else the block indices listed.
+            return_prefix_tokens: pair each intermediate with its class token ``[B, 1, D]``.
+            norm: pass each intermediate through the final norm.
+            stop_early: skip the blocks after the last one picked.
+            intermediates_only: return the intermediates alone.
+
+        Returns:
+            ``(forward_features(gaussians) [B, 1 + k, D], intermediates)``, or the intermediates
+            alone; each intermediate ``[B, k, D]`` (or a ``([B, k, D], [B, 1, D])`` pair).
+        """
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x = self.embed_tokens(gaussians)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and not torch.jit.is_scripting() else block(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix_tokens = [y[:, :1] for y in intermediates]
+        intermediates = [y[:, 1:] for y in intermediates]
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Tokens ``[B, 1 + k, D]`` -> logits ``[B, num_classes]`` (or pooled ``[B, D]``)."""

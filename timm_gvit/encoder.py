@@ -14,16 +14,19 @@ network again with its own output as g0 (iterative refinement; each pass costs a
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from timm.layers import HybridEmbed, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from torch.utils.checkpoint import checkpoint
+from timm.layers import HybridEmbed, LayerType, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import Block
 from timm.models.vision_transformer_hybrid import ConvStem
 
 from .gaussians import NUM_PARAMS, sample_initial_gaussians
-from .layers import transformer_blocks, xavier_init_linears
+from .layers import WEIGHT_INITS, resolve_layers, transformer_blocks, xavier_init_linears
 
 GAUSSIAN_INITS = ("denoise", "queries")
 STEMS = ("patch", "conv")
@@ -54,6 +57,9 @@ class GaussianEncoder(nn.Module):
     (:func:`~timm_gvit.gaussians.sample_initial_gaussians`): a fresh draw for every image and step
     in training mode, and in eval mode the fixed draw stored in the ``eval_g0`` buffer, so that an
     image always gives the same Gaussians (and saved models keep that draw).
+
+    ``qkv_bias``, ``norm_layer``, ``act_layer``, ``block_fn`` and ``weight_init`` are timm ViT's
+    arguments (see :class:`~timm_gvit.GViT`).
     """
 
     def __init__(
@@ -76,8 +82,15 @@ class GaussianEncoder(nn.Module):
         eval_seed: int = 0,
         stem: str = "patch",
         refine_steps: int = 1,
+        qkv_bias: bool = True,
+        norm_layer: Optional[LayerType] = None,
+        act_layer: Optional[LayerType] = None,
+        block_fn: Callable[..., nn.Module] = Block,
+        weight_init: str = "",
     ):
         super().__init__()
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
         if gaussian_init not in GAUSSIAN_INITS:
             raise ValueError(f"gaussian_init must be one of {GAUSSIAN_INITS}, got {gaussian_init!r}")
         if stem not in STEMS:
@@ -113,10 +126,13 @@ class GaussianEncoder(nn.Module):
         generator = torch.Generator().manual_seed(eval_seed)
         self.register_buffer("eval_g0", sample_initial_gaussians(1, num_gaussians, scale_bound, generator))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, proj_drop_rate, attn_drop_rate, drop_path_rate)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.gaussian_head = Mlp(embed_dim, embed_dim, NUM_PARAMS)
-        self._init_weights()
+        block_norm, final_norm, act = resolve_layers(norm_layer, act_layer)
+        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate,
+                                         drop_path_rate, norm_layer=block_norm, act_layer=act, block_fn=block_fn)
+        self.norm = final_norm(embed_dim)
+        self.gaussian_head = Mlp(embed_dim, embed_dim, NUM_PARAMS, act_layer=act)
+        if weight_init != "skip":
+            self._init_weights()
 
     def _patch_centres(self) -> Tensor:
         gh, gw = self.patch_embed.grid_size
@@ -143,22 +159,69 @@ class GaussianEncoder(nn.Module):
             return sample_initial_gaussians(batch, self.num_gaussians, self.scale_bound, device=self.eval_g0.device).to(self.eval_g0.dtype)
         return self.eval_g0.expand([batch, -1, -1])  # a list: torch.fx traces a buffer's expand only so
 
-    def _predict(self, patches: Tensor, g0: Optional[Tensor]) -> Tensor:
-        """One pass: patch tokens ``[B, N, D]`` and raw g0 ``[B, k, 9]`` (None for queries) -> raw Gaussians."""
+    def _tokens(self, patches: Tensor, g0: Optional[Tensor]) -> Tensor:
+        """The blocks' input: patch tokens ``[B, N, D]`` then the k Gaussian tokens -> ``[B, N + k, D]``."""
         tokens = self.slot_embed.expand(patches.shape[0], -1, -1)
         if g0 is not None and self.g0_embed is not None:
             tokens = tokens + self.g0_embed(g0) + position_features(torch.tanh(g0[..., 0:2]), tokens.shape[-1])
-        x = self.pos_drop(torch.cat([patches, tokens], dim=1))
-        x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing and not torch.jit.is_scripting() else self.blocks(x)
+        return self.pos_drop(torch.cat([patches, tokens], dim=1))
+
+    def _gaussians(self, x: Tensor, g0: Optional[Tensor]) -> Tensor:
+        """The last block's tokens ``[B, N + k, D]`` -> raw Gaussians ``[B, k, 9]`` (a residual over g0)."""
         out = self.gaussian_head(self.norm(x[:, -self.num_gaussians :]))
         return out + g0 if g0 is not None else out
 
-    def forward(self, images: Tensor) -> Tensor:
-        patches = self._patch_tokens(images)
+    def _predict(self, patches: Tensor, g0: Optional[Tensor]) -> Tensor:
+        """One pass: patch tokens ``[B, N, D]`` and raw g0 ``[B, k, 9]`` (None for queries) -> raw Gaussians."""
+        x = self._tokens(patches, g0)
+        x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing and not torch.jit.is_scripting() else self.blocks(x)
+        return self._gaussians(x, g0)
+
+    def _last_g0(self, patches: Tensor) -> Optional[Tensor]:
+        """The g0 of the last pass: the initial Gaussians refined by all passes but one."""
         g: Optional[Tensor] = None
         if self.g0_embed is not None:
             g = self.initial_gaussians(patches.shape[0]).to(patches.dtype)
-        for _ in range(self.refine_steps):
+        for _ in range(self.refine_steps - 1):
             g = self._predict(patches, g)
-        assert g is not None
         return g
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Raw Gaussians of normalised images.
+
+        Args:
+            images: ``[B, C, H, W]`` float, normalised with the data config's mean/std.
+
+        Returns:
+            ``[B, k, 9]`` raw (pre-activation) Gaussians, same dtype as the tokens;
+            :func:`~timm_gvit.gaussians.decode_gaussians` maps them to (mu, sigma, phi, rgb, opacity).
+        """
+        patches = self._patch_tokens(images)
+        return self._predict(patches, self._last_g0(patches))
+
+    def forward_intermediates(self, images: Tensor, indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
+                              stop_early: bool = False) -> Tuple[Optional[Tensor], List[Tensor]]:
+        """The tokens after the blocks picked by ``indices``, from the last pass, as timm's ViT.
+
+        Args:
+            images: ``[B, C, H, W]`` float, normalised.
+            indices: the last n blocks if an int, all if None, else the block indices listed.
+            norm: pass each intermediate through the final norm.
+            stop_early: skip the blocks after the last one picked (no Gaussians are made).
+
+        Returns:
+            raw Gaussians ``[B, k, 9]`` (None when stopped early) and the intermediates, each
+            ``[B, N + k, D]``: the N patch tokens in row-major grid order, then the k Gaussian tokens.
+        """
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        patches = self._patch_tokens(images)
+        g0 = self._last_g0(patches)
+        x = self._tokens(patches, g0)
+        stop = stop_early and not torch.jit.is_scripting() and max_index + 1 < len(self.blocks)
+        blocks = self.blocks[: max_index + 1] if stop else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and not torch.jit.is_scripting() else block(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        return (None if stop else self._gaussians(x, g0)), intermediates

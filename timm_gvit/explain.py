@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .data_utils import check_safetensors, rgb_targets, to_channels, to_rgb
 from .rendering import render_gaussians
 from .training.config import parse_kwargs
 from .visualize import draw_ellipses, output_problem, save_panels, to_pil
@@ -119,8 +120,6 @@ def figure(image: Tensor, result: dict[str, Tensor], index: int = 0, class_name:
 
 def check_weights_file(path: Path) -> None:
     """Raise a ``ValueError`` naming ``path`` unless it is a weights file (a complete one, for safetensors)."""
-    from .training.checkpoints import check_safetensors
-
     if not path.is_file():
         raise ValueError(f"no weights file {path}")
     if path.suffix == ".safetensors":
@@ -129,8 +128,6 @@ def check_weights_file(path: Path) -> None:
 
 def read_image(path: Path) -> Image.Image:
     """An image file as 8-bit RGB, decoded completely; a ``ValueError`` that names the problem otherwise."""
-    from .training.data import to_rgb
-
     if not path.exists():
         raise ValueError(f"no such image file: {path}")
     if not path.is_file():
@@ -212,15 +209,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--class {args.target}: the model has {model.num_classes} classes (0..{model.num_classes - 1})")
     config = resolve_model_data_config(model)
     transform = create_transform(**config)
-    images = transform(photo)[None]
-    mean = torch.tensor(config["mean"])[:, None, None]
-    std = torch.tensor(config["std"])[:, None, None]
+    images = transform(to_channels(photo, model.in_chans))[None]
     result = explain(model, images, None if args.target is None else torch.tensor([args.target]))
     names = model.pretrained_cfg.get("label_names") or [str(i) for i in range(model.num_classes)]
     top = result["probs"][0].topk(min(5, model.num_classes))
     print("top classes:", ", ".join(f"{names[i]} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist())))
     class_name = names[int(result["target"][0])]
-    path = save_panels(figure((images[0] * std + mean).clamp(0, 1), result, class_name=class_name), args.out, height=max(256, images.shape[-1]))
+    path = save_panels(figure(rgb_targets(images, config["mean"], config["std"])[0], result, class_name=class_name), args.out, height=max(256, images.shape[-1]))
     print(f"wrote {path}")
 
 

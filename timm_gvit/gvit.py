@@ -9,38 +9,34 @@ registers them, after which they behave like any timm model::
     gaussians = model.encode(images)        # [B, k, 9] decoded Gaussians
     picture = model.render(gaussians)       # [B, 3, H, W] in [0, 1]
 
-Pretrained tags are the weights that ship in ``timm_gvit/weights/`` and, once published (or when
-``TIMM_GVIT_HUB_ORG`` names your Hub organisation, set before importing timm_gvit), the ``.in1k``
-tags on the Hub; ``timm.list_pretrained('gvit*')`` lists exactly those.
+The pretrained cfgs are static: the one pretrained tag, ``gvit_nano.imagenette_64_v2``, loads the
+weights that ship in ``timm_gvit/weights/``; ``timm.list_pretrained('gvit*')`` lists exactly that.
+Weights you trained and pushed load through timm's own ``hf-hub:ORG/NAME`` (or ``local-dir:PATH``).
 """
 
-import json
 import math
-import os
 import warnings
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import register_notrace_function, resample_abs_pos_embed, to_2tuple
+from timm.layers import LayerType, Mlp, register_notrace_function, resample_abs_pos_embed, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._builder import resolve_pretrained_cfg
+from timm.models.vision_transformer import Block
 
 from .classifier import GaussianClassifier
+from .data_utils import rgb_targets  # noqa: F401  (timm_gvit.gvit.rgb_targets, as before)
 from .encoder import GaussianEncoder
 from .gaussians import decode_gaussians
 from .rendering import BACKENDS, render_gaussians
 
-__all__ = ["GViT", "GViTOutput", "HUB_ORG", "PUBLISHED_TAGS"]
+__all__ = ["GViT", "GViTOutput"]
 
-#: Hub organisation that holds the pretrained weights; the one place it is set.
-HUB_ORG = os.environ.get("TIMM_GVIT_HUB_ORG", "timm-gvit")
-#: model.tag names whose weights have been published under the default organisation.
-PUBLISHED_TAGS: frozenset[str] = frozenset()
 #: Input channels GViT takes: RGB, or greyscale (reconstructed as grey RGB).
 IN_CHANS = (3, 1)
 
@@ -151,48 +147,64 @@ def check_gaussian_values(gaussians: Tensor) -> None:
         raise ValueError(f"sigma_x/sigma_y (params 2, 3) must be > 0; the first that is not is at [batch, gaussian] = {bad[:2]}")
 
 
-def rgb_targets(images: Tensor, mean, std) -> Tensor:
-    """The reconstruction target ``[B, 3, H, W]`` in [0, 1] of normalised ``images``
-    ``[B, C, H, W]``: un-normalised with the data config's ``mean``/``std`` (C values each), and a
-    greyscale image (C = 1) replicated to grey RGB, since the Gaussians are always RGB."""
-    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images * std + mean).clamp(0, 1).expand(-1, 3, -1, -1)
-
-
 class GViT(nn.Module):
     """Images -> Gaussian encoder -> k decoded Gaussians -> Gaussian classifier -> logits.
 
     Args:
-        img_size, patch_size: the encoder's input, as in timm's ViT; the size must be a multiple
-            of the patch.
+        img_size: int or (H, W); the encoder's input size, a multiple of ``patch_size``.
+        patch_size: int; the encoder's square patch, in pixels.
         in_chans: 3 (RGB) or 1 (greyscale: the Gaussians stay RGB and reconstruct the grey image
             as grey RGB, see :func:`rgb_targets`; pretrained RGB stems adapt as in any timm model).
-        num_classes (0: no head), global_pool ('token' | 'avg' | ''): the classifier's head.
-        num_gaussians: k, Gaussians per image.
-        scale_bound: c, the largest sigma (sigma = c * sigmoid(raw)).
-        gaussian_init: 'denoise' (residual over random g0, the default) or 'queries'.
-        freeze_encoder: no gradients into the encoder, which stays in eval mode (the paper's
-            transfer recipe trains only the classifier).
-        encoder_embed_dim, encoder_depth, encoder_num_heads: encoder width, depth and heads.
-        encoder_stem: 'patch' (a linear patch projection, as the paper) or 'conv' (timm's ConvStem of
-            3x3 stride-2 convolutions; patch_size a power of 2).
-        encoder_refine_steps: passes of the encoder, each taking the last one's Gaussians as its g0
-            (1: the paper's single pass).
-        embed_dim, depth, num_heads, mlp_ratio: classifier width, depth, heads, MLP ratio.
-        drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: as in timm's ViT.
-        patch_drop_rate: as in timm's ViT, over the classifier's Gaussian tokens: in training each
-            image keeps a random ``1 - patch_drop_rate`` of them (the encoder sees every patch).
-        dynamic_img_size: accept any image size that is a multiple of ``patch_size``; the encoder
-            resamples its position embeddings and reconstructions are rendered at the input's size.
-        render_backend: backend for :meth:`render` (see :func:`timm_gvit.render_gaussians`).
-        centre_features: add the sine-cosine features of each Gaussian's centre to its classifier
-            token (the default; False is the paper's plain linear embedding, see MODEL_CARD.md).
+        num_classes: int; the head's outputs (0: no head, ``forward`` returns pooled features).
+        global_pool: 'token' (the class token), 'avg' (the mean Gaussian token) or '' (no pooling).
+        num_gaussians: int; k, Gaussians per image.
+        scale_bound: float; c, the largest sigma (sigma = c * sigmoid(raw)).
+        gaussian_init: 'denoise' (a residual over random g0, the default) or 'queries'.
+        freeze_encoder: bool; no gradients into the encoder, which stays in eval mode (the
+            paper's transfer recipe trains only the classifier).
+        encoder_embed_dim: int; the encoder's width.
+        encoder_depth: int; the encoder's blocks.
+        encoder_num_heads: int; the encoder's attention heads.
+        encoder_stem: 'patch' (a linear patch projection, as the paper) or 'conv' (timm's
+            ConvStem of 3x3 stride-2 convolutions; ``patch_size`` a power of 2).
+        encoder_refine_steps: int; passes of the encoder, each taking the last one's Gaussians
+            as its g0 (1: the paper's single pass).
+        embed_dim: int; the classifier's width.
+        depth: int; the classifier's blocks.
+        num_heads: int; the classifier's attention heads.
+        mlp_ratio: float; the MLP hidden width over the embedding width, in both networks.
+        qkv_bias: bool; biases in the attention's qkv projection (timm's ViT), in both networks.
+        drop_rate: float; dropout before the head (timm's ViT).
+        pos_drop_rate: float; dropout after the position embeddings (timm's ViT).
+        proj_drop_rate: float; dropout after attention and MLP projections (timm's ViT).
+        attn_drop_rate: float; attention dropout (timm's ViT).
+        drop_path_rate: float; the last block's stochastic depth, ramped linearly (timm's ViT).
+        patch_drop_rate: float; in training each image keeps a random ``1 - patch_drop_rate`` of
+            the classifier's Gaussian tokens (timm's ViT; the encoder sees every patch).
+        dynamic_img_size: bool; accept any image size that is a multiple of ``patch_size``; the
+            encoder resamples its position embeddings, reconstructions are rendered at the input's size.
+        render_backend: str; the backend of :meth:`render` (see :func:`timm_gvit.render_gaussians`).
+        centre_features: bool; add the sine-cosine features of each Gaussian's centre to its
+            classifier token (the default; False is the paper's plain linear embedding, MODEL_CARD.md).
+        pos_embed: 'learn' (a learned embedding per Gaussian slot) or 'none' (the classifier's
+            tokens are a set, located by their centre features); timm ViT's option of that name.
+        shape_features: bool; embed each Gaussian's log size and double-angle anisotropy instead
+            of (sigma_x, sigma_y, phi), see :func:`timm_gvit.classifier.shape_features`.
+        mlp_embed: bool; embed each Gaussian with a two-layer MLP instead of one linear map.
+        norm_layer: a timm norm layer name ('layernorm', 'rmsnorm', ...) or class, for every norm;
+            None: what GViTs were trained with (LayerNorm, eps 1e-6).
+        act_layer: a timm activation name ('gelu', 'silu', ...) or class for every MLP; None: GELU.
+        block_fn: the transformer block class, called with timm ``Block``'s keyword arguments.
+        weight_init: '' (the paper's: Xavier-uniform linears, small normal tokens) or 'skip'
+            (each layer's PyTorch default, as timm's ViT).
 
     ``forward`` (= ``forward_head(forward_features(x))``) checks shapes, never values, so that it
     compiles with ``fullgraph=True``, exports, traces and scripts; :meth:`encode` and
     :meth:`classify`, the Gaussian-level API, also reject non-finite inputs (and sigma <= 0), as
     :meth:`render` does.
+
+    Feature maps (``features_only=True``, :meth:`forward_intermediates`, ``feature_info``) are the
+    encoder's patch tokens on the patch grid: ``encoder_embed_dim`` channels at stride ``patch_size``.
     """
 
     def __init__(
@@ -215,6 +227,7 @@ class GViT(nn.Module):
         depth: int = 12,
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
@@ -224,6 +237,13 @@ class GViT(nn.Module):
         dynamic_img_size: bool = False,
         render_backend: str = "auto",
         centre_features: bool = True,
+        pos_embed: str = "learn",
+        shape_features: bool = False,
+        mlp_embed: bool = False,
+        norm_layer: Optional[LayerType] = None,
+        act_layer: Optional[LayerType] = None,
+        block_fn: Callable[..., nn.Module] = Block,
+        weight_init: str = "",
     ):
         super().__init__()
         img_size = _check_arguments(
@@ -238,10 +258,13 @@ class GViT(nn.Module):
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
+        self.mlp_ratio = mlp_ratio
         self.num_gaussians = num_gaussians
         self.scale_bound = float(scale_bound)
         self.dynamic_img_size = dynamic_img_size
         self.render_backend = render_backend
+        layers = dict(qkv_bias=qkv_bias, norm_layer=norm_layer, act_layer=act_layer, block_fn=block_fn, weight_init=weight_init)
+        self._layer_args = dict(norm_layer=norm_layer, act_layer=act_layer, block_fn=block_fn)
         self.encoder = GaussianEncoder(
             img_size=img_size,
             patch_size=patch_size,
@@ -260,6 +283,7 @@ class GViT(nn.Module):
             drop_path_rate=drop_path_rate,
             stem=encoder_stem,
             refine_steps=encoder_refine_steps,
+            **layers,
         )
         self.classifier = GaussianClassifier(
             num_gaussians=num_gaussians,
@@ -276,7 +300,13 @@ class GViT(nn.Module):
             drop_path_rate=drop_path_rate,
             patch_drop_rate=patch_drop_rate,
             centre_features=centre_features,
+            pos_embed=pos_embed,
+            shape_features=shape_features,
+            mlp_embed=mlp_embed,
+            **layers,
         )
+        self.feature_info = [dict(module=f"encoder.blocks.{i}", num_chs=encoder_embed_dim, reduction=patch_size)
+                             for i in range(encoder_depth)]
         self.freeze_encoder = False
         self.set_encoder_frozen(freeze_encoder)
 
@@ -303,14 +333,34 @@ class GViT(nn.Module):
 
     def architecture_args(self) -> dict:
         """The constructor arguments that define the weights' shapes and meaning, JSON-ready: an
-        export records them so that the weights load whatever the variant's defaults become."""
+        export records them so that the weights load whatever the variant's defaults become.
+
+        Returns:
+            a dict of JSON values; ``norm_layer`` and ``act_layer`` only when set, as names.
+
+        Raises a ValueError when a layer was given as a class or ``block_fn`` is not timm's
+        ``Block``: a config file cannot name them.
+        """
         enc, clf = self.encoder, self.classifier
-        return dict(img_size=list(self.img_size), patch_size=self.patch_size, num_gaussians=self.num_gaussians,
-                    scale_bound=self.scale_bound, gaussian_init=enc.gaussian_init, centre_features=clf.centre_features,
-                    encoder_embed_dim=enc.pos_embed.shape[-1], encoder_depth=len(enc.blocks),
-                    encoder_num_heads=enc.blocks[0].attn.num_heads, encoder_stem=enc.stem,
+        args = dict(img_size=list(self.img_size), patch_size=self.patch_size, in_chans=self.in_chans,
+                    num_gaussians=self.num_gaussians, scale_bound=self.scale_bound, gaussian_init=enc.gaussian_init,
+                    centre_features=clf.centre_features, encoder_embed_dim=enc.pos_embed.shape[-1],
+                    encoder_depth=len(enc.blocks), encoder_num_heads=enc.blocks[0].attn.num_heads, encoder_stem=enc.stem,
                     encoder_refine_steps=enc.refine_steps, embed_dim=clf.embed_dim, depth=len(clf.blocks),
-                    num_heads=clf.blocks[0].attn.num_heads)
+                    num_heads=clf.blocks[0].attn.num_heads, mlp_ratio=self.mlp_ratio,
+                    qkv_bias=enc.blocks[0].attn.qkv.bias is not None, pos_embed="learn" if clf.pos_embed is not None else "none",
+                    shape_features=clf.shape_features, mlp_embed=isinstance(clf.gaussian_embed, Mlp))
+        for name in ("norm_layer", "act_layer"):
+            value = self._layer_args[name]
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name}={value!r} cannot be written to a config file: pass it by name (e.g. "
+                                 f"{'rmsnorm' if name == 'norm_layer' else 'silu'!r}) to export this model")
+            if value is not None:
+                args[name] = value
+        if self._layer_args["block_fn"] is not Block:
+            raise ValueError(f"block_fn={self._layer_args['block_fn']!r} cannot be written to a config file: export "
+                             "the weights with save_for_hf and build the model with the same block_fn to load them")
+        return args
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         _check_int("num_classes", num_classes, minimum=0, maximum=MAX_CLASSES)
@@ -364,10 +414,16 @@ class GViT(nn.Module):
 
     @torch.jit.ignore
     def encode(self, images: Tensor, check_values: bool = True) -> Tensor:
-        """Normalised images ``[B, C, H, W]`` -> decoded Gaussians ``[B, k, 9]``.
+        """The Gaussians the encoder sees in images.
 
-        ``check_values`` rejects non-finite images (one host-device sync; skipped while
-        torch.compile or torch.export traces the call).
+        Args:
+            images: ``[B, in_chans, H, W]`` float, normalised with ``pretrained_cfg`` mean/std.
+            check_values: reject non-finite images with a ValueError (one host-device sync;
+                skipped while torch.compile or torch.export traces the call).
+
+        Returns:
+            ``[B, k, 9]`` decoded Gaussians, images' dtype: (mu_x, mu_y) in [-1, 1], (sigma_x,
+            sigma_y) in (0, scale_bound), phi, (r, g, b) and opacity in [0, 1].
         """
         self._check_images(images)
         if check_values and not torch.compiler.is_compiling() and not torch.isfinite(images).all():
@@ -376,11 +432,17 @@ class GViT(nn.Module):
 
     @torch.jit.ignore
     def classify(self, gaussians: Tensor, check_values: bool = True) -> Tensor:
-        """Decoded Gaussians ``[B, k, 9]`` from any source -> logits ``[B, num_classes]``.
+        """Classify Gaussians from any source (:meth:`encode`, :func:`timm_gvit.fit_gaussians`).
 
-        ``check_values`` rejects non-finite Gaussians and sigma <= 0, as :meth:`render` does (one
-        host-device sync; skipped while torch.compile or torch.export traces the call). The
-        trainer passes False: it skips steps whose loss is not finite instead.
+        Args:
+            gaussians: ``[B, k, 9]`` float, decoded, with this model's k.
+            check_values: reject non-finite Gaussians and sigma <= 0 with a ValueError, as
+                :meth:`render` does (one host-device sync; skipped while torch.compile or
+                torch.export traces the call). The trainer passes False: it skips steps whose
+                loss is not finite instead.
+
+        Returns:
+            ``[B, num_classes]`` logits (``[B, embed_dim]`` pooled features when num_classes is 0).
         """
         if not isinstance(gaussians, Tensor) or gaussians.dim() != 3 or gaussians.shape[1:] != (self.num_gaussians, 9):
             shape = tuple(gaussians.shape) if isinstance(gaussians, Tensor) else type(gaussians).__name__
@@ -393,8 +455,16 @@ class GViT(nn.Module):
 
     @torch.jit.ignore
     def render(self, gaussians: Tensor, size: int | tuple[int, int] | None = None, background=None) -> Tensor:
-        """Decoded Gaussians ``[B, k, 9]`` -> images ``[B, 3, H, W]`` in [0, 1], at ``size``
-        (default: the model's ``img_size``)."""
+        """Draw Gaussians, with the model's ``render_backend``.
+
+        Args:
+            gaussians: ``[B, k, 9]`` float, decoded (float16/bfloat16 are rendered in float32).
+            size: int or (H, W); default the model's ``img_size``.
+            background: in [0, 1]: None (black), a float, 3 floats, or a ``[B, 3]`` float tensor.
+
+        Returns:
+            ``[B, 3, H, W]`` float32 images in [0, 1].
+        """
         H, W = to_2tuple(size) if size is not None else self.img_size
         with torch.autocast(gaussians.device.type, enabled=False):  # the renderers work in float32
             half = gaussians.dtype in (torch.float16, torch.bfloat16)
@@ -404,9 +474,15 @@ class GViT(nn.Module):
     def forward_train(self, images: Tensor, detach_gaussians: bool = False) -> GViTOutput:
         """Logits, Gaussians and their rendering at the input's size, in one pass.
 
-        ``detach_gaussians`` stops the classification loss from reaching the encoder
-        (gvit-method.md section 6: in normal joint steps the encoder learns from reconstruction
-        only).
+        Args:
+            images: ``[B, in_chans, H, W]`` float, normalised.
+            detach_gaussians: stop the classification loss from reaching the encoder
+                (gvit-method.md section 6: in normal joint steps the encoder learns from
+                reconstruction only).
+
+        Returns:
+            :class:`GViTOutput`: logits ``[B, num_classes]``, decoded Gaussians ``[B, k, 9]`` and
+            their rendering ``[B, 3, H, W]`` float32 in [0, 1].
         """
         gaussians = self.encode(images)
         logits = self.classifier(gaussians.detach() if detach_gaussians else gaussians)
@@ -425,13 +501,37 @@ class GViT(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward_features(self, images: Tensor) -> Tensor:
-        """Normalised images ``[B, C, H, W]`` -> classifier tokens ``[B, 1 + k, D]``."""
+        """The classifier's final tokens.
+
+        Args:
+            images: ``[B, in_chans, H, W]`` float, normalised.
+
+        Returns:
+            ``[B, 1 + k, embed_dim]`` normalised tokens, the class token first.
+        """
         return self.classifier.forward_features(self._encode(images))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool the classifier's tokens and apply the head.
+
+        Args:
+            x: ``[B, 1 + k, embed_dim]`` float, from :meth:`forward_features`.
+            pre_logits: return the pooled features instead of the logits.
+
+        Returns:
+            ``[B, num_classes]`` logits, or ``[B, embed_dim]`` pooled features.
+        """
         return self.classifier.forward_head(x, pre_logits=pre_logits)
 
     def forward(self, images: Tensor) -> Tensor:
+        """Classify images.
+
+        Args:
+            images: ``[B, in_chans, H, W]`` float, normalised with ``pretrained_cfg`` mean/std.
+
+        Returns:
+            ``[B, num_classes]`` logits (``[B, embed_dim]`` pooled features when num_classes is 0).
+        """
         return self.forward_head(self.forward_features(images))
 
     def forward_intermediates(
@@ -441,47 +541,62 @@ class GViT(nn.Module):
         return_prefix_tokens: bool = False,
         norm: bool = False,
         stop_early: bool = False,
-        output_fmt: str = "NLC",
+        output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]], List[Tuple[Tensor, Tensor]],
                Tuple[Tensor, List[Tuple[Tensor, Tensor]]]]:
-        """The classifier's tokens after the blocks picked by ``indices``, as in timm's ViT.
+        """The encoder's patch tokens after the blocks picked by ``indices``, as timm's ViT
+        (what ``features_only=True`` returns). For the classifier's Gaussian tokens, call
+        ``model.classifier.forward_intermediates(model.encode(images))``.
 
-        The tokens are Gaussians, not a patch grid, so ``output_fmt`` is 'NLC' only: each
-        intermediate is ``[B, k, D]`` (with its class token ``[B, 1, D]`` when
-        ``return_prefix_tokens``). ``indices``: the last n blocks if an int, all if None, else
-        those listed. Returns ``(forward_features(images), intermediates)``, or the
-        intermediates alone.
+        Args:
+            images: ``[B, in_chans, H, W]`` float, normalised.
+            indices: the last n encoder blocks if an int, all if None, else the block indices listed.
+            return_prefix_tokens: pair each feature map with the k Gaussian tokens ``[B, k, D]``
+                that share the encoder's blocks with the patches (ViT's class-token slot).
+            norm: pass each intermediate through the encoder's final norm.
+            stop_early: with ``intermediates_only``, skip the encoder blocks after the last one picked.
+            output_fmt: 'NCHW' (feature maps ``[B, D, H / patch, W / patch]``) or 'NLC'
+                (``[B, N, D]``, the patches in row-major order).
+            intermediates_only: return the intermediates alone.
+
+        Returns:
+            ``(forward_features(images) [B, 1 + k, embed_dim], intermediates)``, or the
+            intermediates alone; D is ``encoder_embed_dim``.
         """
-        if output_fmt != "NLC":
-            raise ValueError(f"GViT's tokens are Gaussians, not a patch grid: output_fmt must be 'NLC', got {output_fmt!r}")
-        classifier = self.classifier
-        take_indices, max_index = feature_take_indices(len(classifier.blocks), indices)
-        x = classifier.embed_tokens(self._encode(images))
-        blocks = classifier.blocks if torch.jit.is_scripting() or not stop_early else classifier.blocks[: max_index + 1]
-        intermediates = []
-        for i, block in enumerate(blocks):
-            x = checkpoint(block, x, use_reentrant=False) if classifier.grad_checkpointing and not torch.jit.is_scripting() else block(x)
-            if i in take_indices:
-                intermediates.append(classifier.norm(x) if norm else x)
-        prefix_tokens = [y[:, :1] for y in intermediates]
-        intermediates = [y[:, 1:] for y in intermediates]
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' (feature maps on the patch grid) or 'NLC' (patch tokens), got {output_fmt!r}")
+        images = self._check_images(images)
+        raw, tokens = self.encoder.forward_intermediates(images, indices, norm=norm, stop_early=stop_early and intermediates_only)
+        k = self.num_gaussians
+        intermediates = [t[:, :-k] for t in tokens]
+        if output_fmt == "NCHW":
+            B, rows, cols = images.shape[0], images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+            intermediates = [t.reshape(B, rows, cols, -1).permute(0, 3, 1, 2).contiguous() for t in intermediates]
         if return_prefix_tokens:
-            intermediates = list(zip(intermediates, prefix_tokens))
+            intermediates = list(zip(intermediates, [t[:, -k:] for t in tokens]))
         if intermediates_only:
             return intermediates
-        return classifier.norm(x), intermediates
+        assert raw is not None
+        return self.classifier.forward_features(decode_gaussians(raw, self.scale_bound)), intermediates
 
     @torch.jit.ignore
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        """Drop the classifier blocks after the last of ``indices`` (and its norm and head), as
-        in timm's ViT; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.classifier.blocks), indices)
-        self.classifier.blocks = self.classifier.blocks[: max_index + 1]
+        """Keep what the feature maps at ``indices`` need, as timm's ViT: the encoder's blocks up to
+        the last index; ``prune_norm`` drops the encoder's final norm, ``prune_head`` the
+        classifier's blocks and head. Afterwards the model serves feature maps: its Gaussians and
+        logits are no longer the trained ones.
+
+        Returns:
+            the kept indices, non-negative.
+        """
+        take_indices, max_index = feature_take_indices(len(self.encoder.blocks), indices)
+        self.encoder.blocks = self.encoder.blocks[: max_index + 1]
         if prune_norm:
-            self.classifier.norm = nn.Identity()
+            self.encoder.norm = nn.Identity()
         if prune_head:
+            self.classifier.blocks = self.classifier.blocks[:0]
             self.reset_classifier(0, "")
         return take_indices
 
@@ -525,9 +640,8 @@ def checkpoint_filter_fn(state_dict: dict, model: GViT) -> dict:
     return out
 
 
-def _cfg(model_tag: str, **kwargs) -> dict:
+def _cfg(**kwargs) -> dict:
     return {
-        "hf_hub_id": None,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": None,
@@ -552,47 +666,19 @@ IMAGENETTE_CLASSES = ("tench", "English springer", "cassette player", "chain saw
 #: model.safetensors, README.md): ``pretrained=True`` loads them with no network, and
 #: ``python -m hub.publish`` can upload a folder as it is.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-#: The ImageNet-1k tags that GViT's Hub repositories are named after, ``{HUB_ORG}/{tag}``.
-HUB_TAGS = ("gvit_tiny.in1k", "gvit_small.in1k", "gvit_base.in1k")
-#: pretrained_cfg entries a packaged folder's config.json sets (the rest are the family's).
-_PACKAGED_CFG_KEYS = ("num_classes", "input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std", "license")
 
-
-def packaged_cfgs(weights_dir: Path = WEIGHTS_DIR) -> dict[str, dict]:
-    """A cfg per ``weights_dir/ARCH.TAG`` folder holding config.json and model.safetensors,
-    with the folder's data config, readable label names and its weights file."""
-    cfgs = {}
-    for folder in sorted(weights_dir.glob("gvit_*.*")):
-        if not ((folder / "config.json").is_file() and (folder / "model.safetensors").is_file()):
-            continue
-        config = json.loads((folder / "config.json").read_text())
-        saved = config.get("pretrained_cfg", {})
-        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in _PACKAGED_CFG_KEYS}
-        label_names = config.get("label_names") or saved.get("label_names")
-        if label_names:
-            overrides["label_names"] = tuple(label_names)
-        cfgs[folder.name] = _cfg(folder.name, file=str(folder / "model.safetensors"), **overrides)
-    return cfgs
-
-
-def hub_cfgs() -> dict[str, dict]:
-    """A cfg per Hub tag whose weights exist: those in :data:`PUBLISHED_TAGS`, or every one of
-    :data:`HUB_TAGS` under the organisation the user set in ``TIMM_GVIT_HUB_ORG``."""
-    chosen = "TIMM_GVIT_HUB_ORG" in os.environ
-    return {tag: _cfg(tag, hf_hub_id=f"{HUB_ORG}/{tag}") for tag in HUB_TAGS if chosen or tag in PUBLISHED_TAGS}
-
-
-def _default_cfgs() -> dict[str, dict]:
-    """Only tags whose weights exist, so that ``timm.list_pretrained('gvit*')`` is honest; an
-    architecture without any gets a tag-less cfg with no weights."""
-    cfgs = {**packaged_cfgs(), **hub_cfgs()}
-    for arch in ("gvit_nano", "gvit_tiny", "gvit_small", "gvit_base"):
-        if not any(name.split(".")[0] == arch for name in cfgs):
-            cfgs[arch] = _cfg(arch, input_size=(3, 64, 64)) if arch == "gvit_nano" else _cfg(arch)
-    return cfgs
-
-
-default_cfgs = generate_default_cfgs(_default_cfgs())
+default_cfgs = generate_default_cfgs({
+    # trained on Imagenette's images (an ImageNet subset): the weights come under ImageNet's
+    # terms of access (non-commercial research and education), hence license 'other'
+    "gvit_nano.imagenette_64_v2": _cfg(
+        file=str(WEIGHTS_DIR / "gvit_nano.imagenette_64_v2" / "model.safetensors"), num_classes=10,
+        input_size=(3, 64, 64), crop_mode="center", label_names=IMAGENETTE_CLASSES, license="other",
+    ),
+    # no weights published: create_model(..., pretrained=True) says how to get some
+    "gvit_tiny": _cfg(),
+    "gvit_small": _cfg(),
+    "gvit_base": _cfg(),
+})
 
 
 def _has_weights_source(variant: str, kwargs: dict) -> bool:
@@ -610,37 +696,37 @@ def _has_weights_source(variant: str, kwargs: dict) -> bool:
 def _create_gvit(variant: str, pretrained: bool = False, **kwargs) -> GViT:
     if pretrained and not _has_weights_source(variant, kwargs):
         raise RuntimeError(
-            f"no pretrained weights are published for '{variant}' (none ship with the package, and the Hub "
-            f"organisation '{HUB_ORG}' has none). Train them with `accelerate launch train_gvit.py --model "
-            f"{variant.split('.')[0]} ...`, then load the exported folder with "
-            "timm.create_model('local-dir:PATH'), or pass a weights file with "
+            f"no pretrained weights are published for '{variant}' (none ship with the package). Train them "
+            f"with `accelerate launch train_gvit.py --model {variant.split('.')[0]} ...`, then load the exported "
+            "folder with timm.create_model('local-dir:PATH'), or the Hub repository you pushed it to with "
+            "timm.create_model('hf-hub:ORG/NAME'), or pass a weights file with "
             "pretrained_cfg_overlay=dict(file='PATH/model.safetensors') (timm's train.py: "
-            "--pretrained --pretrained-path PATH), or set TIMM_GVIT_HUB_ORG to the Hub organisation "
-            "you pushed them to."
+            "--pretrained --pretrained-path PATH)."
         )
-    packaged = WEIGHTS_DIR / variant / "config.json"
-    if "." in variant and packaged.is_file():  # the shipped weights' architecture, whatever the defaults are now
-        kwargs = {**json.loads(packaged.read_text()).get("model_args", {}), **kwargs}
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     file_classes = _weights_file_classes(variant, kwargs) if pretrained else None
     if file_classes is not None:  # the head in the file decides; timm replaces it only for another class count
         kwargs.setdefault("num_classes", file_classes)
         kwargs["pretrained_cfg_overlay"] = {**overlay, "num_classes": file_classes}
-    model = build_model_with_cfg(GViT, variant, pretrained, pretrained_filter_fn=_pretrained_filter_fn, **kwargs)
-    # the data config must match the input the model was built for (size, and channels: a
-    # greyscale model normalises with the mean of the RGB statistics)
-    cfg = dict(model.pretrained_cfg, input_size=(model.in_chans, *model.img_size))
+    out_indices = kwargs.pop("out_indices", 3)
+    model = build_model_with_cfg(GViT, variant, pretrained, pretrained_filter_fn=_pretrained_filter_fn,
+                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+    # The data config must match the input the model was built for, which timm cannot do from
+    # a cfg: its size, and its channels (a greyscale model normalises with the mean of the RGB
+    # statistics). After the build, because loading reads the trained size from the cfg.
+    gvit = model.model if isinstance(model, FeatureGetterNet) else model
+    cfg = dict(model.pretrained_cfg, input_size=(gvit.in_chans, *gvit.img_size))
     for key in ("mean", "std"):
         values = cfg[key]
         if not (isinstance(values, (list, tuple)) and values and all(_is_number(v) and math.isfinite(v) for v in values)
                 and (key == "mean" or min(values) > 0)):
             raise ValueError(f"the pretrained config's {key} must be a list of finite numbers{' > 0' if key == 'std' else ''}, got {values!r}")
-    if model.in_chans != len(cfg["mean"]):
+    if gvit.in_chans != len(cfg["mean"]):
         cfg.update(mean=(sum(cfg["mean"]) / len(cfg["mean"]),), std=(sum(cfg["std"]) / len(cfg["std"]),))
-    if pretrained and model.num_classes and model.num_classes != cfg["num_classes"]:
+    if pretrained and gvit.num_classes and gvit.num_classes != cfg["num_classes"]:
         warnings.warn(f"{variant}: the pretrained classifier head has {cfg['num_classes']} classes and num_classes="
-                      f"{model.num_classes} was asked for, so the head starts from random weights (for fine-tuning)", stacklevel=3)
-    if cfg.get("label_names") and (not pretrained or len(cfg["label_names"]) != model.num_classes
+                      f"{gvit.num_classes} was asked for, so the head starts from random weights (for fine-tuning)", stacklevel=3)
+    if cfg.get("label_names") and (not pretrained or len(cfg["label_names"]) != gvit.num_classes
                                    or (overlay.get("file") and "label_names" not in overlay)):
         del cfg["label_names"]  # they name the classes of a head this model does not have
     model.pretrained_cfg = model.default_cfg = cfg

@@ -4,7 +4,8 @@ The C++ kernel (``csrc/rasterize_cpu.cpp``) is built with ``torch.utils.cpp_exte
 time it is needed and cached by torch (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``). Where it cannot be built (no compiler, no ninja, or
 ``TIMM_GVIT_NO_EXTENSION=1``), the backend falls back to the pure-PyTorch ``"chunked"`` renderer
-and says so once in a warning.
+and says so once in a warning; with ``TIMM_GVIT_REQUIRE_CPU_KERNEL=1`` (CI sets it, so that the
+tests compare the kernel and not its fallback) that is a RuntimeError instead.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from .chunked import render_chunked
 from .projection import ALPHA_MAX, ALPHA_MIN, T_MIN, to_pixel_space
 
 _SOURCE = Path(__file__).parent / "csrc" / "rasterize_cpu.cpp"
+#: Set (not "" or "0"), a kernel that cannot be built is an error instead of a fallback.
+REQUIRE_VARIABLE = "TIMM_GVIT_REQUIRE_CPU_KERNEL"
 
 
 @functools.lru_cache(maxsize=None)
 def load_extension() -> bool:
-    """Build (or load the cached build of) the C++ kernel; ``False`` if that is impossible."""
+    """Build (or load the cached build of) the C++ kernel; ``False`` if that is impossible (a
+    RuntimeError instead where :data:`REQUIRE_VARIABLE` is set)."""
     if os.environ.get("TIMM_GVIT_NO_EXTENSION", "") not in ("", "0"):
         reason = "TIMM_GVIT_NO_EXTENSION is set"
     else:
@@ -42,6 +46,10 @@ def load_extension() -> bool:
             return True
         except Exception as exc:  # compiler, ninja or headers missing: anything the build raises
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
+    if os.environ.get(REQUIRE_VARIABLE, "") not in ("", "0"):
+        raise RuntimeError(f"timm_gvit: the compiled CPU renderer is unavailable ({reason}) and {REQUIRE_VARIABLE} is set: "
+                           "install a C++ compiler and ninja (and unset TIMM_GVIT_NO_EXTENSION), or unset "
+                           f"{REQUIRE_VARIABLE} to fall back to the pure-PyTorch 'chunked' renderer")
     warnings.warn(
         f"timm_gvit: the compiled CPU renderer is unavailable ({reason}); using the slower "
         "pure-PyTorch 'chunked' renderer instead.",

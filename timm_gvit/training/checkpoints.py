@@ -40,6 +40,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..data_utils import check_safetensors  # noqa: F401  (timm_gvit.training.checkpoints.check_safetensors, as before)
+
 STATE_FILE = "trainer_state.json"
 PAUSE_VARIABLE = "GVIT_PAUSE_AT"
 LOCK_FILE = ".trainer.lock"
@@ -101,17 +103,6 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
-
-
-def check_safetensors(path: str | Path) -> None:
-    """Raise a ``ValueError`` naming ``path`` unless it is a complete safetensors file (reads the header only)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            f.keys()
-    except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
 
 

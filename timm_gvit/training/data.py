@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data_utils import to_channels, to_rgb  # noqa: F401  (to_rgb: also timm_gvit.training.data.to_rgb, as before)
+
 VAL_SPLIT_NAMES = ("validation", "val", "test")
 #: Random-resized-crop scale range of the paper's training augmentation.
 CROP_SCALE = (0.5, 1.0)
@@ -39,25 +41,6 @@ class DataInfo:
     train_size: int
     val_size: int
     splits: tuple[str, str]  # the names errors give the training and validation data
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB. 16-bit and 32-bit integer greyscale (16-bit PNGs) and float
-    greyscale in 0..1 or 0..255 (float TIFFs) are scaled to 8 bits, where PIL's ``convert`` would
-    clip them to white."""
-    if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit), I (32-bit int, what 16-bit PNGs may open as)
-        values = np.asarray(image).astype(np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max)
-        image = Image.fromarray(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8))
-    elif image.mode == "F":  # 32-bit float greyscale: in [0, 1], or in [0, 255] as many tools write it
-        values = np.asarray(image)
-        top = float(np.nanmax(values, initial=0))
-        if not np.isfinite(values).all() or top > 255:
-            raise ValueError(f"a 32-bit float image with values up to {top:g}{' and non-finite ones' if np.isfinite(top) else ''}: "
-                             "expected values in 0..1 or 0..255")
-        scale = 255 if top <= 1 else 1
-        image = Image.fromarray(np.round(values.clip(0, 255 / scale) * scale).astype(np.uint8))
-    return image.convert("RGB")
 
 
 @contextlib.contextmanager
@@ -78,13 +61,17 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     unreadable image's error names the split and the file.
 
     With ``seed``, item ``i`` of epoch ``e`` (:meth:`set_epoch`) is transformed with the random
-    generators seeded from ``(seed, e, i)``.
+    generators seeded from ``(seed, e, i)``. Images are read as 8-bit RGB, or greyscale with
+    ``in_chans=1`` (a model with ``in_chans=1``).
     """
 
     def __init__(self, data, name: str, image_column: str, label_column: str, num_classes: int, transform=None, seed: int | None = None,
-                 split: str | None = None):
+                 split: str | None = None, in_chans: int = 3):
         import datasets
 
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 3 (RGB) or 1 (greyscale), got {in_chans!r}")
+        self.in_chans = in_chans
         self.decoder = getattr(data, "features", {}).get(image_column)
         if isinstance(self.decoder, datasets.Image) and self.decoder.decode:  # decoded here, where the file's path is known
             data = data.cast_column(image_column, datasets.Image(decode=False))
@@ -109,7 +96,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             value = item[self.image_column]
             if isinstance(value, dict) and value.get("path"):
                 where += f" ({value['path']})"
-            image = to_rgb(self.decoder.decode_example(value) if self.decoder else _to_pil(value))
+            image = to_channels(self.decoder.decode_example(value) if self.decoder else _to_pil(value), self.in_chans)
         except Exception as exc:
             raise ValueError(f"{where}: cannot read the image in column '{self.image_column}': {exc}") from exc
         label = item[self.label_column]
