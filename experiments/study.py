@@ -27,6 +27,9 @@ Protocols (epochs of the 6,000 training images, batch 64):
           issue 19 (the paper's ~1,500 guidance steps against the long protocol's 37).
 - pixels = the sweep protocol at k = 4, 8, 32 and a second classifier seed at k = 4 .. 64: accuracy against pixels
           per Gaussian (issue 19; the paper's sweep spans 784 .. 49 pixels per Gaussian at 224 px).
+- adapt = the sweep protocol for two adaptivity levers (MODEL_CARD.md section 8): a 4x centre residual
+          (encoder_centre_scale=4) and two encoder passes (encoder_refine_steps=2); compare with
+          ``experiments/adaptivity.py`` on their exports.
 - final = phase 1 and 6 more epochs of reconstruction (run "encoder-k64-long"), then 14 epochs of
           classifier training and 2 joint (guided at gamma > 0): the runs behind the shipped weights.
 The classifier phase got long and the joint phase short because the classifier was far from done
@@ -91,7 +94,7 @@ class Run:
     def command(self) -> list[str]:
         cmd = [sys.executable, str(ROOT / "train_gvit.py"), "--config", str(CONFIG), "--output-dir", str(self.dir), "--eval-every", "2", *self.flags]
         if self.after:
-            cmd += [self.init_flag, str(start_from(self.after))]
+            cmd += [self.init_flag, str(start_from(self.after) or RUNS / self.after / "export")]
         if (self.dir / "checkpoints").is_dir() and any((self.dir / "checkpoints").iterdir()):
             cmd += ["--resume", "latest"]
         return cmd
@@ -113,15 +116,16 @@ def start_from(name: str) -> Path | None:
     return None
 
 
-def encoder(name: str, k: int = 64, loss: str = "bce+dssim", init: str = "denoise") -> Run:
+def encoder(name: str, k: int = 64, loss: str = "bce+dssim", init: str = "denoise", **model_kwargs) -> Run:
     flags = [*PHASE1, "--num-gaussians", str(k)]
     if loss == "mse+dssim":
         flags += ["--pixel-loss", "mse"]
     if loss == "bce":
         flags += ["--lambda-perc", "0"]
-    if init != "denoise":
-        flags += ["--model-kwargs", f"gaussian_init={init}"]
-    return Run(name, "encoders", flags, about=dict(k=k, loss=loss, init=init))
+    extra = {**({"gaussian_init": init} if init != "denoise" else {}), **model_kwargs}
+    if extra:
+        flags += ["--model-kwargs", *(f"{key}={value}" for key, value in extra.items())]
+    return Run(name, "encoders", flags, about=dict(k=k, loss=loss, init=init, **model_kwargs))
 
 
 def heads(name: str, group: str, after: str, protocol: list[str], gamma: float, seed: int, enc: Run) -> Run:
@@ -153,6 +157,10 @@ def all_runs() -> list[Run]:
     per_pixel = [heads(f"sweep-k{k}", "pixels", enc.name, SWEEP, 0.0, 0, enc) for k, enc in ((32, sizes[32]), (8, small[8]), (4, small[4]))]
     per_pixel += [heads(f"sweep-k{k}-s1", "pixels", enc.name, SWEEP, 0.0, 1, enc)
                   for k, enc in ((64, base), (32, sizes[32]), (16, sizes[16]), (8, small[8]), (4, small[4]))]
+    # 3. adaptive Gaussians: two levers that could let the encoder move its Gaussians further per image
+    levers = {name: encoder(f"encoder-k64-{name}", **kwargs) for name, kwargs in
+              (("cs4", dict(encoder_centre_scale=4.0)), ("refine2", dict(encoder_refine_steps=2)))}
+    adapt = [r for name, enc in levers.items() for r in (enc, heads(f"sweep-k64-{name}", "adapt", enc.name, SWEEP, 0.0, 0, enc))]
     dose = [dataclasses.replace(heads(f"dose-g{gamma:g}-s{seed}", "dose", sweep[64].name, DOSE, gamma, seed, base), init="model")
             for seed in SEEDS for gamma in DOSE_GAMMAS]
     return [
@@ -164,7 +172,7 @@ def all_runs() -> list[Run]:
         *[r for name, enc in variants.items() for r in (enc, short(f"short-k64-{name}", enc))],
         *[r for k in (16, 32, 128) for r in (sizes[k], short(f"short-k{k}", sizes[k]))],
         *sweep.values(),  # the longest (k = 256) first
-        *losses, sweep_seed1, *dose, *small.values(), *per_pixel,
+        *losses, sweep_seed1, *dose, *small.values(), *per_pixel, *adapt,
     ]
 
 
@@ -210,7 +218,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out these runs")

@@ -650,3 +650,21 @@ def test_vit_constructor_arguments_reach_both_networks_and_the_export():
     assert skip.classifier.pos_embed.abs().max() == 0 and skip.encoder.gaussian_head.fc2.weight.abs().max() > 0
     with pytest.raises(ValueError, match="weight_init must be one of"):
         tiny(weight_init="jax")
+
+
+def test_encoder_centre_scale_multiplies_the_centre_residual_only():
+    """encoder_centre_scale (the adaptivity lever of MODEL_CARD.md section 8) scales the predicted
+    change of the centres over g0 and nothing else, and an export records it."""
+    base = shallow().eval()
+    torch.nn.init.normal_(base.encoder.gaussian_head.fc2.weight, std=0.05)
+    scaled = shallow(encoder_centre_scale=4.0).eval()
+    scaled.load_state_dict(base.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    g0 = base.encoder.eval_g0
+    with torch.no_grad():
+        step_base, step_scaled = base.encoder(x) - g0, scaled.encoder(x) - g0
+    torch.testing.assert_close(step_scaled[..., 0:2], 4 * step_base[..., 0:2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(step_scaled[..., 2:], step_base[..., 2:])
+    assert scaled.architecture_args()["encoder_centre_scale"] == 4.0
+    with pytest.raises(ValueError, match="centre_scale must be a number in"):
+        shallow(encoder_centre_scale=0)

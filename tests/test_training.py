@@ -116,7 +116,7 @@ def test_greyscale_model_trains_on_one_channel_and_exports(tmp_path):
     assert loaded.in_chans == 1 and loaded.encoder.patch_embed.proj.weight.shape[1] == 1
     config = resolve_model_data_config(loaded)
     assert config["input_size"] == (1, 16, 16) and len(config["mean"]) == 1
-    train_data, _, info = load_splits(parse_config(["--max-train-samples", "4"]))
+    train_data, _, info = load_splits(parse_config([]))
     grey = ImageClassificationDataset(train_data, info.name, "image", "label", info.num_classes, create_transform(**config), in_chans=1)
     assert grey[0][0].shape == (1, 16, 16) and loaded(grey[0][0][None]).shape == (1, 10)
 

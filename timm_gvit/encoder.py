@@ -82,6 +82,7 @@ class GaussianEncoder(nn.Module):
         eval_seed: int = 0,
         stem: str = "patch",
         refine_steps: int = 1,
+        centre_scale: float = 1.0,
         qkv_bias: bool = True,
         norm_layer: Optional[LayerType] = None,
         act_layer: Optional[LayerType] = None,
@@ -108,6 +109,9 @@ class GaussianEncoder(nn.Module):
         self.dynamic_img_size = dynamic_img_size
         self.stem = stem
         self.refine_steps = refine_steps
+        if isinstance(centre_scale, bool) or not isinstance(centre_scale, (int, float)) or not 0 < centre_scale <= 100:
+            raise ValueError(f"centre_scale must be a number in (0, 100], got {centre_scale!r}")
+        self.centre_scale = float(centre_scale)
         self.grad_checkpointing = False
         embed_kwargs = dict(img_size=img_size, in_chans=in_chans, embed_dim=embed_dim, strict_img_size=not dynamic_img_size,
                             output_fmt="NHWC" if dynamic_img_size else None)  # None: flattened [B, N, D]
@@ -169,6 +173,8 @@ class GaussianEncoder(nn.Module):
     def _gaussians(self, x: Tensor, g0: Optional[Tensor]) -> Tensor:
         """The last block's tokens ``[B, N + k, D]`` -> raw Gaussians ``[B, k, 9]`` (a residual over g0)."""
         out = self.gaussian_head(self.norm(x[:, -self.num_gaussians :]))
+        if self.centre_scale != 1.0:  # a larger step for the centres: Gaussians that move further per image
+            out = torch.cat([out[..., 0:2] * self.centre_scale, out[..., 2:]], dim=-1)
         return out + g0 if g0 is not None else out
 
     def _predict(self, patches: Tensor, g0: Optional[Tensor]) -> Tensor:

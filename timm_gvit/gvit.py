@@ -169,6 +169,9 @@ class GViT(nn.Module):
             ConvStem of 3x3 stride-2 convolutions; ``patch_size`` a power of 2).
         encoder_refine_steps: int; passes of the encoder, each taking the last one's Gaussians
             as its g0 (1: the paper's single pass).
+        encoder_centre_scale: float; multiplies the predicted residual of the Gaussians' centres
+            (1: the paper's; larger lets centres move further from their g0 per image, MODEL_CARD.md
+            section 8).
         embed_dim: int; the classifier's width.
         depth: int; the classifier's blocks.
         num_heads: int; the classifier's attention heads.
@@ -223,6 +226,7 @@ class GViT(nn.Module):
         encoder_num_heads: int = 6,
         encoder_stem: str = "patch",
         encoder_refine_steps: int = 1,
+        encoder_centre_scale: float = 1.0,
         embed_dim: int = 384,
         depth: int = 12,
         num_heads: int = 6,
@@ -283,6 +287,7 @@ class GViT(nn.Module):
             drop_path_rate=drop_path_rate,
             stem=encoder_stem,
             refine_steps=encoder_refine_steps,
+            centre_scale=encoder_centre_scale,
             **layers,
         )
         self.classifier = GaussianClassifier(
@@ -346,7 +351,7 @@ class GViT(nn.Module):
                     num_gaussians=self.num_gaussians, scale_bound=self.scale_bound, gaussian_init=enc.gaussian_init,
                     centre_features=clf.centre_features, encoder_embed_dim=enc.pos_embed.shape[-1],
                     encoder_depth=len(enc.blocks), encoder_num_heads=enc.blocks[0].attn.num_heads, encoder_stem=enc.stem,
-                    encoder_refine_steps=enc.refine_steps, embed_dim=clf.embed_dim, depth=len(clf.blocks),
+                    encoder_refine_steps=enc.refine_steps, encoder_centre_scale=enc.centre_scale, embed_dim=clf.embed_dim, depth=len(clf.blocks),
                     num_heads=clf.blocks[0].attn.num_heads, mlp_ratio=self.mlp_ratio,
                     qkv_bias=enc.blocks[0].attn.qkv.bias is not None, pos_embed="learn" if clf.pos_embed is not None else "none",
                     shape_features=clf.shape_features, mlp_embed=isinstance(clf.gaussian_embed, Mlp))
