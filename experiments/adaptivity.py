@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / "runs" / "data" / "imagenette-80"), help="output of prepare_imagenette.py")
     parser.add_argument("--images", type=int, default=128, help="validation images (default 128)")
     parser.add_argument("--sgd-steps", type=int, default=500, help="fit_gaussians steps (default 500)")
+    parser.add_argument("--encoders-only", action="store_true", help="measure the exports only (keep the file's SGD and g0 rows)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "adaptivity.json")
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -108,6 +109,10 @@ def main() -> None:
             first = (model, images, size, grid, grid_g, name)
         print(f"{name}: {json.dumps(results[name]['encoder'])}", flush=True)
     model, images, size, grid, grid_g, name = first
+    if args.encoders_only:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return
     fitted = fit_gaussians(images, model.num_gaussians, steps=args.sgd_steps, scale_bound=model.scale_bound, progress=True)
     results[f"sgd-k{model.num_gaussians}"] = {"k": model.num_gaussians, "images": len(images), "steps": args.sgd_steps,
                                              "sgd": adaptivity(fitted, images, model.render(fitted, size), grid)}
