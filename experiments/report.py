@@ -275,7 +275,7 @@ def verdicts(guided: dict, dose_data: dict, k_shown: dict, loss_shown: dict, fit
         if mean is None:
             return "pending"
         if half is None:
-            return f"one seed: {mean:+.2f}"
+            return f"pending: {mean:+.2f} on one seed ({name.rstrip(':')}); more seeds needed for a 95 % CI"
         if mean - half > 0:
             return f"yes ({name} {mean:+.2f} ± {half:.2f}, 95 % CI above 0)"
         return f"no ({name} {mean:+.2f} ± {half:.2f}, 95 % CI {'below' if mean + half < 0 else 'includes'} 0)"
@@ -323,7 +323,8 @@ def headline(guided: dict, k_data: dict, loss_data: dict, fit_data: dict, leak_d
     ]
     dosed = dose_data.get("0.1", {})
     if dosed.get("top1") and dose_data.get("0", {}).get("top1"):
-        rows.insert(1, [f"guidance dose: 400 guided steps, gamma 0.1 vs 0 ({len(dosed['top1'])} paired seeds)",
+        seeds = len(dosed["top1"])
+        rows.insert(1, [f"guidance dose: 400 guided steps, gamma 0.1 vs 0 ({seeds} paired seed{'s' if seeds != 1 else ''})",
                         pair(dosed["top1_ci"][0], dose_data["0"]["top1_ci"][0]), "+4.1 (S), +3.3 (B) on ImageNet"])
     marks = verdicts(guided, dose_data, k_shown, loss_shown, fit_data, leak_data, base_data)
     if len(rows) == 7:  # the dose row shares the guidance verdict
