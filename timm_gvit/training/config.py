@@ -74,9 +74,9 @@ class TrainConfig:
     betas: tuple = _opt((0.9, 0.95), "AdamW betas", nargs=2, type=float)
     clip_grad: float | None = _opt(None, "clip the global gradient norm of each step to this value (the paper: no clipping)", type=float)
     mixed_precision: str = _opt("auto", "auto (bf16 on GPUs that have it, else none), no, bf16 or fp16", choices=("auto", "no", "bf16", "fp16"))
-    compile: bool = _opt(False, "torch.compile the encoder and the classifier (the renderer stays eager), as timm's train.py --torchcompile")
+    compile: bool = _opt(False, "torch.compile the step's regions (encoder and Gaussian decode, classifier and cross-entropy, reconstruction losses; the rasteriser stays eager), as timm's train.py --torchcompile")
     ema_decay: float | None = _opt(None, "keep an EMA of the weights (timm ModelEmaV3) with this decay; evaluation and export then use it", type=float)
-    max_nonfinite: int = _opt(20, "stop when this many consecutive steps have non-finite losses (each one is skipped)")
+    max_nonfinite: int = _opt(20, "stop when this many consecutive steps have non-finite losses (each one is skipped on the device; checked at every --log-every)")
     seed: int = _opt(0, "random seed (data order, augmentation, initial Gaussians)")
     # output
     output_dir: str = _opt("runs/gvit", "run folder: config, checkpoints, metrics, figures, export")
