@@ -137,34 +137,54 @@ def make_batch(batch: int, size: int, num_classes: int, device: torch.device, se
     return images.to(device), targets.to(device), labels.to(device)
 
 
-def measure_phase(objective, optimizer, batch, phase: str, args, device: torch.device, timeline: Timeline) -> dict:
+def phase_step(objective, optimizer, batch, phase: str, precision: str, device: torch.device, update: bool = True):
+    """One training step of ``phase`` as the trainer takes it (autocast in ``precision``, D-SSIM on),
+    as a function; without ``update``, forward and backward only."""
     images, targets, labels = batch
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    dtype = autocast_dtype(args.precision)
+    dtype = autocast_dtype(precision)
 
     def step():
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss, _ = objective(images, targets, labels, phase, True)
         loss.backward()
-        optimizer.step()
+        if update:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def warm_up(step, calls: int, device: torch.device) -> float:
+    """``calls`` untimed calls of ``step`` (a compiled step compiles in them); their seconds."""
     started = time.perf_counter()
-    for _ in range(args.warmup):
+    for _ in range(calls):
         step()
-    sync()
-    warmup_s = time.perf_counter() - started
-    timeline.totals()  # drop the warm-up's marks
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    sync()
     if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def time_steps(step, calls: int, device: torch.device) -> tuple[float, float | None]:
+    """``calls`` calls of ``step`` timed as a whole (one synchronisation at each end): (seconds,
+    peak GiB allocated meanwhile on CUDA, else None)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(calls):
         step()
-    sync()
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+
+
+def measure_phase(objective, optimizer, batch, phase: str, args, device: torch.device, timeline: Timeline) -> dict:
+    step = phase_step(objective, optimizer, batch, phase, args.precision, device)
+    warmup_s = warm_up(step, args.warmup, device)
+    timeline.totals()  # drop the warm-up's marks
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    seconds, peak = time_steps(step, args.steps, device)
     timeline.totals()
     parts = defaultdict(float)
     for _ in range(args.steps):  # instrumented: one synchronisation per step to read the timestamps
@@ -231,17 +251,8 @@ def profile_phase(objective, optimizer, batch, phase: str, args, device: torch.d
     CPU, operators) by self time with their share, and the host-device syncs per step."""
     from torch.profiler import ProfilerActivity, profile
 
-    images, targets, labels = batch
-    dtype = autocast_dtype(args.precision)
     cuda = device.type == "cuda"
-
-    def step():
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss, _ = objective(images, targets, labels, phase, True)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = phase_step(objective, optimizer, batch, phase, args.precision, device)
     step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
@@ -284,7 +295,6 @@ def vit_baseline(args, device: torch.device, compiled: bool) -> dict:
     images, _, labels = make_batch(args.batch, args.img_size, args.num_classes, device)
     dtype = autocast_dtype(args.precision)
     forward = torch.compile(model) if compiled else model
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step(fwd=forward, update=True):
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -295,20 +305,10 @@ def vit_baseline(args, device: torch.device, compiled: bool) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     flops = training_flops(lambda: step(model, update=False), args.batch)
-    started = time.perf_counter()
-    for _ in range(max(args.warmup, 2 if compiled else 0)):
-        step()
-    sync()
-    warmup_s = time.perf_counter() - started
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    seconds = time.perf_counter() - start
+    warmup_s = warm_up(step, max(args.warmup, 2 if compiled else 0), device)
+    seconds, peak = time_steps(step, args.steps, device)
     return {"images_per_s": args.batch * args.steps / seconds, "step_ms": 1000 * seconds / args.steps, "warmup_s": round(warmup_s, 2),
-            "flops_per_image": flops, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+            "flops_per_image": flops, "peak_gib": peak}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -354,17 +354,9 @@ def measure_gvit(args, device: torch.device, mode: str, peak: float | None, prof
     optimizer = create_adamw(model, defaults.base_lr, defaults.weight_decay, defaults.betas)
     objective = GViTObjective(model, defaults.pixel_loss, defaults.lambda_perc, defaults.cls_into_encoder)
     batch = make_batch(args.batch, args.img_size, args.num_classes, device)
-    images, targets, labels = batch
-    dtype = autocast_dtype(args.precision)
     counting = GViTObjective(model, defaults.pixel_loss, defaults.lambda_perc, defaults.cls_into_encoder)  # always eager
-
-    def count(phase):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss, _ = counting(images, targets, labels, phase, True)
-        loss.backward()
-        optimizer.zero_grad(set_to_none=True)
-
-    flops = {phase: training_flops(lambda: count(phase), args.batch) for phase in args.phases}
+    flops = {phase: training_flops(phase_step(counting, optimizer, batch, phase, args.precision, device, update=False), args.batch)
+             for phase in args.phases}
     if mode == "compiled":
         objective.compile_regions()
     timeline = Timeline(device)
