@@ -269,22 +269,20 @@ def classifier_ablation() -> tuple[dict, str]:
         " predate it. Train top-1 (in brackets where recorded) is measured on the unflipped training inputs in eval mode.")
 
 
-def verdicts(guided: dict, dose_data: dict, k_shown: dict, loss_shown: dict, fit_data: dict, leak_data: dict, base_data: dict) -> list[str]:
+def effect_verdict(mean: float | None, half: float | None, name: str) -> str:
+    """Whether a paired effect reproduces: yes only when its 95 % CI lies above 0."""
+    if mean is None:
+        return "pending"
+    if half is None:
+        return f"pending: {mean:+.2f} on one seed ({name}); more seeds needed for a 95 % CI"
+    if mean - half > 0:
+        return f"yes ({name} {mean:+.2f} ± {half:.2f}, 95 % CI above 0)"
+    return f"no ({name} {mean:+.2f} ± {half:.2f}, 95 % CI {'below' if mean + half < 0 else 'includes'} 0)"
+
+
+def verdicts(guided: dict, k_shown: dict, loss_shown: dict, fit_data: dict, leak_data: dict, base_data: dict) -> list[str]:
     """Whether each headline finding reproduces, by a stated rule, so that "reproduced" is never claimed by hand."""
-    def between(mean, half, name):
-        if mean is None:
-            return "pending"
-        if half is None:
-            return f"pending: {mean:+.2f} on one seed ({name.rstrip(':')}); more seeds needed for a 95 % CI"
-        if mean - half > 0:
-            return f"yes ({name} {mean:+.2f} ± {half:.2f}, 95 % CI above 0)"
-        return f"no ({name} {mean:+.2f} ± {half:.2f}, 95 % CI {'below' if mean + half < 0 else 'includes'} 0)"
-    dosed = dose_data.get("0.1", {}).get("vs_gamma0", (None, None))
-    if dosed[0] is not None:
-        guidance_verdict = between(*dosed, "400 guidance steps:")
-    else:
-        d = mean_ci([a - b for a, b in guided["per_seed"].values() if None not in (a, b)])
-        guidance_verdict = between(*d, "difference")
+    guidance_verdict = effect_verdict(*mean_ci([a - b for a, b in guided["per_seed"].values() if None not in (a, b)]), "difference")
     ks = sorted(k_shown)
     rises = len(ks) > 1 and k_shown[ks[-1]][0] - k_shown[ks[0]][0] > 3
     order = ("BCE + D-SSIM", "BCE", "MSE + D-SSIM")
@@ -321,15 +319,13 @@ def headline(guided: dict, k_data: dict, loss_data: dict, fit_data: dict, leak_d
         ["leakage: classifier on encoder Gaussians vs ViT on their renderings", pair(*leak_data["current"][:2]), "renderings 1-3 points lower"],
         [f"timm ViT/8 on patches vs gvit_nano (gamma 0.1, {guided['seeds_with']}-seed mean)", pair(base_data["vit8"], base_data["gvit"]), "77.5 vs 72.4 (S, ImageNet)"],
     ]
+    marks = verdicts(guided, k_shown, loss_shown, fit_data, leak_data, base_data)
     dosed = dose_data.get("0.1", {})
     if dosed.get("top1") and dose_data.get("0", {}).get("top1"):
         seeds = len(dosed["top1"])
         rows.insert(1, [f"guidance dose: 400 guided steps, gamma 0.1 vs 0 ({seeds} paired seed{'s' if seeds != 1 else ''})",
                         pair(dosed["top1_ci"][0], dose_data["0"]["top1_ci"][0]), "+4.1 (S), +3.3 (B) on ImageNet"])
-    marks = verdicts(guided, dose_data, k_shown, loss_shown, fit_data, leak_data, base_data)
-    if len(rows) == 7:  # the dose row shares the guidance verdict
-        marks.insert(1, marks[0])
-        marks[0] = verdicts({**guided}, {}, k_shown, loss_shown, fit_data, leak_data, base_data)[0]
+        marks.insert(1, effect_verdict(*dosed["vs_gamma0"], "400 guidance steps"))
     return table(["finding (Imagenette, 64 px, top-1 %)", "this study", "paper", "reproduces?"],
                  [row + [mark] for row, mark in zip(rows, marks)])
 

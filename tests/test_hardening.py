@@ -3,12 +3,10 @@
 generated data."""
 
 import json
-import os
 import re
 import resource
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from hub import publish
 from timm_gvit import explain, fitting
 from timm_gvit.training.config import parse_config, save_config
 
-from test_training import ROOT, TINY, make_imagefolder
+from test_training import TINY, make_imagefolder, start_paused
 
 SMALL = dict(img_size=16, patch_size=8, num_gaussians=8, encoder_depth=1, depth=1)
 SMALL_FLAGS = [f"{k}={v}" for k, v in SMALL.items()]
@@ -228,20 +226,6 @@ def test_explain_ignores_label_names_that_do_not_fit_the_head(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ 6. one trainer per run folder
-def start_paused(point: str, *args: str) -> subprocess.Popen:
-    """train_gvit.py in a subprocess, returned once it waits at the pause point ``point``."""
-    env = {**os.environ, "GVIT_PAUSE_AT": point, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train_gvit.py"), *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    output = []
-    for line in proc.stderr:
-        output.append(line)
-        if f"paused at {point}" in line:
-            return proc
-    proc.wait()
-    raise AssertionError("".join(output)[-3000:])
-
-
 def test_a_second_trainer_on_a_run_folder_is_refused_naming_the_first(tmp_path):
     run = tmp_path / "run"
     first = start_paused("before-metrics", *TINY, "--output-dir", str(run))  # in the middle of its run, after a checkpoint

@@ -338,8 +338,8 @@ class RunsOnUnpickle:
         return open, (str(self.path), "w")
 
 
-def run_until_paused(point: str, *args: str) -> None:
-    """Start train_gvit.py with GVIT_PAUSE_AT=point, wait until it pauses there, then SIGKILL it."""
+def start_paused(point: str, *args: str) -> subprocess.Popen:
+    """train_gvit.py in a subprocess, returned once it waits at the pause point ``point``."""
     env = {**os.environ, "GVIT_PAUSE_AT": point, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "train_gvit.py"), *args], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -347,10 +347,16 @@ def run_until_paused(point: str, *args: str) -> None:
     for line in proc.stderr:
         output.append(line)
         if f"paused at {point}" in line:
-            break
+            return proc
+    proc.wait()
+    raise AssertionError("".join(output)[-3000:])
+
+
+def run_until_paused(point: str, *args: str) -> None:
+    """Start train_gvit.py with GVIT_PAUSE_AT=point, wait until it pauses there, then SIGKILL it."""
+    proc = start_paused(point, *args)
     proc.kill()
     proc.wait()
-    assert f"paused at {point}" in output[-1] if output else False, "".join(output)[-3000:]
 
 
 def test_kills_in_the_epoch_end_resave_and_before_the_metrics_write_lose_nothing(short_run, tmp_path):
