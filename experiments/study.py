@@ -74,6 +74,9 @@ SWEEP = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "8",
 #: Guidance dose (issue 19): 400 joint steps with a guidance step after every one (gamma > 0), started with --init-from
 #: from one end-of-classifier-phase model (sweep-k64), so that arms of one seed differ only in gamma.
 DOSE_GAMMAS, DOSE_STEPS = (0.1, 0.0, 0.4), 400
+#: The control for the guided arms' extra encoder steps: the same guidance steps with the classifier's gradient scaled
+#: to nothing (gamma 1e-9; gamma 0 itself means no guidance steps), i.e. 400 extra reconstruction-only encoder steps.
+DOSE_CONTROL_GAMMA = 1e-9
 DOSE = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "0", "--joint-epochs", f"{DOSE_STEPS / 93:.4f}",
         "--guidance-epochs", f"{DOSE_STEPS / 93:.4f}", "--guidance-every", "1"]
 
@@ -163,12 +166,15 @@ def all_runs() -> list[Run]:
     lever_heads = [heads(f"sweep-k64-{name}", "adapt", enc.name, SWEEP, 0.0, 0, enc) for name, enc in levers.items()]
     dose = {(gamma, seed): dataclasses.replace(heads(f"dose-g{gamma:g}-s{seed}", "dose", sweep[64].name, DOSE, gamma, seed, base), init="model")
             for seed in SEEDS for gamma in DOSE_GAMMAS}
-    # issue 19's runs, most telling per CPU hour first: the gamma 0.1 / 0 pairs (the paper's claim), the levers'
-    # encoders (PSNR and adaptivity need no head), the cheap pixel points, the levers' heads, the costly pixel
-    # points, then gamma 0.4
-    issue19 = [*[dose[gamma, seed] for seed in SEEDS[:2] for gamma in (0.1, 0.0)], *levers.values(),
-               *[dose[gamma, SEEDS[2]] for gamma in (0.1, 0.0)], *small.values(), *per_pixel[:6], *lever_heads,
-               *per_pixel[6:], *[dose[0.4, seed] for seed in SEEDS]]
+    control = {seed: dataclasses.replace(heads(f"dose-recon-s{seed}", "dose", sweep[64].name, DOSE, DOSE_CONTROL_GAMMA, seed, base), init="model")
+               for seed in SEEDS}
+    # issue 19's runs, most telling per CPU hour first: the gamma 0.1 / 0 pairs (the paper's claim) and the control for
+    # their extra encoder steps, the levers' encoders (PSNR and adaptivity need no head), the cheap pixel points, the
+    # levers' heads, the costly pixel points, then gamma 0.4 and the other controls
+    first_lever, *other_levers = levers.values()
+    issue19 = [*[dose[gamma, seed] for seed in SEEDS[:2] for gamma in (0.1, 0.0)], first_lever, control[SEEDS[0]],
+               *[dose[gamma, SEEDS[2]] for gamma in (0.1, 0.0)], *other_levers, *small.values(), *per_pixel[:6], *lever_heads,
+               *per_pixel[6:], *[dose[0.4, seed] for seed in SEEDS], *[control[seed] for seed in SEEDS[1:]]]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
