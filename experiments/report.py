@@ -315,7 +315,9 @@ def fitting_verdict(fit_data: dict) -> str:
     """Learned beats SGD Gaussians: the current recipe's pair when both ran, else the paper recipe's."""
     now = fit_data["current"]
     if None not in (now["sgd"], now["encoder"]):
-        return "yes" if now["encoder"] > now["sgd"] else f"no: SGD ahead by {now['sgd'] - now['encoder']:.1f} (one seed)"
+        gap = now["encoder"] - now["sgd"]
+        return (f"yes: the encoder's Gaussians {gap:+.1f} (one seed" + (f"; PSNR {now['encoder_psnr']:.2f} vs {now['sgd_psnr']:.2f} dB)"
+                if None not in (now["encoder_psnr"], now["sgd_psnr"]) else ")")) if gap > 0 else f"no: SGD ahead by {-gap:.1f} (one seed)"
     if None in (fit_data["sgd"], fit_data["learned_cached"]):
         return "pending"
     return "yes" if fit_data["learned_cached"] > fit_data["sgd"] else "no (paper recipe; not re-run)"
@@ -388,17 +390,15 @@ def headline(guided: dict, k_data: dict, loss_data: dict, fit_data: dict, leak_d
     ]
     marks = verdicts(guided, k_shown, loss_shown, fit_data, leak_data, base_data)
     dosed = dose_data.get("0.1", {})
-    if dosed.get("top1") and dose_data.get("0", {}).get("top1"):
-        seeds = len(dosed["top1"])
-        rows.insert(1, [f"guidance dose: 400 guided steps, gamma 0.1 vs 0 ({seeds} paired seed{'s' if seeds != 1 else ''})",
-                        pair(dosed["top1_ci"][0], dose_data["0"]["top1_ci"][0]), "+4.1 (S), +3.3 (B) on ImageNet"])
+    if dosed.get("paired_seeds"):
+        seeds = dosed["paired_seeds"]
+        rows.insert(1, [f"guidance dose: 400 guided steps, gamma 0.1 vs 0 ({seeds} paired seed{'s' if seeds != 1 else ''}, mean)",
+                        pair(*dosed["paired_means"]), "+4.1 (S), +3.3 (B) on ImageNet"])
         marks.insert(1, effect_verdict(*dosed["vs_gamma0"], "400 guidance steps"))
-        control = dose_data.get("control", {})
-        if control.get("top1") and dose_data.get("0.1_vs_control", (None,))[0] is not None:
-            seeds = len(control["top1"])
+        if dose_data.get("0.1_vs_control", (None,))[0] is not None:
+            *means, seeds = dose_data["0.1_and_control_means"]
             rows.insert(2, [f"the same against its control: the guided arms' extra encoder steps without the classifier gradient"
-                            f" ({seeds} paired seed{'s' if seeds != 1 else ''})", pair(dosed["top1_ci"][0], control["top1_ci"][0]),
-                            "(no such control in the paper)"])
+                            f" ({seeds} paired seed{'s' if seeds != 1 else ''}, mean)", pair(*means), "(no such control in the paper)"])
             marks.insert(2, effect_verdict(*dose_data["0.1_vs_control"], "gamma 0.1 minus control"))
     guided_leak, unguided_leak = (leak_data["lr_1e-3"].get(f"{run} (trainer run)", (None, None))[:2] for run in DOSE_ENCODERS)
     if None not in (*guided_leak, *unguided_leak):
@@ -429,15 +429,21 @@ def dose(runs: dict) -> tuple[dict, str]:
                              ("control", "0, with 400 reconstruction-only guidance steps", arms_of("dose-recon-"))]:
         top1 = [arms[s]["final"]["top1"] for s in sorted(arms)]
         psnr = [arms[s]["final"]["psnr"] for s in sorted(arms)]
-        paired = [arms[s]["final"]["top1"] - off[s] for s in sorted(arms) if s in off] if key != "0" else []
+        paired_seeds = [s for s in sorted(arms) if s in off] if key != "0" else []
+        paired = [arms[s]["final"]["top1"] - off[s] for s in paired_seeds]
         steps = sorted({arms[s].get("guidance_steps") for s in arms})
         data[key] = {"seeds": sorted(arms), "top1": top1, "psnr": psnr, "top1_ci": mean_ci(top1),
-                     "psnr_ci": mean_ci(psnr), "vs_gamma0": mean_ci(paired), "guidance_steps": steps}
+                     "psnr_ci": mean_ci(psnr), "vs_gamma0": mean_ci(paired), "guidance_steps": steps,
+                     # the means over the seeds this arm shares with gamma 0 (this arm's, gamma 0's)
+                     "paired_means": (mean_ci([arms[s]["final"]["top1"] for s in paired_seeds])[0], mean_ci([off[s] for s in paired_seeds])[0]),
+                     "paired_seeds": len(paired_seeds)}
         rows.append([label, ", ".join(fmt(v) for v in top1) or "pending", ci(mean_ci(top1)), ci(mean_ci(psnr), 2),
                      ci(mean_ci(paired), 2) if paired else "", "/".join(str(x) for x in steps)])
     control = {s: r["final"]["top1"] for s, r in arms_of("dose-recon-").items()}
     guided = {s: r["final"]["top1"] for s, r in arms_of("dose-g0.1-").items()}
-    data["0.1_vs_control"] = mean_ci([guided[s] - control[s] for s in sorted(guided) if s in control])
+    both = [s for s in sorted(guided) if s in control]
+    data["0.1_vs_control"] = mean_ci([guided[s] - control[s] for s in both])
+    data["0.1_and_control_means"] = (mean_ci([guided[s] for s in both])[0], mean_ci([control[s] for s in both])[0], len(both))
     md = table(["gamma", "top-1 % per seed", "top-1 %, mean ± 95 % CI", "val PSNR dB, mean ± 95 % CI",
                 "top-1 vs gamma 0, paired, mean ± 95 % CI", "guidance steps"], rows)
     return data, md + (
