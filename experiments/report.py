@@ -300,14 +300,17 @@ def classifier_ablation() -> tuple[dict, str]:
         " predate it. Train top-1 (in brackets where recorded) is measured on the unflipped training inputs in eval mode.")
 
 
-def effect_verdict(mean: float | None, half: float | None, name: str) -> str:
-    """Whether a paired effect reproduces: yes only when its 95 % CI lies above 0."""
+def effect_verdict(mean: float | None, half: float | None, name: str, seeds: int | None = None) -> str:
+    """Whether a paired effect reproduces: yes only when its 95 % CI lies above 0; an open CI on fewer than
+    3 seeds (``seeds``, where known) is pending rather than no, since two seeds' t quantile is 12.7."""
     if mean is None:
         return "pending"
     if half is None:
         return f"pending: {mean:+.2f} on one seed ({name}); more seeds needed for a 95 % CI"
     if mean - half > 0:
         return f"yes ({name} {mean:+.2f} ± {half:.2f}, 95 % CI above 0)"
+    if seeds is not None and seeds < 3 and mean + half >= 0:
+        return f"pending: {mean:+.2f} ± {half:.2f} on {seeds} seeds ({name}); the 95 % CI includes 0, a third seed is needed"
     return f"no ({name} {mean:+.2f} ± {half:.2f}, 95 % CI {'below' if mean + half < 0 else 'includes'} 0)"
 
 
@@ -394,12 +397,12 @@ def headline(guided: dict, k_data: dict, loss_data: dict, fit_data: dict, leak_d
         seeds = dosed["paired_seeds"]
         rows.insert(1, [f"guidance dose: 400 guided steps, gamma 0.1 vs 0 ({seeds} paired seed{'s' if seeds != 1 else ''}, mean)",
                         pair(*dosed["paired_means"]), "+4.1 (S), +3.3 (B) on ImageNet"])
-        marks.insert(1, effect_verdict(*dosed["vs_gamma0"], "400 guidance steps"))
+        marks.insert(1, effect_verdict(*dosed["vs_gamma0"], "400 guidance steps", dosed["paired_seeds"]))
         if dose_data.get("0.1_vs_control", (None,))[0] is not None:
             *means, seeds = dose_data["0.1_and_control_means"]
             rows.insert(2, [f"the same against its control: the guided arms' extra encoder steps without the classifier gradient"
                             f" ({seeds} paired seed{'s' if seeds != 1 else ''}, mean)", pair(*means), "(no such control in the paper)"])
-            marks.insert(2, effect_verdict(*dose_data["0.1_vs_control"], "gamma 0.1 minus control"))
+            marks.insert(2, effect_verdict(*dose_data["0.1_vs_control"], "gamma 0.1 minus control", seeds))
     guided_leak, unguided_leak = (leak_data["lr_1e-3"].get(f"{run} (trainer run)", (None, None))[:2] for run in DOSE_ENCODERS)
     if None not in (*guided_leak, *unguided_leak):
         at = next(i for i, row in enumerate(rows) if row[0].startswith("leakage")) + 1
