@@ -423,30 +423,32 @@ def headline(guided: dict, k_data: dict, loss_data: dict, fit_data: dict, leak_d
 def dose(runs: dict) -> tuple[dict, str]:
     """Guidance dose (issue 19): arms of 400 guided joint steps from one classifier-phase model."""
     arms_of = lambda prefix: {r["seed"]: r for n, r in runs.items() if n.startswith(prefix) and r.get("finished")}  # noqa: E731
+
+    def paired(arms: dict, other: dict) -> tuple[tuple, tuple, int]:
+        """(mean ± 95 % CI of arms - other, (arms' mean, other's mean), seeds) over the seeds both have."""
+        seeds = [s for s in sorted(arms) if s in other]
+        top1 = lambda side: [side[s]["final"]["top1"] for s in seeds]  # noqa: E731
+        return mean_ci([a - b for a, b in zip(top1(arms), top1(other))]), (mean_ci(top1(arms))[0], mean_ci(top1(other))[0]), len(seeds)
+
     gammas = sorted({r["gamma"] for n, r in runs.items() if n.startswith("dose-g")})
     start = final(runs, "sweep-k64"), final(runs, "sweep-k64", "psnr")
     data, rows = {"start": start}, []
-    off = {s: r["final"]["top1"] for s, r in arms_of("dose-g0-").items()}
+    off = arms_of("dose-g0-")
     # the gamma arms, then the control: gamma 0 plus the guided arms' extra encoder steps, reconstruction only
     for key, label, arms in [*((f"{g:g}", f"{g:g}", arms_of(f"dose-g{g:g}-")) for g in gammas),
                              ("control", "0, with 400 reconstruction-only guidance steps", arms_of("dose-recon-"))]:
         top1 = [arms[s]["final"]["top1"] for s in sorted(arms)]
         psnr = [arms[s]["final"]["psnr"] for s in sorted(arms)]
-        paired_seeds = [s for s in sorted(arms) if s in off] if key != "0" else []
-        paired = [arms[s]["final"]["top1"] - off[s] for s in paired_seeds]
+        vs_gamma0, paired_means, paired_seeds = paired(arms, off if key != "0" else {})
         steps = sorted({arms[s].get("guidance_steps") for s in arms})
-        data[key] = {"seeds": sorted(arms), "top1": top1, "psnr": psnr, "top1_ci": mean_ci(top1),
-                     "psnr_ci": mean_ci(psnr), "vs_gamma0": mean_ci(paired), "guidance_steps": steps,
+        data[key] = {"seeds": sorted(arms), "top1": top1, "psnr": psnr, "top1_ci": mean_ci(top1), "psnr_ci": mean_ci(psnr),
+                     "vs_gamma0": vs_gamma0, "guidance_steps": steps,
                      # the means over the seeds this arm shares with gamma 0 (this arm's, gamma 0's)
-                     "paired_means": (mean_ci([arms[s]["final"]["top1"] for s in paired_seeds])[0], mean_ci([off[s] for s in paired_seeds])[0]),
-                     "paired_seeds": len(paired_seeds)}
+                     "paired_means": paired_means, "paired_seeds": paired_seeds}
         rows.append([label, ", ".join(fmt(v) for v in top1) or "pending", ci(mean_ci(top1)), ci(mean_ci(psnr), 2),
-                     ci(mean_ci(paired), 2) if paired else "", "/".join(str(x) for x in steps)])
-    control = {s: r["final"]["top1"] for s, r in arms_of("dose-recon-").items()}
-    guided = {s: r["final"]["top1"] for s, r in arms_of("dose-g0.1-").items()}
-    both = [s for s in sorted(guided) if s in control]
-    data["0.1_vs_control"] = mean_ci([guided[s] - control[s] for s in both])
-    data["0.1_and_control_means"] = (mean_ci([guided[s] for s in both])[0], mean_ci([control[s] for s in both])[0], len(both))
+                     ci(vs_gamma0, 2) if paired_seeds else "", "/".join(str(x) for x in steps)])
+    vs_control, control_means, control_seeds = paired(arms_of("dose-g0.1-"), arms_of("dose-recon-"))
+    data["0.1_vs_control"], data["0.1_and_control_means"] = vs_control, (*control_means, control_seeds)
     md = table(["gamma", "top-1 % per seed", "top-1 %, mean ± 95 % CI", "val PSNR dB, mean ± 95 % CI",
                 "top-1 vs gamma 0, paired, mean ± 95 % CI", "guidance steps"], rows)
     return data, md + (
@@ -672,11 +674,11 @@ def main() -> None:
     guided, guidance_md = guidance(runs, runs_v1, runs_v2, runs_v3)
     k_data, k_md = gaussians_sweep(runs, runs_v1)
     loss_data, loss_md = losses(runs, runs_v1)
-    fit_data, fit_md = fitting(runs_v1, study, guided["paper_recipe"], load("classifier_ablation.json"))
     variant_data, variant_md = variants()
     ablation_data, ablation_md = encoder_ablation()
     ablation_gpu_data, ablation_gpu_md = encoder_ablation_gpu()
     cls_ablation_data, cls_ablation_md = classifier_ablation()
+    fit_data, fit_md = fitting(runs_v1, study, guided["paper_recipe"], cls_ablation_data)
     leak_data, leak_md = leakage(study, cls_ablation_data)
     base_data, base_md = baseline(study, load("gaussian_study.json"), guided, runs)
     figures(k_data, guided)
