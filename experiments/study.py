@@ -22,7 +22,7 @@ Protocols (epochs of the 6,000 training images, batch 64):
           classifier phase, with its own cosine schedule; no joint phase, no guidance, as the
           paper's k sweep): the Gaussian-count sweep ("sweep-k*") and the reconstruction losses
           ("sweep-k64-mse", "sweep-k64-bce").
-- dose  = 400 joint steps (4.3 epochs) with a guidance step after every one at gamma in {0.1, 0, 0.4}, three seeds,
+- dose  = 400 joint steps (4.3 epochs) with a guidance step after every one at gamma in {0.1, 0, 0.4, 0.05, 0.2}, up to three seeds,
           each arm starting (``--init-from``) from sweep-k64's end-of-classifier-phase model: the guidance dose of
           issue 19 (the paper's ~1,500 guidance steps against the long protocol's 37).
 - pixels = the sweep protocol at k = 4, 8, 32 and a second classifier seed at k = 4 .. 64: accuracy against pixels
@@ -73,7 +73,7 @@ SHORT = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "2",
 SWEEP = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "8", "--joint-epochs", "0", "--guidance-epochs", "0"]
 #: Guidance dose (issue 19): 400 joint steps with a guidance step after every one (gamma > 0), started with --init-from
 #: from one end-of-classifier-phase model (sweep-k64), so that arms of one seed differ only in gamma.
-DOSE_GAMMAS, DOSE_STEPS = (0.1, 0.0, 0.4), 400
+DOSE_GAMMAS, DOSE_STEPS = (0.1, 0.0, 0.4, 0.05, 0.2), 400  # 0.05 and 0.2 bracket 0.1, the best of the first three
 #: The control for the guided arms' extra encoder steps: the same guidance steps with the classifier's gradient scaled
 #: to nothing (gamma 1e-9; gamma 0 itself means no guidance steps), i.e. 400 extra reconstruction-only encoder steps.
 DOSE_CONTROL_GAMMA = 1e-9
@@ -170,11 +170,13 @@ def all_runs() -> list[Run]:
                for seed in SEEDS}
     # issue 19's runs, most telling per CPU hour first: the gamma 0.1 / 0 pairs (the paper's claim) and the control for
     # their extra encoder steps, the levers' encoders (PSNR and adaptivity need no head), the cheap pixel points, the
-    # levers' heads, the costly pixel points, then gamma 0.4 and the other controls
+    # levers' heads, the costly pixel points, then the other controls, the gammas around 0.1 and 0.4 seed by seed
     first_lever, *other_levers = levers.values()
     issue19 = [*[dose[gamma, seed] for seed in SEEDS[:2] for gamma in (0.1, 0.0)], first_lever, control[SEEDS[0]],
-               *[dose[gamma, SEEDS[2]] for gamma in (0.1, 0.0)], *other_levers, *small.values(), *per_pixel[:6], *lever_heads,
-               *per_pixel[6:], *[dose[0.4, seed] for seed in SEEDS], *[control[seed] for seed in SEEDS[1:]]]
+               *[dose[gamma, SEEDS[2]] for gamma in (0.1, 0.0)], *other_levers, *small.values(), *per_pixel[:6], lever_heads[1],
+               per_pixel[6], dose[0.4, SEEDS[0]], control[SEEDS[1]], control[SEEDS[2]], dose[0.05, SEEDS[0]], dose[0.2, SEEDS[0]],
+               dose[0.4, SEEDS[1]], per_pixel[7], *[dose[gamma, SEEDS[1]] for gamma in (0.05, 0.2)],
+               *[dose[gamma, SEEDS[2]] for gamma in (0.4, 0.05, 0.2)], lever_heads[0]]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
