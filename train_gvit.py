@@ -246,7 +246,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     bar = tqdm(total=len(run.train_loader), initial=skip, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
     objective.train()
     seen, started, step_finite, guided = 0, time.perf_counter(), None, {}
+    first_batch_at = None  # when the loader's workers delivered this epoch's first batch
     for batch_index, (images, labels) in enumerate(loader, start=skip):
+        first_batch_at = first_batch_at or time.perf_counter()
         if state["step"] >= schedule.total_steps:
             break
         step = state["step"]
@@ -296,8 +298,11 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         if step % config.checkpoint_every == 0:
             monitor.flush(step, run.phase, accelerator.print)
             run.save_checkpoint()
-    monitor.flush(state["step"], run.phase, accelerator.print)
+    monitor.flush(state["step"], run.phase, accelerator.print)  # waits for the device: the timing below is complete
     bar.close()
+    if seen:
+        accelerator.print(f"epoch {epoch}: {seen / (time.perf_counter() - first_batch_at):.0f} img/s from its first batch on "
+                          f"(which took {first_batch_at - started:.1f} s to arrive)")
     sums, counts = state["sums"], state["counts"]  # of the losses of this epoch's finite batches
     return {"epoch": epoch, "step": state["step"], "phase": schedule.phase(max(state["step"] - 1, 0)),
             **{k if k.startswith("train") else f"train_{k}": sums[k] / counts[k] for k in sums if counts[k]}}

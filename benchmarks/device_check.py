@@ -1,6 +1,6 @@
 """Verify the CUDA path on a fresh GPU machine in one call; run it through ``benchmarks/device_check.sh``.
 
-    bash benchmarks/device_check.sh [--dry-run] [--quick] [--out DIR] [--wheels DIR] [--gsplat-build DIR]
+    bash benchmarks/device_check.sh [--dry-run] [--quick] [--only STEP ...] [--trainer {short,steady}] [--out DIR] ...
 
 Steps, each under its own time limit inside an overall deadline (a failed step is recorded and
 the next one still runs; the exit status is 0 when every step passed):
@@ -25,7 +25,13 @@ the next one still runs; the exit status is 0 when every step passed):
    the per-image read / decode / transform cost), then a short bf16 ``train_gvit.py --compile`` run
    of gvit_small at 224 px, k = 256, a worker per core, on a generated imagefolder of ImageNet-sized
    JPEGs (500 x 375, about 100 KiB): that the trainer runs end to end on the GPU, its own images/s,
-   and whether the loader or the step limits it.
+   and whether the loader or the step limits it. ``--trainer steady`` makes it 8 epochs of 50 steps on
+   12,800 training images (3 reconstruction, 2 classifier, 3 joint, guided in the last), each epoch's
+   images/s reported, so that epochs without a compile or phase change show the trainer's steady rate
+   beside ``train_step``'s ceiling for that phase.
+
+``--only`` runs the named steps of 3-6 (``wheels`` and ``build`` always run): a second call that
+reuses a saved build needs only the steps it re-measures.
 
 Everything lands in OUT (``$OUT`` on a lent machine, else ``benchmarks/results/device_check``):
 ``device_check.json`` (rewritten after every step, so a cut-off run still leaves one),
@@ -81,8 +87,14 @@ IMAGE_MODULES = ("torch", "torchvision", "timm", "accelerate", "huggingface_hub"
 #: Seconds each step may take at most (the overall --deadline cuts them shorter).
 BUDGET = {"wheels": 60, "build": 420, "pytest": 240, "render": 150, "render_batch": 60, "train_step": 330, "train_gvit": 200}
 STEPS = tuple(BUDGET)
-#: The short training run: 50 steps in all, over a generated imagefolder of IMAGES images.
-IMAGES, CLASSES, IMAGE_SIZE = 3200, 10, (500, 375)
+#: The trainer's runs over a generated imagefolder of ImageNet-sized JPEGs: "short" checks that every phase runs
+#: (50 steps on 3,200 images); "steady" measures each epoch's images/s (8 epochs of 50 steps at batch 256).
+CLASSES, IMAGE_SIZE = 10, (500, 375)
+TRAINER_IMAGES = {"short": 3200, "steady": 14400}  # 10 % held out for validation
+#: (train samples, recon, dssim from, classifier, joint, guidance) steps; "steady": epochs 0-2 reconstruction,
+#: 3-4 classifier, 5-7 joint with a guidance step after every 5th step of epoch 7
+TRAINER_STEPS = {"short": (None, 20, 10, 10, 20, 10), "steady": (12800, 150, 75, 100, 150, 50)}
+TRAINER_BUDGET = {"short": 200, "steady": 330}
 
 
 def wheel_requirements() -> list[tuple[str, str]]:
@@ -117,8 +129,9 @@ def wheel_files(wheels: Path) -> tuple[list[Path], list[str]]:
     return found, problems
 
 
-def commands(work: Path, quick: bool) -> dict[str, list[str]]:
+def commands(work: Path, quick: bool, trainer: str = "short") -> dict[str, list[str]]:
     """Each step's command line (``python`` stands for the interpreter)."""
+    train_samples, recon, dssim_from, classifier, joint, guidance = (None, 5, 2, 3, 4, 2) if quick else TRAINER_STEPS[trainer]
     ks, sizes, repeats = (["16", "256"], ["64"], "2") if quick else (["16", "64", "256", "1024"], ["64", "224"], "5")
     steps, warmup, batch = ("3", "1", "64") if quick else ("20", "5", "256")
     return {
@@ -137,10 +150,9 @@ def commands(work: Path, quick: bool) -> dict[str, list[str]]:
                    "--out", str(work / "loader.json")],
         "train_gvit": ["python", "train_gvit.py", "--compile", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
                        "--num-gaussians", "256", "--mixed-precision", "bf16", "--phase-unit", "steps",
-                       "--recon-epochs", "5" if quick else "20", "--dssim-from", "2" if quick else "10",
-                       "--classifier-epochs", "3" if quick else "10", "--joint-epochs", "4" if quick else "20",
-                       "--guidance-epochs", "2" if quick else "10", "--guidance-every", "2" if quick else "5",
-                       "--warmup-epochs", "2", "--batch-size", batch, "--workers", str(os.cpu_count() or 1),
+                       "--recon-epochs", str(recon), "--dssim-from", str(dssim_from), "--classifier-epochs", str(classifier),
+                       "--joint-epochs", str(joint), "--guidance-epochs", str(guidance), "--guidance-every", "2" if quick else "5",
+                       "--warmup-epochs", "2", *(["--max-train-samples", str(train_samples)] if train_samples else []), "--batch-size", batch, "--workers", str(os.cpu_count() or 1),
                        "--report-to", "none", "--checkpoint-every", "100000", "--image-every", "100000", "--log-every", "10",
                        "--eval-every", "1000", "--max-val-samples", "256", "--output-dir", str(work / "train")],
     }
@@ -164,15 +176,15 @@ def preflight(args, work: Path, installed: bool) -> list[str]:
         from timm_gvit.training.config import parse_config
     except Exception as exc:  # a module the scripts import is missing or broken
         return [f"cannot import the benchmark scripts: {type(exc).__name__}: {exc}"]
-    for quick in (False, True):  # both plans, whichever runs
-        cmds = commands(work, quick)
+    for quick, trainer in ((False, "short"), (False, "steady"), (True, "short")):  # every plan, whichever runs
+        cmds = commands(work, quick, trainer)
         try:
             render.build_parser().parse_args(cmds["render"][2:])
             render.build_parser().parse_args(cmds["render_batch"][2:])
             train_step.parse_args(cmds["train_step"][2:])
             parse_config(cmds["train_gvit"][2:])
         except SystemExit as exc:
-            problems.append(f"a step's flags were rejected ({'--quick plan' if quick else 'plan'}: exit {exc})")
+            problems.append(f"a step's flags were rejected ({'--quick plan' if quick else trainer + ' plan'}: exit {exc})")
     return problems
 
 
@@ -186,7 +198,8 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = open(self.out / "device_check.log", "a", buffering=1)
         self.started = time.monotonic()
-        self.report = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": {"quick": args.quick, "deadline_s": args.deadline},
+        self.report = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "settings": {"quick": args.quick, "deadline_s": args.deadline, "only": args.only, "trainer": args.trainer},
                        "steps": {}, "targets": []}
         self.env = {**os.environ, "PYTHONPATH": f"{SITE}{os.pathsep}{ROOT}", "PYTHONUNBUFFERED": "1",
                     "TORCH_EXTENSIONS_DIR": str(EXTENSIONS), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -228,7 +241,11 @@ class Run:
 
     def step(self, name: str, action) -> bool:
         """Run ``action(limit) -> (rc, tail, extra)`` as step ``name``; record and save the result."""
-        limit = min(BUDGET[name], self.remaining() - 15)
+        if name not in self.args.only:
+            self.report["steps"][name] = {"status": "skipped", "why": "not in --only"}
+            self.save()
+            return True
+        limit = min(TRAINER_BUDGET[self.args.trainer] if name == "train_gvit" else BUDGET[name], self.remaining() - 15)
         if limit < 20:
             self.report["steps"][name] = {"status": "skipped", "why": "out of time (--deadline)"}
             self.save()
@@ -431,8 +448,15 @@ def write_images(folder: Path, count: int, classes: int, size: tuple[int, int]) 
 
 
 def trainer_summary(output: str, run_dir: Path) -> dict:
+    """The trainer's images/s (the last and the highest it logged, and each epoch's last with its phase), its metrics
+    and run_info."""
     rates = [int(r) for r in re.findall(r"img_s=(\d+)", output)]
-    summary = {"images_per_s_last": rates[-1] if rates else None, "images_per_s_max": max(rates) if rates else None}
+    epochs = {int(epoch): {"images_per_s": int(rate), "phase": phase}  # later lines of an epoch overwrite earlier ones
+              for epoch, rate, phase in re.findall(r"epoch (\d+):[^\n]*?img_s=(\d+)[^\n]*?phase=(\w+)", output)}
+    for epoch, rate, wait in re.findall(r"epoch (\d+): (\d+) img/s from its first batch on \(which took ([\d.]+) s", output):
+        epochs.setdefault(int(epoch), {}).update(images_per_s_after_first_batch=int(rate), first_batch_s=float(wait))
+    summary = {"images_per_s_last": rates[-1] if rates else None, "images_per_s_max": max(rates) if rates else None,
+               "epochs": [{"epoch": e, **epochs[e]} for e in sorted(epochs)]}
     for name in ("metrics.json", "run_info.json"):
         if (run_dir / name).is_file():
             summary[name.removesuffix(".json")] = json.loads((run_dir / name).read_text())
@@ -463,19 +487,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inductor-cache", type=Path, default=ROOT / ".inductor-cache" if (ROOT / ".inductor-cache").is_dir() else None,
                         help=f"folder of {CACHE_PARTS}* from an earlier run, to start compiling from (default .inductor-cache if present)")
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds for the whole run (default 560)")
+    parser.add_argument("--only", nargs="+", choices=STEPS[2:], default=list(STEPS[2:]), metavar="STEP",
+                        help=f"run only these of {', '.join(STEPS[2:])} (wheels and build always run)")
+    parser.add_argument("--trainer", choices=tuple(TRAINER_STEPS), default="short",
+                        help="train_gvit's run: short (50 steps, every phase runs) or steady (8 epochs of 50 steps, "
+                             "each epoch's images/s)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="device_check."))
-    plan = commands(work, args.quick)
-    print(f"plan ({'quick, ' if args.quick else ''}deadline {args.deadline:.0f} s; results in {args.out}):")
+    plan = commands(work, args.quick, args.trainer)
+    print(f"plan ({'quick, ' if args.quick else ''}{args.trainer} trainer run, deadline {args.deadline:.0f} s; results in {args.out}):")
     print(f"  wheels      install {', '.join(f'{n}=={v}' for n, v in wheel_requirements())} from {args.wheels}/ into {SITE}")
     print(f"  build       gsplat's kernels for this GPU ({'reuse ' + str(args.gsplat_build) + ' if it matches, else ' if args.gsplat_build else ''}"
           f"build with TORCH_CUDA_ARCH_LIST=<its capability>, MAX_JOBS=<its cores>), saved as {BUILD_PARTS}*")
     for name in ("pytest", "render", "render_batch", "train_step", "loader", "train_gvit"):
-        print(f"  {name:<11} {' '.join(plan[name])}")
+        print(f"  {name:<11} {' '.join(plan[name]) if (name if name != 'loader' else 'train_gvit') in args.only else 'skipped (--only)'}")
     print(f"  cache       compile caches in {INDUCTOR} ({'from ' + str(args.inductor_cache) + ', ' if args.inductor_cache else ''}"
           f"saved as {CACHE_PARTS}* after train_step)")
     print(f"  report      {args.out / 'device_check.json'} (and device_check.log)")
@@ -528,14 +557,17 @@ def main(argv: list[str] | None = None) -> int:
         return action
 
     def train_gvit_action(limit):
-        started = time.monotonic()
-        write_images(work / "images", IMAGES // (4 if args.quick else 1), CLASSES, IMAGE_SIZE)
-        run.say(f"wrote {IMAGES // (4 if args.quick else 1)} images in {time.monotonic() - started:.1f} s")
+        started, images = time.monotonic(), TRAINER_IMAGES[args.trainer] // (4 if args.quick else 1)
+        write_images(work / "images", images, CLASSES, IMAGE_SIZE)
+        run.say(f"wrote {images} images in {time.monotonic() - started:.1f} s")
         _, loader_output = run.execute("loader", plan["loader"], min(60.0, limit / 4))
         if (work / "loader.json").is_file():
             run.report["loader"] = json.loads((work / "loader.json").read_text())
         rc, output = run.execute("train_gvit", plan["train_gvit"], limit - (time.monotonic() - started))
         run.report["train_gvit"] = trainer_summary(output, work / "train")
+        run.say("the trainer's img/s per epoch (from its first batch on): " + ", ".join(
+            f"{e['epoch']} {e.get('phase')} {e.get('images_per_s')} ({e.get('images_per_s_after_first_batch')})"
+            for e in run.report["train_gvit"]["epochs"]))
         return rc, output, {}
 
     passed.append(run.step("pytest", pytest_action))
@@ -543,9 +575,13 @@ def main(argv: list[str] | None = None) -> int:
     passed.append(run.step("render_batch", json_action("render_batch", "render_batch")))
     run.say(restore_compile_cache(args.inductor_cache))
     passed.append(run.step("train_step", json_action("train_step", "train_step")))
-    run.report["compile_cache"] = save_compile_cache(run.out)
-    run.say(run.report["compile_cache"])
+    if "train_step" in args.only:
+        run.report["compile_cache"] = save_compile_cache(run.out)
+        run.say(run.report["compile_cache"])
     passed.append(run.step("train_gvit", train_gvit_action))
+    if "train_gvit" in args.only and "train_step" not in args.only:  # the trainer's compiled graphs, for the next call
+        run.report["compile_cache"] = save_compile_cache(run.out)
+        run.say(run.report["compile_cache"])
     run.report["targets"] = targets(run.report)
     run.report["seconds"] = round(time.monotonic() - run.started, 1)
     run.save()

@@ -395,9 +395,15 @@ def test_resume_mid_epoch_is_bit_exact_and_skips_an_incomplete_checkpoint(short_
     assert marker.exists()
     marker.unlink()
     assert resume(run, "--workers", "0") == 0  # from step 6 (epoch 1, classifier phase); augmentation does not depend on the workers
-    assert "skipping incomplete checkpoint" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "skipping incomplete checkpoint" in printed.err
     assert not marker.exists()
     assert_same_run(run, short_run)
+    # each epoch's training rate, as the GPU device check reads it from the trainer's output (epochs 1 and 2 ran here)
+    from benchmarks.device_check import trainer_summary
+
+    rates = {e["epoch"]: e for e in trainer_summary(printed.out + printed.err, run)["epochs"] if "first_batch_s" in e}
+    assert sorted(rates) == [1, 2] and all(e["images_per_s_after_first_batch"] > 0 and e["first_batch_s"] >= 0 for e in rates.values())
 
 
 def test_epoch_training_metrics_average_over_the_batches_that_made_them(short_run):
