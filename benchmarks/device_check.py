@@ -241,7 +241,7 @@ class Run:
 
     def step(self, name: str, action) -> bool:
         """Run ``action(limit) -> (rc, tail, extra)`` as step ``name``; record and save the result."""
-        if name not in self.args.only:
+        if name in STEPS[2:] and name not in self.args.only:  # wheels and build always run
             self.report["steps"][name] = {"status": "skipped", "why": "not in --only"}
             self.save()
             return True
