@@ -5,7 +5,9 @@
 The loader is ``train_gvit.py``'s own: the same splits, dataset class (per-item seeded
 augmentation), training transform (random-resized crop, flip, normalisation) and DataLoader
 settings (pinned memory where there is a GPU). It reports images/s over ``--batches`` batches
-after the workers' first batch, and the cost per image of each stage in one process (file read,
+once the workers' start-up and their prefetch queues are behind it (the first ``workers x 2 + 1``
+batches arrive in a burst: timing those measured a queue being drained, not the workers), and the
+cost per image of each stage in one process (file read,
 JPEG decode, transform), so that a trainer slower than ``benchmarks/train_step.py``'s images/s can
 be told apart: loader-bound when this figure is below the step's.
 """
@@ -72,11 +74,17 @@ def main(argv: list[str] | None = None) -> dict:
     pin = torch.cuda.is_available()
     loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers, pin_memory=pin,
                         generator=torch.Generator().manual_seed(0))
+    ready = args.workers * loader.prefetch_factor + 1 if args.workers else 1  # what start-up leaves in the queues
+    if len(loader) < ready + args.batches:
+        parser.error(f"the dataset gives {len(loader)} batches of {args.batch}; timing {args.batches} after the {ready} that "
+                     f"{args.workers} workers have ready at start-up needs {ready + args.batches}: use more images, or fewer "
+                     "--workers or --batches")
     batches = iter(loader)
-    next(batches)  # the workers start and fill their prefetch queues
-    timed = min(args.batches, len(loader) - 1)
-    if timed < 1:
-        parser.error(f"the dataset holds {len(dataset)} images: too few for two batches of {args.batch}")
+    started = time.perf_counter()
+    for _ in range(ready):
+        next(batches)
+    startup = time.perf_counter() - started
+    timed = args.batches
     start = time.perf_counter()
     for _ in tqdm(range(timed), desc="batches"):
         next(batches)
@@ -84,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     folder = Path(args.dataset)
     files = sorted(folder.rglob("*.jp*g")) if folder.is_dir() else []
     report = {"dataset": args.dataset, "images": len(dataset), "batch": args.batch, "workers": args.workers, "pin_memory": pin,
-              "cores": os.cpu_count(), "images_per_s": args.batch * timed / seconds,
+              "cores": os.cpu_count(), "images_per_s": args.batch * timed / seconds, "timed_batches": timed,
+              "startup_batches": ready, "startup_s": startup,
               "per_image_in_one_process": stage_costs(files, transform, 50) if files else None,
               "mean_file_kib": sum(f.stat().st_size for f in files[:200]) / max(1, len(files[:200])) / 1024 if files else None}
     costs = report["per_image_in_one_process"]

@@ -109,6 +109,23 @@ def test_render_benchmark_help_does_not_load_gsplat():
     assert result.stdout.strip().endswith("not loaded"), result.stdout + result.stderr
 
 
+def test_loader_benchmark_times_batches_after_the_start_up_burst(tmp_path, capsys):
+    """loader.py times only batches the workers made after their start-up ones (2 workers x 2 prefetched + 1 = 5), and
+    refuses a dataset too small for that with a message that says why."""
+    from benchmarks import loader
+
+    device_check.write_images(tmp_path / "images", 40, 2, (64, 48))  # 36 training images: 9 batches of 4
+    report = loader.main(["--dataset", str(tmp_path / "images"), "--model", "gvit_nano", "--img-size", "32", "--batch", "4",
+                          "--workers", "2", "--batches", "4", "--out", str(tmp_path / "loader.json")])
+    assert report["startup_batches"] == 5 and report["timed_batches"] == 4 and report["images_per_s"] > 0
+    assert json.loads((tmp_path / "loader.json").read_text())["timed_batches"] == 4
+    assert set(report["per_image_in_one_process"]) == {"read_ms", "decode_ms", "transform_ms"}
+    with pytest.raises(SystemExit):
+        loader.main(["--dataset", str(tmp_path / "images"), "--model", "gvit_nano", "--img-size", "32", "--batch", "4",
+                     "--workers", "2", "--batches", "5", "--out", str(tmp_path / "loader.json")])
+    assert "the dataset gives 9 batches of 4; timing 5 after the 5 that 2 workers have ready at start-up needs 10" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("size", [(32, 32), (24, 57)])
 def test_gsplat_direct_baseline_renders_our_scene(size):
     """The benchmark's baseline (gsplat's own projection of a flat 3D scene) puts our Gaussians
