@@ -21,11 +21,12 @@ RESULTS = ROOT / "experiments" / "results"
 #: the classifier ablation's encoders: the current recipe's phase-1 encoder, and the batch-64 recipe's ablation row
 CURRENT_ENCODER = "encoder-k64 (trainer run)"
 #: the current recipe's classifier (centre features, lr 1e-3) on the phase-1 encoder's Gaussians and on SGD fits of the
-#: same crops (table 4 re-run), and on the encoders of the guidance-dose pair of seed 0 (leakage after guidance)
+#: same crops (table 4 re-run), and on the encoders of the guidance-dose pairs of seeds 0 and 1 (leakage after guidance)
 CURRENT_LR = ", lr 0.001"
 SGD_FITS = f"SGD fits, 25 steps (crops of {CURRENT_ENCODER})"
-DOSE_ENCODERS = {"dose-g0.1-s0": "after 400 joint steps with a guidance step each (gamma 0.1)",
-                 "dose-g0-s0": "after 400 joint steps without guidance"}
+DOSE_SEEDS = (0, 1)
+DOSE_ENCODERS = {f"dose-g{gamma}-s{seed}": about for seed in DOSE_SEEDS for gamma, about in
+                 (("0.1", "after 400 joint steps with a guidance step each (gamma 0.1)"), ("0", "after 400 joint steps without guidance"))}
 BATCH64_ENCODER = "patch8-lr1e-3-clip"
 FIGURES = ROOT / "docs" / "results"
 
@@ -403,14 +404,23 @@ def headline(guided: dict, k_data: dict, loss_data: dict, fit_data: dict, leak_d
             rows.insert(2, [f"the same against its control: the guided arms' extra encoder steps without the classifier gradient"
                             f" ({seeds} paired seed{'s' if seeds != 1 else ''}, mean)", pair(*means), "(no such control in the paper)"])
             marks.insert(2, effect_verdict(*dose_data["0.1_vs_control"], "gamma 0.1 minus control", seeds))
-    guided_leak, unguided_leak = (leak_data["lr_1e-3"].get(f"{run} (trainer run)", (None, None))[:2] for run in DOSE_ENCODERS)
-    if None not in (*guided_leak, *unguided_leak):
+    # leakage on the dose pairs' encoders: (Gaussians, renderings) of the guided arm and its unguided twin, per seed
+    leak_of = lambda run: leak_data["lr_1e-3"].get(f"{run} (trainer run)", (None, None))[:2]  # noqa: E731
+    leak_pairs = [(leak_of(f"dose-g0.1-s{s}"), leak_of(f"dose-g0-s{s}")) for s in DOSE_SEEDS]
+    leak_pairs = [(g, u) for g, u in leak_pairs if None not in (*g, *u)]
+    if leak_pairs:
+        means = [statistics.mean(p[side][i] for p in leak_pairs) for side in (0, 1) for i in (0, 1)]
         at = next(i for i, row in enumerate(rows) if row[0].startswith("leakage")) + 1
-        rows.insert(at, ["leakage after the guidance dose: the same, on `dose-g0.1-s0`'s encoder (its unguided twin `dose-g0-s0` in brackets; one seed)",
-                         f"{pair(*guided_leak)} ({pair(*unguided_leak)})", "renderings 1-3 points lower"])
-        gap, twin_gap = guided_leak[0] - guided_leak[1], unguided_leak[0] - unguided_leak[1]
-        marks.insert(at, f"{'yes' if gap >= 0 else 'no'} after guidance ({gap:+.1f}), {'yes' if twin_gap >= 0 else 'no'} without ({twin_gap:+.1f})"
-                         + (": guidance puts class evidence into the Gaussians that their renderings do not show" if gap > 0 > twin_gap else ""))
+        n = len(leak_pairs)
+        rows.insert(at, [f"leakage after the guidance dose: the same, on the encoders of `dose-g0.1-s*` (their unguided twins"
+                         f" `dose-g0-s*` in brackets; {n} seed{'s' if n != 1 else ''}, mean)",
+                         f"{pair(*means[:2])} ({pair(*means[2:])})", "renderings 1-3 points lower"])
+        gaps, twin_gaps = [g[0] - g[1] for g, _ in leak_pairs], [u[0] - u[1] for _, u in leak_pairs]
+        listed = lambda values: ", ".join(f"{v:+.1f}" for v in values)  # noqa: E731
+        after, without = all(v >= 0 for v in gaps), all(v >= 0 for v in twin_gaps)
+        marks.insert(at, f"{'yes' if after else 'no'} after guidance ({listed(gaps)}), {'yes' if without else 'no'} without ({listed(twin_gaps)})"
+                         + (": guidance puts class evidence into the Gaussians that their renderings do not show"
+                            if min(gaps) > 0 > max(twin_gaps) else ""))
     per_pixel = pixels_row(pixel_data)
     if per_pixel:
         at = next(i for i, row in enumerate(rows) if row[0].startswith("Gaussians: k")) + 1
