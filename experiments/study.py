@@ -25,14 +25,15 @@ Protocols (epochs of the 6,000 training images, batch 64):
 - dose  = 400 joint steps (4.3 epochs) with a guidance step after every one at gamma in {0.1, 0, 0.4, 0.05, 0.2}, up to three seeds,
           each arm starting (``--init-from``) from sweep-k64's end-of-classifier-phase model: the guidance dose of
           issue 19 (the paper's ~1,500 guidance steps against the long protocol's 37); "shipped-dose-g*" take the same
-          400 steps from the shipped weights (gvit_nano.imagenette_64_v2), guided and not, to see whether to re-ship.
+          400 steps from final-k64-g0's weights (shipped until shipped-dose-g0.1 beat them), guided and not.
 - pixels = the sweep protocol at k = 4, 8, 32 and a second classifier seed at k = 4 .. 64: accuracy against pixels
           per Gaussian (issue 19; the paper's sweep spans 784 .. 49 pixels per Gaussian at 224 px).
 - adapt = the sweep protocol for two adaptivity levers (MODEL_CARD.md section 8): a 4x centre residual
           (encoder_centre_scale=4) and two encoder passes (encoder_refine_steps=2); compare with
           ``experiments/adaptivity.py`` on their exports.
 - final = phase 1 and 6 more epochs of reconstruction (run "encoder-k64-long"), then 14 epochs of
-          classifier training and 2 joint (guided at gamma > 0): the runs behind the shipped weights.
+          classifier training and 2 joint (guided at gamma > 0): the runs behind the weights shipped until
+          2026-11-27 (those shipped now are final-k64-g0's and the dose: run "shipped-dose-g0.1").
 The classifier phase got long and the joint phase short because the classifier was far from done
 after 2 epochs (train accuracy below val accuracy) while its epochs on the frozen encoder cost half a
 joint epoch; the earlier protocol (2 classifier + 3 joint epochs) is in
@@ -61,7 +62,6 @@ RESULTS = ROOT / "experiments" / "results" / "trainer_runs.json"
 #: Exports kept in the repository because paired runs of later sessions must start from exactly them
 #: (run folders do not outlive a session's machine): ``experiments/checkpoints/<run name>/``.
 KEPT = ROOT / "experiments" / "checkpoints"
-SHIPPED = ROOT / "timm_gvit" / "weights"  # the packaged pretrained weights, export folders by timm name
 SEEDS = (0, 1, 2)
 #: The encoder phases train at batch 16 and lr 2e-3 (base_lr 0.032): four times the steps of batch 64 in the same
 #: epochs, +1.9 dB after 4 epochs in the encoder ablation (experiments/results/encoder_ablation_gpu.json).
@@ -114,9 +114,8 @@ class Run:
 
 
 def start_from(name: str) -> Path | None:
-    """The export a run named ``name`` left: its run folder's, else the copy kept in the repository, else the weights
-    the package ships under that name (``gvit_nano.imagenette_64_v2``)."""
-    for folder in (RUNS / name / "export", KEPT / name, SHIPPED / name):
+    """The export a run named ``name`` left: its run folder's, else the copy kept in the repository."""
+    for folder in (RUNS / name / "export", KEPT / name):
         if (folder / "model.safetensors").is_file():
             return folder
     return None
@@ -175,8 +174,9 @@ def all_runs() -> list[Run]:
     # their extra encoder steps, the levers' encoders (PSNR and adaptivity need no head), the cheap pixel points, the
     # levers' heads, the costly pixel points, then the other controls, the gammas around 0.1 and 0.4 seed by seed
     first_lever, *other_levers = levers.values()
-    # would the dose improve the shipped weights (final-k64-g0, 51.8 %)? The same 400 steps from them, guided and not
-    reship = {gamma: dataclasses.replace(heads(f"shipped-dose-g{gamma:g}", "dose", "gvit_nano.imagenette_64_v2", DOSE, gamma, 0, base),
+    # would the dose improve the weights shipped until then (final-k64-g0's, 51.8 %, float16, kept in experiments/
+    # checkpoints/final-k64-g0)? The same 400 steps from them, guided and not
+    reship = {gamma: dataclasses.replace(heads(f"shipped-dose-g{gamma:g}", "dose", "final-k64-g0", DOSE, gamma, 0, base),
                                          init="model") for gamma in (0.1, 0.0)}
     issue19 = [*[dose[gamma, seed] for seed in SEEDS[:2] for gamma in (0.1, 0.0)], first_lever, control[SEEDS[0]],
                *[dose[gamma, SEEDS[2]] for gamma in (0.1, 0.0)], *other_levers, *small.values(), *per_pixel[:6], lever_heads[1],
