@@ -675,7 +675,7 @@ def dose_figure(dose_data: dict) -> None:
         ax.set_xticks(range(len(gammas)), [f"{g:g}" for g in gammas])
         ax.set_xlabel("gamma (guidance strength)")
         ax.set_ylabel(unit)
-    axes[0].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=6.5, loc="upper left")
     fig.suptitle("Guidance dose: gvit_nano, Imagenette 64 px, from one classifier-phase model", fontsize=9)
     fig.tight_layout()
     fig.savefig(FIGURES / "guidance_dose.png")
