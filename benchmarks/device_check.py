@@ -574,15 +574,17 @@ def main(argv: list[str] | None = None) -> int:
     passed.append(run.step("pytest", pytest_action))
     passed.append(run.step("render", json_action("render", "render")))
     passed.append(run.step("render_batch", json_action("render_batch", "render_batch")))
+    def keep_compile_cache():
+        run.report["compile_cache"] = save_compile_cache(run.out)
+        run.say(run.report["compile_cache"])
+
     run.say(restore_compile_cache(args.inductor_cache))
     passed.append(run.step("train_step", json_action("train_step", "train_step")))
     if "train_step" in args.only:
-        run.report["compile_cache"] = save_compile_cache(run.out)
-        run.say(run.report["compile_cache"])
+        keep_compile_cache()
     passed.append(run.step("train_gvit", train_gvit_action))
     if "train_gvit" in args.only and "train_step" not in args.only:  # the trainer's compiled graphs, for the next call
-        run.report["compile_cache"] = save_compile_cache(run.out)
-        run.say(run.report["compile_cache"])
+        keep_compile_cache()
     run.report["targets"] = targets(run.report)
     run.report["seconds"] = round(time.monotonic() - run.started, 1)
     run.save()

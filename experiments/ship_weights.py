@@ -91,11 +91,7 @@ def main() -> None:
     trained = timm.create_model(f"local-dir:{run_dir / 'export'}", pretrained=True)
     info = json.loads((run_dir / "run_info.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    for key in ("output_dir", "init_encoder_from", "init_from"):  # paths as they read from the repository root
-        if config.get(key) and Path(config[key]).is_absolute():
-            parts = Path(config[key]).parts  # from runs/ or experiments/ on: the run may have been trained in another checkout
-            top = next((parts.index(name) for name in ("runs", "experiments") if name in parts), None)
-            config[key] = str(Path(*parts[top:])) if top is not None else config[key]
+    # (export_model publishes local paths by their last part only)
     if args.run.startswith("shipped-dose-") and Path(config.get("init_from") or "").name == TAG:
         # the first shipped-dose runs started from this tag's weights before they were replaced: final-k64-g0's, kept
         config["init_from"] = "experiments/checkpoints/final-k64-g0"
