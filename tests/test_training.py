@@ -442,6 +442,23 @@ def test_resume_takes_the_run_config_and_refuses_changes_that_break_it(short_run
         parse_config(["--output-dir", str(tmp_path / "nothing"), "--resume", "latest"])
 
 
+def test_resume_accepts_another_path_to_the_same_init_folder(short_run, tmp_path):
+    """A run started from a worktree resumes from another one whose folders link to the same place."""
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run, ignore=shutil.ignore_patterns("export", "logs", "figures"))
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "weights")
+    with open(run / "config.yaml", "a") as f:
+        f.write(f"init_from: {tmp_path / 'weights'}\n")
+    resume = ["--output-dir", str(run), "--resume", "latest", "--init-from"]
+    assert parse_config([*resume, str(tmp_path / "link")]).init_from == str(tmp_path / "link")
+    with pytest.raises(SystemExit, match=r"--init-from .*other \(the run has .*weights\)"):
+        parse_config([*resume, str(tmp_path / "other")])
+    with pytest.raises(SystemExit, match=r"--init-from .*gone \(the run has .*weights\)"):  # a missing path is never the same
+        parse_config([*resume, str(tmp_path / "gone")])
+
+
 def test_config_file_values_are_checked_like_flags(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("base_lr: 1e-3\nbetas: [0.9, 0.99]\nphase_unit: steps\nmodel_kwargs: {depth: 2}\n")  # YAML reads 1e-3 as a string

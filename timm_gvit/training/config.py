@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,9 @@ CHANGEABLE_ON_RESUME = (
     "compile",  # issue 11's torch.compile switch, where present
     "skip_bad_images",  # the way past an unreadable image that stops every resume
 )
+
+#: options that may name a local file or folder: a resumed run may reach it by another path (a symlink, a worktree)
+PATH_OPTIONS = ("dataset", "init_from", "init_encoder_from")
 
 
 #: create_model kwargs that the trainer sets itself, and the option that does it instead.
@@ -290,6 +294,15 @@ def validate(config: TrainConfig) -> TrainConfig:
     return config
 
 
+def _same_option(key: str, new, saved) -> bool:
+    """Whether option ``key`` keeps the run's value: equal, or (for a path option) naming the same existing file."""
+    if new == saved:
+        return True
+    if key in PATH_OPTIONS and isinstance(new, str) and isinstance(saved, str):
+        return os.path.exists(new) and os.path.exists(saved) and os.path.samefile(new, saved)
+    return False
+
+
 def _resume_config(explicit: dict) -> TrainConfig:
     """The config of the run that ``--resume`` continues, with the changes ``explicit`` may make."""
     resume = explicit["resume"]
@@ -299,7 +312,8 @@ def _resume_config(explicit: dict) -> TrainConfig:
         preset = DIGITS_PRESET if explicit.get("dataset") is None else {}
         run_dir = Path(explicit.get("output_dir") or preset.get("output_dir") or TrainConfig.output_dir)
     saved = read_config_file(run_dir / "config.yaml", what="--resume")
-    changed = {k: v for k, v in explicit.items() if k not in CHANGEABLE_ON_RESUME and k in saved and v != saved[k]}
+    changed = {k: v for k, v in explicit.items()
+               if k not in CHANGEABLE_ON_RESUME and k in saved and not _same_option(k, v, saved[k])}
     if changed:
         listed = ", ".join(f"--{k.replace('_', '-')} {v} (the run has {saved[k]})" for k, v in changed.items())
         _fail(f"--resume: {listed}. These options fix the run's data, schedule or model and cannot change in the "
