@@ -38,11 +38,12 @@ from timm_gvit.gvit import IMAGENETTE_CLASSES, WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # hub/ is a repository-level package, next to train_gvit.py
-from hub import export_model  # noqa: E402
+from hub import export_model, model_card_values, render_model_card  # noqa: E402
 RUNS = ROOT / "runs" / "imagenette"
 BUNDLED = ROOT / "tests" / "data" / "imagenette-val"
 TAG = "gvit_nano.imagenette_64_v2"
 FIGURES = ROOT / "docs" / "results"
+PREVIOUS = Path("experiments/checkpoints/final-k64-g0")  # the weights the tag shipped before the guidance dose
 EXPLAINED = ("n03028079", "n03888257", "n02102040")  # church, parachute, English springer
 
 
@@ -86,30 +87,59 @@ def main() -> None:
         raise SystemExit(f"{TAG} has no pretrained cfg: add one to default_cfgs in timm_gvit/gvit.py (its file, "
                          "num_classes, input_size and label_names), then run this again")
     if args.evaluate_only:
-        return evaluate_shipped(args, runs)
+        evaluate_shipped(args, runs)
+        return
     run_dir = RUNS / args.run
     trained = timm.create_model(f"local-dir:{run_dir / 'export'}", pretrained=True)
     info = json.loads((run_dir / "run_info.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    # (export_model publishes local paths by their last part only)
     if args.run.startswith("shipped-dose-") and Path(config.get("init_from") or "").name == TAG:
         # the first shipped-dose runs started from this tag's weights before they were replaced: final-k64-g0's, kept
-        config["init_from"] = "experiments/checkpoints/final-k64-g0"
+        config["init_from"] = str(PREVIOUS)
+    config["license"] = timm.models.get_pretrained_cfg(TAG).license  # 'other': ImageNet's terms, as the tag's cfg says
     run = {**info, "config": config, "metrics": runs[args.run]["final"],
            "dataset": "imagenette", "class_names": list(IMAGENETTE_CLASSES)}
     folder = WEIGHTS_DIR / TAG
     if folder.exists():
         shutil.rmtree(folder)
-    export_model(trained, folder, run=run)  # the Hub folder format
+    export_model(trained, folder, run=run, repo_name=TAG)  # the Hub folder format; its card is rewritten below
     target = folder / "model.safetensors"
     state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(target).items()}
     save_file(state, target, metadata={"format": "pt", "source_run": args.run})
     print(f"{run_dir / 'export'} -> {folder} ({target.stat().st_size / 1e6:.1f} MB of float16 weights)")
-    evaluate_shipped(args, runs)
+    shipped = evaluate_shipped(args, runs)
+    (folder / "README.md").write_text(packaged_card(trained, run, args.run, runs, shipped["val"]))
 
 
-def evaluate_shipped(args, runs: dict) -> None:
-    """Load the shipped tag as a user does and record its accuracy, bundled images and figures."""
+def packaged_card(model, run: dict, name: str, runs: dict, shipped: dict) -> str:
+    """The model card of the packaged weights: the Hub card of run ``name`` with the float16 weights' accuracy
+    ``shipped``, loaded by its tag, under ImageNet's terms."""
+    final = run["metrics"]
+    card = {
+        "license_line": "license: other\nlicense_name: imagenet-terms-of-access\n",
+        "package": "timm-gvit, the package these weights ship in",
+        "results_intro": f"Measured on the validation split with these float16 weights (in float32 at the end of training: "
+                         f"{final['top1']:.2f} % top-1):",
+        **{key: f"{shipped[key]:.2f}" for key in ("top1", "top5", "psnr")},
+        "create_model": f'timm.create_model("{TAG}", pretrained=True).eval()   # the weights ship with timm-gvit',
+        "licence_text": ("The code is Apache-2.0; these weights are not. They were trained on Imagenette, a subset of\n"
+                         "ImageNet (ILSVRC-2012), and come under ImageNet's terms of access: non-commercial research and\n"
+                         "education only (hence `license: other`)."),
+    }
+    twin = name.rsplit("-g", 1)[0] + "-g0"
+    if Path(run["config"].get("init_from") or "") == PREVIOUS and twin != name and runs.get(twin, {}).get("finished"):
+        before, guided, unguided = runs[PREVIOUS.name]["final"], final["top1"], runs[twin]["final"]["top1"]
+        steps = run["schedule"]["guidance_steps"]
+        card["encoder_origin"] = (
+            f"The model started from the weights this tag shipped before (`--init-from`): run `{PREVIOUS.name}`, "
+            f"{before['top1']:.2f} % top-1 and {before['psnr']:.2f} dB; timm-gvit keeps them in `{PREVIOUS}`. Their "
+            f"training is not counted in the steps above; these {steps} guided steps took them to {guided:.2f} %, and "
+            f"the same {steps} steps without guidance (run `{twin}`) to {unguided:.2f} %.")
+    return render_model_card({**model_card_values(model, run, TAG), **card})
+
+
+def evaluate_shipped(args, runs: dict) -> dict:
+    """Load the shipped tag as a user does and record its accuracy, bundled images and figures; returns the record."""
     target = WEIGHTS_DIR / TAG / "model.safetensors"
     model = timm.create_model(TAG, pretrained=True).eval()
     config = resolve_model_data_config(model)
@@ -136,6 +166,7 @@ def evaluate_shipped(args, runs: dict) -> None:
         explain_main([str(photo), "--model", TAG, "--out", str(FIGURES / f"explain_{wnid}.png")])
     print(f"{TAG}: val top-1 {full['top1']:.2f}% (run: {runs[args.run]['final']['top1']:.2f}%), top-5 {full['top5']:.2f}%, "
           f"PSNR {full['psnr']:.2f} dB; bundled {bundled['correct']}/{bundled['images']}")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Publishing GViT runs to the Hugging Face Hub: export folders, model cards, uploads."""
 
-from .export import PushError, export_model, push_folder, render_model_card
+from .export import PushError, export_model, model_card_values, push_folder, render_model_card
 
-__all__ = ["PushError", "export_model", "push_folder", "render_model_card"]
+__all__ = ["PushError", "export_model", "model_card_values", "push_folder", "render_model_card"]

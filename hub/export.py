@@ -42,18 +42,19 @@ def forward_gflops(model) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None = None) -> Path:
+def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None = None, card: dict | None = None) -> Path:
     """Write ``model`` and the card for ``run`` to ``folder``.
 
     ``run`` holds the resolved training config (``config``), the data (``dataset``,
     ``class_names``, ``train_size``, ``val_size``), the ``schedule`` in steps, ``global_batch``,
-    ``lr`` and the final validation ``metrics`` (``top1``, ``top5``, ``psnr``).
+    ``lr`` and the final validation ``metrics`` (``top1``, ``top5``, ``psnr``). ``card`` replaces
+    values of the model card (see :func:`model_card_values`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_for_hf(model, folder, model_config={"label_names": run["class_names"]}, model_args=model.architecture_args(),
                 safe_serialization=True)
-    config, schedule, metrics = _without_local_paths(run["config"]), run["schedule"], run["metrics"]
+    config = _without_local_paths(run["config"])
     licence = config.get("license")
     exported = json.loads((folder / "config.json").read_text())
     # the pretrained cfg the model was built from describes other weights: their tag, licence and files
@@ -62,51 +63,62 @@ def export_model(model, folder: str | Path, *, run: dict, repo_name: str | None 
                                       **({"license": licence} if licence else {}))
     (folder / "config.json").write_text(json.dumps(exported, indent=4))
     (folder / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    cfg = model.pretrained_cfg
-    model_args = exported.get("model_args", {})
-    dataset = _public_dataset(run["dataset"])
-    card = render_model_card(
-        {
-            "repo_name": repo_name or folder.name,
-            "license_line": f"license: {licence}\n" if licence else "",
-            "datasets_block": "" if dataset != run["dataset"] else f"datasets:\n- {dataset}\n",
-            "dataset": dataset,
-            "model": config["model"],
-            "params_m": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}",
-            "gflops": f"{forward_gflops(model):.2f}",
-            "img_size": model.img_size[0],
-            "mean": tuple(round(m, 3) for m in cfg["mean"]),
-            "std": tuple(round(s, 3) for s in cfg["std"]),
-            "num_gaussians": model.num_gaussians,
-            "num_classes": model.num_classes,
-            "model_kwargs": json.dumps(model_args),
-            "train_size": run["train_size"],
-            "val_size": run["val_size"],
-            "global_batch": run["global_batch"],
-            "recon_steps": schedule["recon_steps"],
-            "dssim_from": schedule["dssim_from"],
-            "classifier_steps": schedule["classifier_steps"],
-            "joint_steps": schedule["joint_steps"],
-            "guidance_steps": schedule["guidance_steps"],  # 0 when gamma is 0: the Schedule decides
-            "guidance_every": schedule["guidance_every"],
-            "gamma": schedule["gamma"],
-            "pixel_loss": config["pixel_loss"].upper(),
-            "lambda_perc": config["lambda_perc"],
-            "betas": tuple(config["betas"]),
-            "weight_decay": config["weight_decay"],
-            "lr": f"{run['lr']:.3g}",
-            "base_lr": config["base_lr"],
-            "warmup_steps": run["warmup_steps"],
-            "mixed_precision": run["mixed_precision"],
-            "seed": config["seed"],
-            "encoder_origin": _weights_origin(config),
-            "top1": f"{metrics['top1']:.2f}",
-            "top5": f"{metrics['top5']:.2f}",
-            "psnr": f"{metrics['psnr']:.2f}",
-        }
-    )
-    (folder / "README.md").write_text(card)
+    (folder / "README.md").write_text(render_model_card({**model_card_values(model, run, repo_name or folder.name), **(card or {})}))
     return folder
+
+
+def model_card_values(model, run: dict, repo_name: str) -> dict:
+    """The model card's values for ``model`` trained by ``run`` (as :func:`export_model` takes it), published as
+    ``repo_name``: a Hub repository's card, loaded with ``hf-hub:`` and under the training data's terms."""
+    config, schedule, metrics = _without_local_paths(run["config"]), run["schedule"], run["metrics"]
+    licence = config.get("license")
+    cfg = model.pretrained_cfg
+    dataset = _public_dataset(run["dataset"])
+    return {
+        "repo_name": repo_name,
+        "license_line": f"license: {licence}\n" if licence else "",
+        "datasets_block": "" if dataset != run["dataset"] else f"datasets:\n- {dataset}\n",
+        "package": "timm-gvit (a timm model-zoo plugin)",
+        "dataset": dataset,
+        "model": config["model"],
+        "params_m": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}",
+        "gflops": f"{forward_gflops(model):.2f}",
+        "img_size": model.img_size[0],
+        "mean": tuple(round(m, 3) for m in cfg["mean"]),
+        "std": tuple(round(s, 3) for s in cfg["std"]),
+        "num_gaussians": model.num_gaussians,
+        "num_classes": model.num_classes,
+        # as save_for_hf writes them to config.json
+        "model_kwargs": json.dumps({"num_classes": model.num_classes, **model.architecture_args(), "global_pool": model.global_pool}),
+        "train_size": run["train_size"],
+        "val_size": run["val_size"],
+        "global_batch": run["global_batch"],
+        "recon_steps": schedule["recon_steps"],
+        "dssim_from": schedule["dssim_from"],
+        "classifier_steps": schedule["classifier_steps"],
+        "joint_steps": schedule["joint_steps"],
+        "guidance_steps": schedule["guidance_steps"],  # 0 when gamma is 0: the Schedule decides
+        "guidance_every": schedule["guidance_every"],
+        "gamma": schedule["gamma"],
+        "pixel_loss": config["pixel_loss"].upper(),
+        "lambda_perc": config["lambda_perc"],
+        "betas": tuple(config["betas"]),
+        "weight_decay": config["weight_decay"],
+        "lr": f"{run['lr']:.3g}",
+        "base_lr": config["base_lr"],
+        "warmup_steps": run["warmup_steps"],
+        "mixed_precision": run["mixed_precision"],
+        "seed": config["seed"],
+        "encoder_origin": _weights_origin(config),
+        "results_intro": "Measured on the validation split at the end of training:",
+        "top1": f"{metrics['top1']:.2f}",
+        "top5": f"{metrics['top5']:.2f}",
+        "psnr": f"{metrics['psnr']:.2f}",
+        "create_model": f'timm.create_model("hf-hub:{repo_name}", pretrained=True).eval()   # or "local-dir:PATH"',
+        "licence_text": (f"The code is Apache-2.0. These weights were trained on {dataset} and inherit its terms of use:\n"
+                         "check them before you use the model. Weights trained on ImageNet or its subsets (such as\n"
+                         "Imagenette) are for non-commercial research and education only."),
+    }
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:

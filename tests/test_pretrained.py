@@ -41,6 +41,25 @@ def test_shipped_weights_load_offline_with_their_config(shipped):
     assert not torch.equal(shipped.classifier.head.weight, random.classifier.head.weight)
 
 
+def test_packaged_folder_describes_its_own_weights(shipped):
+    """The packaged config.json and card name the tag, its licence and the accuracy measured on these weights."""
+    import json
+
+    import yaml
+
+    folder = Path(shipped.pretrained_cfg["file"]).parent
+    exported = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+    assert exported["tag"] == "imagenette_64_v2" and exported["license"] == shipped.pretrained_cfg["license"] == "other"
+    card = (folder / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "other" and front["license_name"] == "imagenet-terms-of-access"
+    assert yaml.safe_load((folder / "train_config.yaml").read_text())["license"] == "other"
+    measured = json.loads((ROOT / "experiments" / "results" / "shipped_weights.json").read_text())["val"]
+    for metric, unit in (("top1", "%"), ("top5", "%"), ("psnr", "dB")):
+        assert re.search(rf"\| {f'{measured[metric]:.2f}'} {unit} \|", card), metric
+    assert 'timm.create_model("gvit_nano.imagenette_64_v2", pretrained=True)' in card and "hf-hub:" not in card
+
+
 def test_shipped_weights_score_the_card_accuracy_on_bundled_validation_images(shipped):
     correct_claimed, total_claimed = card_claim()
     config = resolve_model_data_config(shipped)
