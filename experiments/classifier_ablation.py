@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--encoder", required=True, help="the encoder_ablation.py row whose encoder to read, or a train_gvit.py export folder")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of every classifier")
     parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of every classifier (3e-4: the paper recipe's; the trainer's current recipe uses 1e-3)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the classifiers' initialisation and batches (not 0: results go to an entry named \"..., seed N\")")
     parser.add_argument("--gaussians", choices=["encoder", "sgd"], default="encoder",
                         help="which Gaussians of the encoder's crops the classifiers read: the encoder's, or per-image SGD fits")
     parser.add_argument("--fit-steps", type=int, default=25, help="Adam steps per image of the SGD fits (--gaussians sgd)")
@@ -84,7 +84,8 @@ def main() -> None:
         if model.num_gaussians != 64 or model.pretrained_cfg["input_size"][-1] != 64:
             parser.error("--gaussians sgd fits k = 64 Gaussians to 64 px crops (gaussian_study.py's cache): pick a k = 64, 64 px encoder")
         name = f"SGD fits, {args.fit_steps} steps (crops of {name})"
-    name += "".join([f", {args.epochs} epochs" if args.epochs != 6 else "", f", lr {args.lr:g}" if args.lr != 3e-4 else ""])
+    name += "".join([f", {args.epochs} epochs" if args.epochs != 6 else "", f", lr {args.lr:g}" if args.lr != 3e-4 else "",
+                     f", seed {args.seed}" if args.seed else ""])  # seed 0's entries keep their names
     config = resolve_model_data_config(model)
     mean, std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
     raw = create_transform(**{**config, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})  # resize 71, crop 64, [0, 1]
