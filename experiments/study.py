@@ -165,7 +165,8 @@ def all_runs() -> list[Run]:
     # 3. adaptive Gaussians: two levers that could let the encoder move its Gaussians further per image
     levers = {name: encoder(f"encoder-k64-{name}", **kwargs) for name, kwargs in
               (("cs4", dict(encoder_centre_scale=4.0)), ("refine2", dict(encoder_refine_steps=2)))}
-    lever_heads = [heads(f"sweep-k64-{name}", "adapt", enc.name, SWEEP, 0.0, 0, enc) for name, enc in levers.items()]
+    lever_heads = [heads(f"sweep-k64-{name}{f'-s{seed}' if seed else ''}", "adapt", enc.name, SWEEP, 0.0, seed, enc)
+                   for seed in (0, 1) for name, enc in levers.items()]  # seed 1: is a lever's gain more than the seed spread?
     dose = {(gamma, seed): dataclasses.replace(heads(f"dose-g{gamma:g}-s{seed}", "dose", sweep[64].name, DOSE, gamma, seed, base), init="model")
             for seed in SEEDS for gamma in DOSE_GAMMAS}
     control = {seed: dataclasses.replace(heads(f"dose-recon-s{seed}", "dose", sweep[64].name, DOSE, DOSE_CONTROL_GAMMA, seed, base), init="model")
@@ -182,7 +183,7 @@ def all_runs() -> list[Run]:
                *[dose[gamma, SEEDS[2]] for gamma in (0.1, 0.0)], *other_levers, *small.values(), *per_pixel[:6], lever_heads[1],
                per_pixel[6], dose[0.4, SEEDS[0]], control[SEEDS[1]], control[SEEDS[2]], dose[0.05, SEEDS[0]], dose[0.2, SEEDS[0]],
                reship[0.1], reship[0.0], dose[0.4, SEEDS[1]], per_pixel[7], *[dose[gamma, SEEDS[1]] for gamma in (0.05, 0.2)],
-               *[dose[gamma, SEEDS[2]] for gamma in (0.4, 0.05, 0.2)], lever_heads[0]]
+               *[dose[gamma, SEEDS[2]] for gamma in (0.4, 0.05, 0.2)], lever_heads[0], *lever_heads[2:]]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
