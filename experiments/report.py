@@ -178,13 +178,14 @@ def fitting(runs: dict, study: dict, guided: dict, cls_ablation: dict) -> tuple[
             return ran(values[0] if values else None)
         return f"{statistics.mean(values):.1f} ({' / '.join(f'{v:.1f}' for v in values)})"
     current = {"sgd": seeded(SGD_FITS, 0), "encoder": seeded(CURRENT_ENCODER, 0)}  # their PSNR does not depend on the seed
+    first = classifier_pair(cls_ablation, FIRST_ENCODER + CURRENT_LR)
     protocol = "current classifier (centre features, lr 1e-3) on fixed crops, 6 epochs" + (
         f"; {len(per_seed)} seeds, mean (each)" if len(per_seed) > 1 else "")
     rows = [
         ["offline SGD (per-image fit, 25 Adam steps), current recipe", protocol, top1("sgd"), ran(current["sgd"][2], 2), "70.5"],
         ["denoising encoder (phase 1, `encoder-k64` as trained again), current recipe", protocol, top1("encoder"), ran(current["encoder"][2], 2), "74.8"],
         ["the same encoder's first training (same command and seed, earlier code)", "the same classifier, seed 0",
-         ran(classifier_pair(cls_ablation, FIRST_ENCODER + CURRENT_LR)[0]), ran(classifier_pair(cls_ablation, FIRST_ENCODER + CURRENT_LR)[2], 2), ""],
+         ran(first[0]), ran(first[2], 2), ""],
         ["offline SGD (per-image fit, 25 Adam steps)", "classifier on fixed crops, 6 epochs", fmt(sgd), fmt(study.get("psnr_sgd_val"), 2), "70.5"],
         ["denoising encoder (same protocol as SGD)", "classifier on fixed crops, 6 epochs", fmt(learned_cached), fmt(study.get("psnr_learned_val"), 2), ""],
         ["learned queries", "short", fmt(final(runs, "short-k64-queries")), fmt(final(runs, "short-k64-queries", "psnr"), 2), "71.4"],
@@ -197,7 +198,7 @@ def fitting(runs: dict, study: dict, guided: dict, cls_ablation: dict) -> tuple[
             "current": {**{side: statistics.mean(p[side] for p in per_seed.values()) if per_seed else None for side in ("sgd", "encoder")},
                         "sgd_psnr": current["sgd"][2], "encoder_psnr": current["encoder"][2], "per_seed": per_seed,
                         "encoder_minus_sgd": mean_ci([p["encoder"] - p["sgd"] for p in per_seed.values()]),
-                        "first_training": classifier_pair(cls_ablation, FIRST_ENCODER + CURRENT_LR)[0]}}
+                        "first_training": first[0]}}
     md = table(["how the Gaussians are made", "protocol", "top-1 %", "val PSNR, dB", "paper (mini-ImageNet-100)"], rows)
     return data, md + (
         "\n\nThe first two rows: the same 64 px centre crops of every image, encoded by the phase-1 encoder (eval mode) or"
