@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import timm
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-from timm.data import create_transform, resolve_model_data_config
+from timm.data import resolve_model_data_config
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
@@ -33,12 +34,13 @@ from tqdm.auto import tqdm
 
 import timm_gvit  # noqa: F401  (registers the models)
 from hub import PushError, export_model, push_folder
-from timm_gvit.data_utils import rgb_targets
+from timm_gvit.data_utils import normalize, rgb_targets
 from timm_gvit.fitting import psnr
 from timm_gvit.training.checkpoints import (DiskFull, RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
                                             pause_point, recover_checkpoints, resolve_resume, save_checkpoint, write_atomically)
-from timm_gvit.training.config import TrainConfig, parse_config, save_config
-from timm_gvit.training.data import DataInfo, ImageClassificationDataset, check_images, load_splits, training_transform
+from timm_gvit.training.config import Refusal, TrainConfig, parse_config, save_config
+from timm_gvit.training.data import (DataInfo, ImageClassificationDataset, TooManyUnreadable, check_images, decode_sizes, eval_transform, load_splits,
+                                     training_transform)
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.monitor import StepMonitor
 from timm_gvit.training.objective import GViTObjective
@@ -48,18 +50,31 @@ from timm_gvit.visualize import save_reconstruction_grid
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the options, lock the run folder, train; the exit status."""
-    config: TrainConfig = parse_config(argv)  # validated; with --resume, the run's own config
+    """Parse the options, lock the run folder, train; the exit status. A refusal (bad options,
+    data, checkpoint or run folder) is one line on stderr and a :class:`Refusal` (exit status 2)."""
     try:
-        with lock_run_dir(config.output_dir, owner=PartialState().is_main_process):
-            return train(config)
-    except (RunInUse, DiskFull) as exc:
-        raise SystemExit(f"train_gvit.py: error: {exc}") from None
+        config: TrainConfig = parse_config(argv)  # validated; with --resume, the run's own config
+        try:
+            with lock_run_dir(config.output_dir, owner=PartialState().is_main_process):
+                return train(config)
+        except (RunInUse, DiskFull) as exc:
+            raise Refusal(f"train_gvit.py: error: {exc}") from None
+        except TooManyUnreadable as exc:  # from a loader worker, its message ends with the original one
+            message = str(exc).strip().splitlines()[-1].removeprefix(f"{TooManyUnreadable.__module__}.{TooManyUnreadable.__name__}: ")
+            raise Refusal(f"train_gvit.py: error: {message}") from None
+    except Refusal as exc:
+        print(exc, file=sys.stderr)
+        raise
 
 
 def train(config: TrainConfig) -> int:
     """The run of ``config``, in its folder, which the caller has locked: every epoch, then the export."""
-    run = setup(config)
+    try:
+        run = setup(config)
+    except Refusal:
+        raise
+    except (ValueError, OSError) as exc:  # the data, the checkpoint or the weights to start from
+        raise Refusal(f"train_gvit.py: error: {exc}") from exc
     announce(run)
     for epoch in range(run.state["epoch"], run.schedule.epochs(run.steps_per_epoch)):
         record = train_one_epoch(run, epoch)
@@ -84,7 +99,7 @@ class Run:
     train_dataset: ImageClassificationDataset
     train_loader: DataLoader
     val_loader: DataLoader
-    skipped_images: list
+    max_bad_images: int  # unreadable images skipped before the run stops
     model: torch.nn.Module  # the plain GViT, for evaluation, guidance and export
     objective: torch.nn.Module  # as Accelerate prepared it
     optimizer: torch.optim.Optimizer
@@ -108,10 +123,27 @@ class Run:
                         objective=self.accelerator.unwrap_model(self.objective), optimizer=self.optimizer,
                         scheduler=self.scheduler, ema=self.ema)
 
+    def note_bad_images(self, reasons: list[str]) -> None:
+        """Record the unreadable images that this process's batches met since the last call, as
+        every process has met them (a collective: every process calls it at the same step), and
+        stop the run with a one-line error past ``--max-bad-images``."""
+        local = [why for text in reasons if text for why in text.split("\n")]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            local = gather_object([local])
+            local = [why for part in local for why in part]
+        known = self.state["bad_images"]
+        known.extend(why for why in dict.fromkeys(local) if why not in known)
+        if len(known) > self.max_bad_images:
+            raise Refusal(f"train_gvit.py: error: {len(known)} unreadable images, more than --max-bad-images "
+                          f"{self.config.max_bad_images:g} allows ({self.max_bad_images}): {'; '.join(known[:3])}")
+
     def write_metrics(self, final: dict | None = None) -> None:
         if self.accelerator.is_main_process:
             record = {"epochs": self.state["history"], "total_steps": self.state["step"], "guidance_steps": self.state["guidance_steps"],
-                      "skipped_steps": self.state["skipped_steps"], "skipped_images": self.skipped_images,
+                      "skipped_steps": self.state["skipped_steps"],
+                      "bad_images": {"count": len(self.state["bad_images"]), "images": self.state["bad_images"]},
                       **({"final": final} if final is not None else {})}
             write_atomically(self.run_dir / "metrics.json", json.dumps(record, indent=2))
 
@@ -141,7 +173,8 @@ def setup(config: TrainConfig) -> Run:
     set_seed(config.seed)
 
     # ---------------------------------------------------------------- data and model
-    train_data, val_data, info = load_splits(config)
+    with accelerator.local_main_process_first():  # the first indexes a folder and caches it, the others read the cache
+        train_data, val_data, info = load_splits(config, write_cache=accelerator.is_local_main_process)
     model = timm.create_model(config.model, num_classes=info.num_classes, **config.model_create_kwargs())
     if config.init_from and not config.resume:  # a resumed run has its weights in the checkpoint
         count = load_model_weights(model, config.init_from)
@@ -150,18 +183,22 @@ def setup(config: TrainConfig) -> Run:
         count = load_encoder_weights(model, config.init_encoder_from)
         accelerator.print(f"encoder initialised from {config.init_encoder_from} ({count} tensors)")
     data_config = resolve_model_data_config(model)
-    train_transform = training_transform(data_config, config.hflip)
-    val_transform = create_transform(**{**data_config, "crop_pct": config.eval_crop_pct or data_config["crop_pct"]})
-    dataset = lambda data, transform, split, seed=None: ImageClassificationDataset(  # noqa: E731
-        data, info.name, config.image_column, config.label_column, info.num_classes, transform, seed, split=split, in_chans=model.in_chans
-    )
+    # 8-bit images from the workers (a quarter of float32's bytes through shared and pinned memory), normalised on the device
+    train_transform = training_transform(data_config, config.hflip, uint8=True)
+    val_transform = eval_transform(data_config, config.eval_crop_pct, uint8=True)
+    train_min, val_min = decode_sizes(data_config, config.eval_crop_pct) if config.decode_reduced else (None, None)
     # augmentation is seeded per item and epoch (the dataset's set_epoch reaches the workers, which start afresh
     # every epoch), and the loaders draw their worker seeds from their own generators: together, a resumed
     # run sees the same crops as an uninterrupted one, and the global random state is the model's alone
-    train_dataset = dataset(train_data, train_transform, info.splits[0], seed=config.seed)
-    val_dataset = dataset(val_data, val_transform, info.splits[1])
-    skipped_images = check_images(train_dataset, val_dataset, config.skip_bad_images, config.workers, accelerator.print)
+    train_dataset = ImageClassificationDataset(train_data, info.name, info.num_classes, train_transform, config.seed, info.splits[0],
+                                               model.in_chans, train_min, replace_bad=True)
+    val_dataset = ImageClassificationDataset(val_data, info.name, info.num_classes, val_transform, None, info.splits[1],
+                                             model.in_chans, val_min, replace_bad=False)
+    checked_bad = [] if config.skip_bad_images is None else check_images(train_dataset, val_dataset, config.skip_bad_images,
+                                                                           config.workers, accelerator.print)
     info.val_size = len(val_dataset)
+    max_bad = int(config.max_bad_images) if config.max_bad_images >= 1 else math.ceil(config.max_bad_images * info.train_size)
+    max_bad += len(checked_bad)  # --skip-bad-images has its own bound
     pin = torch.cuda.is_available()
     train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
                               pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
@@ -189,7 +226,7 @@ def setup(config: TrainConfig) -> Run:
 
     # the trainer's own state, all of it in every checkpoint: counters, this epoch's running loss sums, the metrics history
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "guidance_steps": 0, "skipped_steps": 0, "nonfinite_in_a_row": 0,
-             "sums": {}, "counts": {}, "history": []}
+             "sums": {}, "counts": {}, "history": [], "bad_images": checked_bad}
     if config.resume:
         if accelerator.is_main_process:
             recover_checkpoints(run_dir)
@@ -197,13 +234,15 @@ def setup(config: TrainConfig) -> Run:
         path = resolve_resume(run_dir, config.resume)
         state = load_checkpoint(accelerator, path, objective=accelerator.unwrap_model(objective), optimizer=optimizer,
                                 scheduler=scheduler, ema=ema)
+        state.setdefault("bad_images", [])  # a checkpoint of an earlier version
+        state["bad_images"] += [why for why in checked_bad if why not in state["bad_images"]]
         accelerator.print(f"resumed from {path}: step {state['step']}, epoch {state['epoch']}, batch {state['batch_in_epoch']}")
     run_info = {
         "dataset": info.name, "class_names": info.class_names, "train_size": info.train_size, "val_size": info.val_size,
         "steps_per_epoch": steps_per_epoch, "schedule": dataclasses.asdict(schedule), "global_batch": global_batch,
         "lr": lr, "warmup_steps": warmup_steps, "mixed_precision": mixed,
     }
-    return Run(config, run_dir, accelerator, info, train_dataset, train_loader, val_loader, skipped_images, model, objective,
+    return Run(config, run_dir, accelerator, info, train_dataset, train_loader, val_loader, max_bad, model, objective,
                optimizer, scheduler, ema, schedule, steps_per_epoch,
                mean=torch.tensor(data_config["mean"], device=accelerator.device),  # one value per input channel
                std=torch.tensor(data_config["std"], device=accelerator.device),
@@ -247,10 +286,13 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     objective.train()
     seen, started, step_finite, guided = 0, time.perf_counter(), None, {}
     first_batch_at = None  # when the loader's workers delivered this epoch's first batch
-    for batch_index, (images, labels) in enumerate(loader, start=skip):
+    unreadable = []  # the unreadable images this process's batches met since the last log
+    for batch_index, (images, labels, bad) in enumerate(loader, start=skip):
         first_batch_at = first_batch_at or time.perf_counter()
         if state["step"] >= schedule.total_steps:
             break
+        images = normalize(images, run.mean, run.std)  # uint8 -> the model's float input, on the device
+        unreadable += [b for b in bad if b]
         step = state["step"]
         state["batch_in_epoch"] = batch_index + 1  # consumed, whether it ends in a step or not
         if schedule.phase(step) != run.phase:
@@ -283,6 +325,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
                                    reconstruction=lambda r, t: objective.reconstruction(r, t, schedule.dssim_on(step - 1)))
             monitor.guidance(guided.pop("guidance/finite"))
         bar.update(config.grad_accum_steps)
+        if step % config.log_every == 0 or step % config.checkpoint_every == 0:
+            run.note_bad_images(unreadable)
+            unreadable = []
         if step % config.log_every == 0:
             monitor.flush(step, run.phase, accelerator.print)
             current_lr, rate = optimizer.param_groups[0]["lr"], seen / (time.perf_counter() - started)
@@ -299,6 +344,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             monitor.flush(step, run.phase, accelerator.print)
             run.save_checkpoint()
     monitor.flush(state["step"], run.phase, accelerator.print)  # waits for the device: the timing below is complete
+    run.note_bad_images(unreadable)
     bar.close()
     if seen:
         accelerator.print(f"epoch {epoch}: {seen / (time.perf_counter() - first_batch_at):.0f} img/s from its first batch on "
@@ -310,7 +356,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
 
 def validate(run: Run) -> dict[str, float]:
     """Validation top-1/top-5 and PSNR of the model (its EMA where there is one), printed and logged."""
-    results = evaluate(run.eval_model, run.val_loader, run.accelerator, run.mean, run.std)
+    results = evaluate(run.eval_model, run.val_loader, run.accelerator, run.mean, run.std, run.note_bad_images)
     run.accelerator.print(f"epoch {run.state['epoch']}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, "
                           f"PSNR {results['psnr']:.2f} dB")
     run.accelerator.log({f"val/{k}": v for k, v in results.items()}, step=run.state["step"])
@@ -318,13 +364,17 @@ def validate(run: Run) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
-    """Top-1/top-5 (%) and reconstruction PSNR (dB) over a validation loader; the counts stay on
-    the device until the end."""
+def evaluate(model, loader, accelerator, mean, std, note_bad_images=None) -> dict[str, float]:
+    """Top-1/top-5 (%) and reconstruction PSNR (dB) over a validation loader of uint8 images;
+    unreadable images (label -1) count nowhere, and their reasons go to ``note_bad_images``. The
+    counts stay on the device until the end."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = psnr_sum = count = 0
-    for images, labels in loader:
+    unreadable = []
+    for images, labels, bad in loader:
+        images = normalize(images, mean, std)
+        unreadable += [b for b in bad if b]
         with accelerator.autocast():
             gaussians = model.encode(images)
             logits = model.classify(gaussians)
@@ -332,9 +382,12 @@ def evaluate(model, loader, accelerator, mean, std) -> dict[str, float]:
         top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == labels[:, None]
         quality = psnr(rendered, rgb_targets(images, mean, std))
-        hit1, hit5, quality = accelerator.gather_for_metrics((hits[:, 0], hits.any(1), quality))
-        correct1, correct5 = correct1 + hit1.sum(), correct5 + hit5.sum()
-        psnr_sum, count = psnr_sum + quality.double().sum(), count + hit1.numel()
+        hit1, hit5, quality, readable = accelerator.gather_for_metrics((hits[:, 0], hits.any(1), quality, labels >= 0))
+        correct1, correct5 = correct1 + (hit1 & readable).sum(), correct5 + (hit5 & readable).sum()
+        psnr_sum, count = psnr_sum + torch.where(readable, quality.double(), 0).sum(), count + readable.sum()
+    if note_bad_images is not None:
+        note_bad_images(unreadable)
+    count = max(int(count), 1)
     model.train(was_training)
     return {"top1": 100 * float(correct1) / count, "top5": 100 * float(correct5) / count, "psnr": float(psnr_sum) / count}
 
@@ -352,7 +405,8 @@ def end_epoch(run: Run, epoch: int, record: dict) -> None:
 def finish(run: Run) -> int:
     """Final metrics, the export folder and, with --push-to-hub, the upload; the exit status."""
     config, accelerator, history = run.config, run.accelerator, run.state["history"]
-    final = history[-1] if history and "top1" in history[-1] else evaluate(run.eval_model, run.val_loader, accelerator, run.mean, run.std)
+    final = history[-1] if history and "top1" in history[-1] else evaluate(run.eval_model, run.val_loader, accelerator, run.mean, run.std,
+                                                                           run.note_bad_images)
     run.write_metrics(final)
     accelerator.end_training()
     status = 0

@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 import torch
@@ -23,6 +24,12 @@ def random_gaussians(batch: int, k: int, dtype=torch.float64, seed: int = 0) -> 
     g[:, 3, 2:4] = torch.tensor([3.0, 2.0])  # huge: far wider than the image
     g[:, 4, 4], g[:, 5, 4] = 1e-4, math.pi / 2 - 1e-4  # rotations near 0 and pi/2
     return g
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _dataset_cache(tmp_path_factory):
+    """Folder indexes go to a folder of the test session's, not the user's cache."""
+    os.environ["TIMM_GVIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("timm_gvit_cache"))
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 import timm_gvit  # noqa: F401
 from timm_gvit.training.checkpoints import load_encoder_weights, load_model_weights, read_safetensors
 from timm_gvit.training.config import parse_config
-from timm_gvit.training.data import ImageClassificationDataset, load_splits, to_rgb
+from timm_gvit.images import to_rgb
+from timm_gvit.training.data import ImageClassificationDataset, load_splits
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.schedule import Schedule
 
@@ -117,7 +118,7 @@ def test_greyscale_model_trains_on_one_channel_and_exports(tmp_path):
     config = resolve_model_data_config(loaded)
     assert config["input_size"] == (1, 16, 16) and len(config["mean"]) == 1
     train_data, _, info = load_splits(parse_config([]))
-    grey = ImageClassificationDataset(train_data, info.name, "image", "label", info.num_classes, create_transform(**config), in_chans=1)
+    grey = ImageClassificationDataset(train_data, info.name, info.num_classes, create_transform(**config), in_chans=1)
     assert grey[0][0].shape == (1, 16, 16) and loaded(grey[0][0][None]).shape == (1, 10)
 
 
@@ -223,7 +224,8 @@ def test_bad_dataset_input_gives_clear_errors(tmp_path):
     broken = datasets.Dataset.from_dict({"image": [{"bytes": b"garbage", "path": None}] * 8, "label": [0, 1] * 4},
                                         features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
     broken.save_to_disk(str(tmp_path / "broken"))
-    with pytest.raises(ValueError, match=r"dataset '.*broken', split '.*', item \d+: cannot read the image in column 'image'"):
+    with pytest.raises(SystemExit, match=r"^train_gvit.py: error: dataset '.*broken', split 'train', item \d+ and the 6 after it are "
+                                         r"unreadable images, the first: .*: not a readable image"):
         train(tmp_path / "r4", "--dataset", str(tmp_path / "broken"), "--batch-size", "2")
 
 
@@ -279,7 +281,7 @@ def test_sample_limits_draw_from_every_class_of_a_sorted_split(tmp_path):
     config = parse_config(["--dataset", str(tmp_path / "shapes"), "--max-train-samples", "9", "--max-val-samples", "6"])
     train_split, val_split, info = load_splits(config)
     assert len(train_split) == 9 and len(val_split) == 6 and info.num_classes == 3
-    assert len(set(train_split["label"])) == 3 and len(set(val_split["label"])) > 1
+    assert len(set(train_split.labels())) == 3 and len(set(val_split.labels())) > 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -503,7 +505,7 @@ def test_16_bit_pngs_keep_their_grey_levels(tmp_path):
     expected = np.round(levels / 257).astype(np.uint8)
     assert np.array_equal(np.asarray(to_rgb(Image.open(tmp_path / "greys" / "a" / "0.png")))[..., 1], expected)
     train, _, info = load_splits(parse_config(["--dataset", str(tmp_path / "greys"), "--val-fraction", "0.25"]))
-    image, _ = ImageClassificationDataset(train, info.name, "image", "label", info.num_classes)[0]
+    image, _, _ = ImageClassificationDataset(train, info.name, info.num_classes)[0]
     assert image.mode == "RGB" and np.array_equal(np.asarray(image)[..., 0], expected)  # PIL's convert: 255 from level 1 on
     assert np.array_equal(np.asarray(read_image(tmp_path / "greys" / "b" / "1.png"))[..., 2], expected)
 

@@ -1,5 +1,5 @@
-"""What the model, the trainer, ``explain`` and the scripts share about data: reading images into
-the model's channels, un-normalising them, and checking a weights file before loading it.
+"""What the model, the trainer, ``explain`` and the scripts share about data: un-normalising
+images, and checking a weights file before loading it (reading images is :mod:`timm_gvit.images`).
 
 It imports nothing else from timm_gvit, so that every other module can import it.
 """
@@ -9,41 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Union
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 #: A data config's ``mean`` or ``std``: one value per channel.
 Stats = Union[Sequence[float], Tensor]
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB. 16-bit and 32-bit integer greyscale (16-bit PNGs) and float
-    greyscale in 0..1 or 0..255 (float TIFFs) are scaled to 8 bits, where PIL's ``convert`` would
-    clip them to white."""
-    if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit), I (32-bit int, what 16-bit PNGs may open as)
-        values = np.asarray(image).astype(np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max)
-        image = Image.fromarray(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8))
-    elif image.mode == "F":  # 32-bit float greyscale: in [0, 1], or in [0, 255] as many tools write it
-        values = np.asarray(image)
-        top = float(np.nanmax(values, initial=0))
-        if not np.isfinite(values).all() or top > 255:
-            raise ValueError(f"a 32-bit float image with values up to {top:g}{' and non-finite ones' if np.isfinite(top) else ''}: "
-                             "expected values in 0..1 or 0..255")
-        scale = 255 if top <= 1 else 1
-        image = Image.fromarray(np.round(values.clip(0, 255 / scale) * scale).astype(np.uint8))
-    return image.convert("RGB")
-
-
-def to_channels(image: Image.Image, in_chans: int) -> Image.Image:
-    """Any PIL image -> what a model with ``in_chans`` input channels takes: 8-bit RGB (3) or 8-bit
-    greyscale 'L' (1, PIL's luma of the RGB image; a grey image keeps its values)."""
-    if in_chans not in (1, 3):
-        raise ValueError(f"in_chans must be 3 (RGB) or 1 (greyscale), got {in_chans!r}")
-    image = to_rgb(image)
-    return image.convert("L") if in_chans == 1 else image
 
 
 def _per_channel(values: Stats, name: str, images: Tensor) -> Tensor:
@@ -52,6 +22,21 @@ def _per_channel(values: Stats, name: str, images: Tensor) -> Tensor:
         raise ValueError(f"{name} has {values.shape[0]} value(s) but the images have {images.shape[-3]} channel(s) "
                          f"(shape {list(images.shape)}): use the data config of the model the images were made for")
     return values
+
+
+def normalize(images: Tensor, mean: Stats, std: Stats) -> Tensor:
+    """8-bit images as the model takes them, on their device (what timm's prefetcher does).
+
+    Args:
+        images: ``[B, C, H, W]`` uint8, values 0..255.
+        mean, std: C floats each, the data config's (for images in [0, 1]).
+
+    Returns:
+        ``[B, C, H, W]`` float32, ``(images / 255 - mean) / std``.
+    """
+    images = images.float()
+    mean, std = _per_channel(mean, "mean", images), _per_channel(std, "std", images)
+    return images.sub_(mean * 255).div_(std * 255)
 
 
 def unnormalize(images: Tensor, mean: Stats, std: Stats) -> Tensor:

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .data_utils import check_safetensors, rgb_targets, to_channels, to_rgb
+from .data_utils import check_safetensors, rgb_targets
+from .images import read_image, to_channels
 from .rendering import render_gaussians
 from .training.config import parse_kwargs
 from .visualize import draw_ellipses, output_problem, save_panels, to_pil
@@ -124,20 +125,6 @@ def check_weights_file(path: Path) -> None:
         raise ValueError(f"no weights file {path}")
     if path.suffix == ".safetensors":
         check_safetensors(path)
-
-
-def read_image(path: Path) -> Image.Image:
-    """An image file as 8-bit RGB, decoded completely; a ``ValueError`` that names the problem otherwise."""
-    if not path.exists():
-        raise ValueError(f"no such image file: {path}")
-    if not path.is_file():
-        raise ValueError(f"{path} is not a file")
-    try:
-        with Image.open(path) as image:
-            image.load()  # decodes everything: a truncated file fails here
-            return to_rgb(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -150,7 +150,7 @@ def load_image(path: str | Path | None, size: int) -> Tensor:
     centre-cropped to a square; a ``ValueError`` that names an unreadable file."""
     from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
-    from .explain import read_image
+    from .images import read_image
 
     image = read_image(Path(path or ASSETS / "astronaut.png"))  # a ValueError naming a bad file
     tensor = pil_to_tensor(image).float() / 255

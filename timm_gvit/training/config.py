@@ -42,7 +42,9 @@ class TrainConfig:
     max_val_samples: int | None = _opt(None, "use only a random (seeded) subset of N >= 1 validation items", type=int)
     workers: int = _opt(2, "data-loading worker processes per training process")
     hflip: float = _opt(0.5, "probability of a horizontal flip in training (the paper's only augmentation besides random-resized-crop scale 0.5-1)")
-    skip_bad_images: int | None = _opt(None, "read every image before training and skip up to N unreadable ones (each logged, counted in metrics.json; a training image's place goes to the next readable one); default: an unreadable validation image stops the run before training, a training image when it is reached", type=int)
+    skip_bad_images: int | None = _opt(None, "read every image of both splits before training and skip up to N unreadable ones (each logged, counted in metrics.json; a training image's place goes to the next readable one); default: no pre-check, an unreadable image is skipped where training or validation meets it (see --max-bad-images)", type=int)
+    max_bad_images: float = _opt(0.001, "how many unreadable images a run skips before it stops: a count (>= 1), or a fraction of the training images (< 1); each skipped image is logged and listed under bad_images in metrics.json, its place in training taken by the next readable one")
+    decode_reduced: bool = _opt(True, "decode JPEGs at 1/2, 1/4 or 1/8 size (PIL's draft: the DCT's own downscaling, several times faster) where the crop still gets at least the training resolution from it")
     eval_crop_pct: float | None = _opt(None, "centre-crop fraction for validation (default: the model's, 0.9)", type=float)
     # model
     model: str = _opt("gvit_tiny", "timm model name (gvit_tiny, gvit_small, gvit_base)")
@@ -129,7 +131,7 @@ CHANGEABLE_ON_RESUME = (
     "output_dir", "resume", "workers", "mixed_precision", "max_nonfinite", "checkpoint_every", "keep_checkpoints",
     "eval_every", "log_every", "image_every", "report_to", "push_to_hub", "hub_model_id", "hub_private", "license",
     "compile",  # issue 11's torch.compile switch, where present
-    "skip_bad_images",  # the way past an unreadable image that stops every resume
+    "skip_bad_images", "max_bad_images",  # the way past unreadable images that stop every resume
 )
 
 #: options that may name a local file or folder: a resumed run may reach it by another path (a symlink, a worktree)
@@ -185,8 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Refusal(SystemExit, ValueError):
+    """The trainer refuses to start (or resume): exit status 2, and one line that says why
+    (``str()``), which the command prints on stderr. A ``ValueError`` too, for callers that
+    catch bad input as such."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def _fail(message: str):
-    raise SystemExit(f"train_gvit.py: error: {message}")
+    raise Refusal(f"train_gvit.py: error: {message}")
 
 
 def _check_value(f: dataclasses.Field, value, where: str):
@@ -264,6 +279,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name in ("max_train_samples", "max_val_samples", "img_size", "patch_size", "num_gaussians"):
         check(name, getattr(config, name) is None or getattr(config, name) >= 1, ">= 1 (or left out)")
     check("skip_bad_images", config.skip_bad_images is None or config.skip_bad_images >= 0, ">= 0 (or left out)")
+    check("max_bad_images", config.max_bad_images >= 0 and (config.max_bad_images < 1 or float(config.max_bad_images).is_integer()),
+          "a count (a whole number >= 1), a fraction of the training images (< 1), or 0")
     for name in ("workers", "keep_checkpoints", "seed", "recon_epochs", "dssim_from", "classifier_epochs", "joint_epochs",
                  "guidance_epochs", "gamma", "lambda_perc", "cls_into_encoder", "min_lr", "warmup_epochs", "weight_decay"):
         check(name, getattr(config, name) >= 0, ">= 0")
