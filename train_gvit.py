@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import sys
@@ -46,6 +47,7 @@ from timm_gvit.training.monitor import StepMonitor
 from timm_gvit.training.objective import GViTObjective
 from timm_gvit.training.optim import create_adamw, step_if_finite
 from timm_gvit.training.schedule import PHASES, Schedule
+from timm_gvit.training.streaming import StreamingImageDataset, agreed_batches, nominal_steps, stream_shards, stream_splits
 from timm_gvit.visualize import save_reconstruction_grid
 
 
@@ -76,7 +78,7 @@ def train(config: TrainConfig) -> int:
     except (ValueError, OSError) as exc:  # the data, the checkpoint or the weights to start from
         raise Refusal(f"train_gvit.py: error: {exc}") from exc
     announce(run)
-    for epoch in range(run.state["epoch"], run.schedule.epochs(run.steps_per_epoch)):
+    for epoch in itertools.count(run.state["epoch"]):  # until the schedule's last step (a stream's epoch may end early)
         record = train_one_epoch(run, epoch)
         last_epoch = run.state["step"] >= run.schedule.total_steps
         if last_epoch or (epoch + 1) % config.eval_every == 0:
@@ -119,6 +121,10 @@ class Run:
         return self.ema.module if self.ema is not None else self.model
 
     def save_checkpoint(self) -> None:
+        if self.config.streaming:  # where every process's loader workers are in their shards
+            from accelerate.utils import gather_object
+
+            self.state["loader_states"] = gather_object([self.train_loader.state_dict()])
         save_checkpoint(self.accelerator, self.run_dir, self.state, self.config.keep_checkpoints,
                         objective=self.accelerator.unwrap_model(self.objective), optimizer=self.optimizer,
                         scheduler=self.scheduler, ema=self.ema)
@@ -173,8 +179,14 @@ def setup(config: TrainConfig) -> Run:
     set_seed(config.seed)
 
     # ---------------------------------------------------------------- data and model
+    world, rank = accelerator.num_processes, accelerator.process_index
     with accelerator.local_main_process_first():  # the first indexes a folder and caches it, the others read the cache
-        train_data, val_data, info = load_splits(config, write_cache=accelerator.is_local_main_process)
+        if config.streaming:
+            train_data, val_data, class_names, split_names = stream_splits(config, stream_shards(world, config.workers),
+                                                                           accelerator.is_local_main_process)
+            info = DataInfo(config.dataset or "sklearn-digits", len(class_names), class_names, train_data.length, val_data.length, split_names)
+        else:
+            train_data, val_data, info = load_splits(config, write_cache=accelerator.is_local_main_process)
     model = timm.create_model(config.model, num_classes=info.num_classes, **config.model_create_kwargs())
     if config.init_from and not config.resume:  # a resumed run has its weights in the checkpoint
         count = load_model_weights(model, config.init_from)
@@ -190,23 +202,44 @@ def setup(config: TrainConfig) -> Run:
     # augmentation is seeded per item and epoch (the dataset's set_epoch reaches the workers, which start afresh
     # every epoch), and the loaders draw their worker seeds from their own generators: together, a resumed
     # run sees the same crops as an uninterrupted one, and the global random state is the model's alone
-    train_dataset = ImageClassificationDataset(train_data, info.name, info.num_classes, train_transform, config.seed, info.splits[0],
-                                               model.in_chans, train_min, replace_bad=True)
-    val_dataset = ImageClassificationDataset(val_data, info.name, info.num_classes, val_transform, None, info.splits[1],
-                                             model.in_chans, val_min, replace_bad=False)
-    checked_bad = [] if config.skip_bad_images is None else check_images(train_dataset, val_dataset, config.skip_bad_images,
-                                                                           config.workers, accelerator.print)
-    info.val_size = len(val_dataset)
-    max_bad = int(config.max_bad_images) if config.max_bad_images >= 1 else math.ceil(config.max_bad_images * info.train_size)
-    max_bad += len(checked_bad)  # --skip-bad-images has its own bound
     pin = torch.cuda.is_available()
-    train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
-                              pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
-    val_loader = DataLoader(val_dataset, batch_size=config.batch_size, num_workers=config.workers,
-                            pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
-    if len(train_loader) < config.grad_accum_steps:
+    if config.streaming:  # this process's share of the shards; the loader saves where its workers are
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        if world > 1 and train_data.make(0).n_shards % world:
+            raise ValueError(f"dataset '{info.name}': --streaming over {world} processes needs a shard count that divides by {world}, "
+                             f"the training split has {train_data.make(0).n_shards} (datasets would have every process read every shard); "
+                             "write the shards again with python -m timm_gvit.tools.make_shards --per-shard N")
+        stream = dict(seed=config.seed, rank=rank, world_size=world, shuffle_buffer=config.shuffle_buffer, in_chans=model.in_chans)
+        train_dataset = StreamingImageDataset(train_data, info.name, info.splits[0], info.num_classes, train_transform, **stream,
+                                              min_size=train_min, train=True)
+        val_dataset = StreamingImageDataset(val_data, info.name, info.splits[1], info.num_classes, val_transform, **stream,
+                                            min_size=val_min, train=False)
+        # the loaders' own generators: drawing worker seeds from the global one would make a resumed run's random state another
+        train_loader = StatefulDataLoader(train_dataset, batch_size=config.batch_size, drop_last=True, num_workers=config.workers,
+                                          pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
+        val_loader = DataLoader(val_dataset, batch_size=config.batch_size, num_workers=config.workers, pin_memory=pin,
+                                generator=torch.Generator().manual_seed(config.seed))
+        batches_per_epoch = nominal_steps(info.train_size, config.batch_size, world, 1, config.workers)
+        checked_bad = []
+    else:
+        train_dataset = ImageClassificationDataset(train_data, info.name, info.num_classes, train_transform, config.seed, info.splits[0],
+                                                   model.in_chans, train_min, replace_bad=True)
+        val_dataset = ImageClassificationDataset(val_data, info.name, info.num_classes, val_transform, None, info.splits[1],
+                                                 model.in_chans, val_min, replace_bad=False)
+        checked_bad = [] if config.skip_bad_images is None else check_images(train_dataset, val_dataset, config.skip_bad_images,
+                                                                               config.workers, accelerator.print)
+        info.val_size = len(val_dataset)
+        train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
+                                  pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
+        val_loader = DataLoader(val_dataset, batch_size=config.batch_size, num_workers=config.workers,
+                                pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
+        batches_per_epoch = len(train_loader)
+    if batches_per_epoch < config.grad_accum_steps:
         raise ValueError(f"dataset '{info.name}' has {info.train_size} training images: too few for one step of "
                          f"{config.batch_size} x {config.grad_accum_steps} per process")
+    max_bad = int(config.max_bad_images) if config.max_bad_images >= 1 else math.ceil(config.max_bad_images * info.train_size)
+    max_bad += len(checked_bad)  # --skip-bad-images has its own bound
 
     # ---------------------------------------------------------------- optimisation
     global_batch = config.batch_size * accelerator.num_processes * config.grad_accum_steps
@@ -215,9 +248,13 @@ def setup(config: TrainConfig) -> Run:
     if config.compile:  # the encoder, decode, classifier and losses; the rasteriser stays eager
         objective.compile_regions()
     optimizer = create_adamw(model, lr, config.weight_decay, config.betas)
-    objective, optimizer, train_loader, val_loader = accelerator.prepare(objective, optimizer, train_loader, val_loader)
+    if config.streaming:  # the loaders are this process's already: Accelerate would have every process read every shard
+        objective, optimizer = accelerator.prepare(objective, optimizer)
+        steps_per_epoch = nominal_steps(info.train_size, config.batch_size, world, config.grad_accum_steps, config.workers)
+    else:
+        objective, optimizer, train_loader, val_loader = accelerator.prepare(objective, optimizer, train_loader, val_loader)
+        steps_per_epoch = len(train_loader) // config.grad_accum_steps
     model = accelerator.unwrap_model(objective).model
-    steps_per_epoch = len(train_loader) // config.grad_accum_steps
     schedule = Schedule.from_config(config, steps_per_epoch)
     warmup_steps = round(config.warmup_epochs * (steps_per_epoch if config.phase_unit == "epochs" else 1))
     scheduler = CosineLRScheduler(optimizer, t_initial=schedule.total_steps, lr_min=config.min_lr,
@@ -235,6 +272,8 @@ def setup(config: TrainConfig) -> Run:
         state = load_checkpoint(accelerator, path, objective=accelerator.unwrap_model(objective), optimizer=optimizer,
                                 scheduler=scheduler, ema=ema)
         state.setdefault("bad_images", [])  # a checkpoint of an earlier version
+        if config.streaming and state["batch_in_epoch"]:  # in the middle of an epoch: the loader goes on where it was
+            resume_stream(train_dataset, train_loader, state, world, rank)
         state["bad_images"] += [why for why in checked_bad if why not in state["bad_images"]]
         accelerator.print(f"resumed from {path}: step {state['step']}, epoch {state['epoch']}, batch {state['batch_in_epoch']}")
     run_info = {
@@ -247,6 +286,21 @@ def setup(config: TrainConfig) -> Run:
                mean=torch.tensor(data_config["mean"], device=accelerator.device),  # one value per input channel
                std=torch.tensor(data_config["std"], device=accelerator.device),
                run_info=run_info, state=state, monitor=StepMonitor(state, config.max_nonfinite))
+
+
+def resume_stream(dataset, loader, state: dict, world: int, rank: int) -> None:
+    """Put this process's stream loader where the checkpoint's ``state`` says it was."""
+    states = state.get("loader_states")
+    if not isinstance(states, list) or len(states) != world:
+        raise Refusal(f"train_gvit.py: error: --resume: the checkpoint holds the stream positions of "
+                      f"{len(states) if isinstance(states, list) else 'no'} processes, this run has {world}: a --streaming run "
+                      "continues on as many processes as it was saved with")
+    dataset.set_epoch(state["epoch"])
+    try:
+        loader.load_state_dict(states[rank])
+    except Exception as exc:  # a checkpoint from a stranger: its loader state is whatever it says
+        raise Refusal(f"train_gvit.py: error: --resume: the checkpoint's stream position is not one this stream can continue "
+                      f"from ({type(exc).__name__}: {exc})") from None
 
 
 def announce(run: Run) -> None:
@@ -278,11 +332,16 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     """
     config, accelerator, state, schedule = run.config, run.accelerator, run.state, run.schedule
     objective, optimizer, model, monitor = run.objective, run.optimizer, run.model, run.monitor
-    run.train_loader.set_epoch(epoch)
     run.train_dataset.set_epoch(epoch)
     skip = state["batch_in_epoch"]
-    loader = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
-    bar = tqdm(total=len(run.train_loader), initial=skip, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
+    if config.streaming:  # resumed in the middle of an epoch, the loader is where the checkpoint left it
+        batches = run.steps_per_epoch * config.grad_accum_steps
+        loader = itertools.islice(agreed_batches(run.train_loader, accelerator, stop_at_first=True), batches - skip)
+    else:
+        run.train_loader.set_epoch(epoch)
+        batches = len(run.train_loader)
+        loader = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+    bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
     objective.train()
     seen, started, step_finite, guided = 0, time.perf_counter(), None, {}
     first_batch_at = None  # when the loader's workers delivered this epoch's first batch
@@ -291,6 +350,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         first_batch_at = first_batch_at or time.perf_counter()
         if state["step"] >= schedule.total_steps:
             break
+        if config.streaming:
+            images, labels = images.to(accelerator.device, non_blocking=True), labels.to(accelerator.device, non_blocking=True)
         images = normalize(images, run.mean, run.std)  # uint8 -> the model's float input, on the device
         unreadable += [b for b in bad if b]
         step = state["step"]
@@ -356,7 +417,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
 
 def validate(run: Run) -> dict[str, float]:
     """Validation top-1/top-5 and PSNR of the model (its EMA where there is one), printed and logged."""
-    results = evaluate(run.eval_model, run.val_loader, run.accelerator, run.mean, run.std, run.note_bad_images)
+    results = evaluate(run.eval_model, run.val_loader, run.accelerator, run.mean, run.std, run.note_bad_images, run.config.streaming)
     run.accelerator.print(f"epoch {run.state['epoch']}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, "
                           f"PSNR {results['psnr']:.2f} dB")
     run.accelerator.log({f"val/{k}": v for k, v in results.items()}, step=run.state["step"])
@@ -364,25 +425,35 @@ def validate(run: Run) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, mean, std, note_bad_images=None) -> dict[str, float]:
+def evaluate(model, loader, accelerator, mean, std, note_bad_images=None, streaming: bool = False) -> dict[str, float]:
     """Top-1/top-5 (%) and reconstruction PSNR (dB) over a validation loader of uint8 images;
     unreadable images (label -1) count nowhere, and their reasons go to ``note_bad_images``. The
-    counts stay on the device until the end."""
+    counts stay on the device until the end. ``streaming``: the loader is this process's share of
+    a stream, which may hold fewer batches than another process's."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = psnr_sum = count = 0
     unreadable = []
-    for images, labels, bad in loader:
-        images = normalize(images, mean, std)
-        unreadable += [b for b in bad if b]
-        with accelerator.autocast():
-            gaussians = model.encode(images)
-            logits = model.classify(gaussians)
-        rendered = model.render(gaussians, tuple(images.shape[-2:]))
-        top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top5 == labels[:, None]
-        quality = psnr(rendered, rgb_targets(images, mean, std))
-        hit1, hit5, quality, readable = accelerator.gather_for_metrics((hits[:, 0], hits.any(1), quality, labels >= 0))
+    for batch in agreed_batches(loader, accelerator, stop_at_first=False) if streaming else loader:
+        if batch is None:  # this process's share has ended before another's: it takes part with nothing
+            empty = torch.zeros(0, dtype=torch.bool, device=accelerator.device)
+            hit1, hit5, quality, readable = empty, empty, torch.zeros(0, device=accelerator.device), empty
+        else:
+            images, labels, bad = batch
+            images, labels = images.to(accelerator.device), labels.to(accelerator.device)
+            images = normalize(images, mean, std)
+            unreadable += [b for b in bad if b]
+            with accelerator.autocast():
+                gaussians = model.encode(images)
+                logits = model.classify(gaussians)
+            rendered = model.render(gaussians, tuple(images.shape[-2:]))
+            top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top5 == labels[:, None]
+            hit1, hit5, quality, readable = hits[:, 0], hits.any(1), psnr(rendered, rgb_targets(images, mean, std)), labels >= 0
+        if streaming:  # batches of different lengths: padded with unreadable rows, which count nowhere
+            hit1, hit5, quality, readable = accelerator.gather(accelerator.pad_across_processes((hit1, hit5, quality, readable)))
+        else:
+            hit1, hit5, quality, readable = accelerator.gather_for_metrics((hit1, hit5, quality, readable))
         correct1, correct5 = correct1 + (hit1 & readable).sum(), correct5 + (hit5 & readable).sum()
         psnr_sum, count = psnr_sum + torch.where(readable, quality.double(), 0).sum(), count + readable.sum()
     if note_bad_images is not None:
@@ -406,7 +477,7 @@ def finish(run: Run) -> int:
     """Final metrics, the export folder and, with --push-to-hub, the upload; the exit status."""
     config, accelerator, history = run.config, run.accelerator, run.state["history"]
     final = history[-1] if history and "top1" in history[-1] else evaluate(run.eval_model, run.val_loader, accelerator, run.mean, run.std,
-                                                                           run.note_bad_images)
+                                                                           run.note_bad_images, config.streaming)
     run.write_metrics(final)
     accelerator.end_training()
     status = 0

@@ -41,6 +41,8 @@ class TrainConfig:
     max_train_samples: int | None = _opt(None, "use only a random (seeded) subset of N >= 1 training items (quick runs)", type=int)
     max_val_samples: int | None = _opt(None, "use only a random (seeded) subset of N >= 1 validation items", type=int)
     workers: int = _opt(2, "data-loading worker processes per training process")
+    streaming: bool = _opt(False, "read the dataset as a stream (datasets' IterableDataset): Hub datasets and tar shards without converting them first, any other dataset as a seeded permutation of its items; resumable (README: what is exact)")
+    shuffle_buffer: int = _opt(1000, "with --streaming, items each loader worker shuffles through (tar shards and Hub streams; other sources are permuted whole)")
     hflip: float = _opt(0.5, "probability of a horizontal flip in training (the paper's only augmentation besides random-resized-crop scale 0.5-1)")
     skip_bad_images: int | None = _opt(None, "read every image of both splits before training and skip up to N unreadable ones (each logged, counted in metrics.json; a training image's place goes to the next readable one); default: no pre-check, an unreadable image is skipped where training or validation meets it (see --max-bad-images)", type=int)
     max_bad_images: float = _opt(0.001, "how many unreadable images a run skips before it stops: a count (>= 1), or a fraction of the training images (< 1); each skipped image is logged and listed under bad_images in metrics.json, its place in training taken by the next readable one")
@@ -281,7 +283,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     check("skip_bad_images", config.skip_bad_images is None or config.skip_bad_images >= 0, ">= 0 (or left out)")
     check("max_bad_images", config.max_bad_images >= 0 and (config.max_bad_images < 1 or float(config.max_bad_images).is_integer()),
           "a count (a whole number >= 1), a fraction of the training images (< 1), or 0")
-    for name in ("workers", "keep_checkpoints", "seed", "recon_epochs", "dssim_from", "classifier_epochs", "joint_epochs",
+    for name in ("workers", "shuffle_buffer", "keep_checkpoints", "seed", "recon_epochs", "dssim_from", "classifier_epochs", "joint_epochs",
                  "guidance_epochs", "gamma", "lambda_perc", "cls_into_encoder", "min_lr", "warmup_epochs", "weight_decay"):
         check(name, getattr(config, name) >= 0, ">= 0")
     check("base_lr", config.base_lr > 0, "> 0")
@@ -295,6 +297,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     check("guidance_epochs", config.guidance_epochs <= config.joint_epochs, f"<= --joint-epochs ({config.joint_epochs})")
     check("joint_epochs", config.recon_epochs + config.classifier_epochs + config.joint_epochs > 0,
           "> 0 if --recon-epochs and --classifier-epochs are 0 (the schedule has no steps)")
+    if config.streaming and config.skip_bad_images is not None:
+        _fail("--skip-bad-images reads every image before training, which a stream does not allow: leave it out (a stream skips "
+              "unreadable images where it meets them, up to --max-bad-images)")
     for key in config.model_kwargs:
         if key in TRAINER_OWNED_KWARGS:
             _fail(f"--model-kwargs {key}: not a model option here: {TRAINER_OWNED_KWARGS[key]}")

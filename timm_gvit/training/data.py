@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import json
 import math
 import random
 import sys
@@ -106,8 +107,8 @@ class ArrowRecords:
     def __len__(self) -> int:
         return len(self.data)
 
-    def labels(self):
-        return self.data.with_format("numpy")[self.label_column]
+    def labels(self) -> np.ndarray:
+        return self.data.select_columns([self.label_column]).with_format("numpy")[:][self.label_column]
 
     def select(self, indices) -> "ArrowRecords":
         return ArrowRecords(self.data.select(indices), self.image_column, self.label_column)
@@ -283,6 +284,23 @@ def shard_files(folder: Path) -> dict[str, list[str]]:
     return found
 
 
+def shard_class_names(folder: Path):
+    """The ``ClassLabel`` of ``class_names.json`` beside tar shards (:mod:`timm_gvit.tools.make_shards`
+    writes it), or None where there is none; a ``ValueError`` for one that is not a list of names."""
+    import datasets
+
+    file = folder / "class_names.json"
+    if not file.is_file():
+        return None
+    try:
+        names = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{file}: not readable as JSON ({exc})") from exc
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"{file}: expected a JSON list of distinct class names, got {str(names)[:80]}")
+    return datasets.ClassLabel(names=names)
+
+
 def _datasets_records(loaded, name: str, config) -> dict:
     """``{split: ArrowRecords}`` of what ``datasets`` loaded, after checking its columns."""
     import datasets
@@ -325,7 +343,8 @@ def _load(config, write_cache: bool) -> tuple[dict, object]:
     if shards:
         if "train" not in shards and config.train_split == "train":
             raise ValueError(f"dataset '{source}': tar shards {sorted(shards)} but none named train-*.tar")
-        return _datasets_records(datasets.load_dataset("webdataset", data_files=shards), source, config)
+        records, feature = _datasets_records(datasets.load_dataset("webdataset", data_files=shards), source, config)
+        return records, shard_class_names(path) or feature
     indexed = index_imagefolder(path, progress=True, write_cache=write_cache)
     if indexed is None:  # a metadata table: datasets reads it
         return _datasets_records(datasets.load_dataset("imagefolder", data_dir=str(path)), source, config)
