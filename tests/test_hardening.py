@@ -3,10 +3,13 @@
 generated data."""
 
 import json
+import os
 import re
 import resource
+import shutil
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -138,7 +141,7 @@ def test_a_link_in_a_checkpoint_is_refused(tmp_path):
     folder = fake_checkpoint(tmp_path / "run", {"model.safetensors": 1, "optimizer.safetensors": 1})
     (folder / "model.safetensors").unlink()
     (folder / "model.safetensors").symlink_to("/etc/hostname")
-    with pytest.raises(FileNotFoundError, match="model.safetensors is a symbolic link"):
+    with pytest.raises(SystemExit, match="model.safetensors is a symbolic link"):
         train_gvit.main(["--output-dir", str(tmp_path / "run"), "--resume", str(folder)])
 
 
@@ -423,3 +426,24 @@ def test_a_run_resumed_after_an_image_went_bad_skips_it(tmp_path):
     assert train_gvit.main(["--output-dir", str(run), "--resume", "latest"]) == 0
     bad = json.loads((run / "metrics.json").read_text())["bad_images"]
     assert bad["count"] == 1 and "train/bar/0.png" in bad["images"][0]
+
+
+@pytest.mark.parametrize("case", ["hostile checkpoint", "bad option", "one class"])
+def test_every_refusal_at_start_is_one_line_and_exit_status_2(tmp_path, case):
+    """As a user meets it on the command line: one line on stderr, status 2, no traceback."""
+    if case == "hostile checkpoint":
+        folder = fake_checkpoint(tmp_path / "run", {"model.safetensors": 1, "optimizer.safetensors": 1, "/etc/passwd": 1})
+        args, message = ["--output-dir", str(tmp_path / "run"), "--resume", str(folder)], "lists '/etc/passwd', which is not a plain"
+    elif case == "bad option":
+        args, message = ["--output-dir", str(tmp_path / "run"), "--max-bad-images", "2.5"], "--max-bad-images must be a count"
+    else:
+        make_imagefolder(tmp_path / "shapes", per_class=2)
+        for name in ("bar", "noise"):
+            shutil.rmtree(tmp_path / "shapes" / name)
+        args, message = ["--dataset", str(tmp_path / "shapes"), "--output-dir", str(tmp_path / "run")], "needs at least two"
+    result = subprocess.run([sys.executable, str(Path(train_gvit.__file__)), *args], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_gvit.py: error: ") and message in last

@@ -1,7 +1,7 @@
 """What the model, the trainer, ``explain`` and the scripts share about data: un-normalising
 images, and checking a weights file before loading it (reading images is :mod:`timm_gvit.images`).
 
-It imports nothing else from timm_gvit, so that every other module can import it.
+It imports nothing from timm_gvit but :mod:`timm_gvit.images`, so that every other module can import it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Sequence, Union
 
 import torch
 from torch import Tensor
+
+from .images import to_channels, to_rgb  # noqa: F401  (their import path before timm_gvit.images)
 
 #: A data config's ``mean`` or ``std``: one value per channel.
 Stats = Union[Sequence[float], Tensor]
