@@ -11,11 +11,15 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 from .losses import reconstruction_loss
 from .optim import step_if_finite
+
+#: the most bytes one all-reduce of :func:`average_across_processes` carries (DDP's default bucket size)
+BUCKET_BYTES = 25 * 1024 * 1024
 
 
 def guidance_step(model, optimizer, images: Tensor, targets: Tensor, labels: Tensor, *, gamma: float,
@@ -60,16 +64,75 @@ def guidance_step(model, optimizer, images: Tensor, targets: Tensor, labels: Ten
         rec = reconstruction(model.render(gaussians, tuple(images.shape[-2:])), targets)
         cls, _ = classify(gaussians, labels)
     finite = torch.isfinite(rec.detach()) & torch.isfinite(cls.detach())
-    if distributed:  # every process skips together
-        finite = accelerator.gather(finite[None]).all()
     grads = torch.autograd.grad(rec + gamma * cls, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if grad is None else grad for p, grad in zip(params, grads)]
+    if distributed:  # the mean over the processes, which skip together
+        grads, finite = average_across_processes(grads, finite, accelerator)
     optimizer.zero_grad(set_to_none=True)
     scale = accelerator.scaler.get_scale() if accelerator is not None and accelerator.scaler is not None else 1.0
     for p, grad in zip(params, grads):
-        grad = torch.zeros_like(p) if grad is None else grad
-        if distributed:
-            grad = accelerator.reduce(grad, reduction="mean")
-        p.grad = grad * scale  # fp16: the optimizer's grad scaler divides it out again
+        p.grad = grad if scale == 1.0 else grad * scale  # fp16: the optimizer's grad scaler divides it out again
     step_if_finite(optimizer, finite)
     optimizer.zero_grad(set_to_none=True)
     return {"guidance/rec_loss": rec.detach(), "guidance/ce_loss": cls.detach(), "guidance/finite": finite}
+
+
+def average_across_processes(tensors: list[Tensor], finite: Tensor, accelerator, bucket_bytes: int = BUCKET_BYTES) -> tuple[list[Tensor], Tensor]:
+    """The mean of ``tensors`` over the processes and whether ``finite`` holds on all of them.
+
+    As DDP does with its buckets: the tensors are packed into contiguous flat buffers of at most
+    ``bucket_bytes`` (a larger tensor gets one of its own; one buffer per dtype and device), each
+    summed over the processes with one all-reduce (all of them in flight together), then divided
+    by the process count: the values of ``accelerator.reduce(t, "mean")`` on each tensor (the
+    same sum, then the same division), in one collective instead of one per tensor. The flag
+    rides in a buffer as a 0/1 number, so that it needs no collective of its own.
+
+    Args:
+        tensors: same-shaped on every process, in the same order.
+        finite: 0-d bool, this process's.
+        accelerator: Accelerate's (its process count; its ``reduce`` where torch.distributed is not
+            initialised, as on XLA).
+        bucket_bytes: the most bytes per buffer.
+
+    Returns:
+        The averaged tensors (views into the buffers; ``tensors`` themselves are left alone) and
+        the 0-d bool flag, True where every process's ``finite`` was.
+    """
+    buckets: list[list[int]] = []
+    open_buckets: dict[tuple, tuple[list[int], int]] = {}  # (dtype, device) -> (its open bucket, bytes in it)
+    for i, t in enumerate(tensors):
+        key, size = (t.dtype, t.device), t.numel() * t.element_size()
+        bucket, used = open_buckets.get(key, (None, 0))
+        if bucket is None or (used and used + size > bucket_bytes):
+            bucket, used = [], 0
+            buckets.append(bucket)
+        bucket.append(i)
+        open_buckets[key] = (bucket, used + size)
+    # the flag goes into the last float32/float64 buffer, where a count of processes is exact (bf16's ends at 256);
+    # only a model with no such parameters sends it alone
+    exact = [n for n, bucket in enumerate(buckets) if tensors[bucket[0]].dtype in (torch.float32, torch.float64)]
+    if not exact:
+        buckets.append([])
+    flag_in = exact[-1] if exact else len(buckets) - 1
+    flats = []
+    for n, bucket in enumerate(buckets):
+        parts = [tensors[i].reshape(-1) for i in bucket]
+        if n == flag_in:
+            parts.append(finite.reshape(1).to(device=parts[0].device if parts else finite.device,
+                                              dtype=parts[0].dtype if parts else torch.float32))
+        flats.append(torch.cat(parts))
+    processes = accelerator.num_processes
+    if dist.is_available() and dist.is_initialized():
+        for work in [dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True) for flat in flats]:
+            work.wait()
+    else:
+        flats = [accelerator.reduce(flat, reduction="sum") for flat in flats]
+    finite = flats[flag_in][-1] == processes  # a sum of 0s and 1s
+    averaged: list[Tensor | None] = [None] * len(tensors)
+    for bucket, flat in zip(buckets, flats):
+        flat /= processes
+        offset = 0
+        for i in bucket:
+            averaged[i] = flat[offset: offset + tensors[i].numel()].view_as(tensors[i])
+            offset += tensors[i].numel()
+    return averaged, finite
