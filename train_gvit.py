@@ -26,7 +26,7 @@ from pathlib import Path
 import timm
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, parse_flag_from_env, set_seed
 from timm.data import resolve_model_data_config
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config: TrainConfig = parse_config(argv)  # validated; with --resume, the run's own config
         try:
-            with lock_run_dir(config.output_dir, owner=PartialState().is_main_process):
+            # the process group as Accelerator will see it (on CPUs too, with ACCELERATE_USE_CPU): the main process holds the lock
+            processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+            with lock_run_dir(config.output_dir, owner=processes.is_main_process):
                 return train(config)
         except (RunInUse, DiskFull) as exc:
             raise Refusal(f"train_gvit.py: error: {exc}") from None
@@ -332,6 +334,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     """
     config, accelerator, state, schedule = run.config, run.accelerator, run.state, run.schedule
     objective, optimizer, model, monitor = run.objective, run.optimizer, run.model, run.monitor
+    plain = accelerator.unwrap_model(objective)  # its (compiled) regions, which DDP's wrapper does not expose
     run.train_dataset.set_epoch(epoch)
     skip = state["batch_in_epoch"]
     if config.streaming:  # resumed in the middle of an epoch, the loader is where the checkpoint left it
@@ -382,8 +385,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             run.ema.update(model, step=step)
         if schedule.guidance_due(step - 1):
             guided = guidance_step(model, optimizer, images, targets, labels, gamma=schedule.gamma, label_smoothing=config.label_smoothing,
-                                   accelerator=accelerator, encode=objective.encode, classify=objective.classification,
-                                   reconstruction=lambda r, t: objective.reconstruction(r, t, schedule.dssim_on(step - 1)))
+                                   accelerator=accelerator, encode=plain.encode, classify=plain.classification,
+                                   reconstruction=lambda r, t: plain.reconstruction(r, t, schedule.dssim_on(step - 1)))
             monitor.guidance(guided.pop("guidance/finite"))
         bar.update(config.grad_accum_steps)
         if step % config.log_every == 0 or step % config.checkpoint_every == 0:

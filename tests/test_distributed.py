@@ -178,3 +178,35 @@ def test_two_process_run_resumed_in_its_guidance_phase_is_bit_exact(tmp_path):
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
     a, b = load_file(full / "export" / "model.safetensors"), load_file(resumed / "export" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_streamed_run_on_shards_resumed_in_its_joint_phase_is_bit_exact(tmp_path):
+    """--streaming over tar shards, each process reading its half of the shards, no shuffle buffer:
+    the exact case of docs/data.md. Resumed from a checkpoint in the middle of a joint-phase epoch."""
+    from test_training import make_imagefolder
+    from timm_gvit.tools.make_shards import write_shards
+
+    make_imagefolder(tmp_path / "shapes" / "train", per_class=12)
+    make_imagefolder(tmp_path / "shapes" / "val", per_class=4)
+    written = write_shards(tmp_path / "shapes", tmp_path / "shards", per_shard=3, progress=False)
+    assert len(written["train"]) == 12  # divides between the two processes
+    args = [a for i, a in enumerate(RUN) if not (a.startswith("--max-") or RUN[i - 1].startswith("--max-"))]
+    args += ["--dataset", str(tmp_path / "shards"), "--streaming", "--shuffle-buffer", "0", "--batch-size", "4", "--workers", "1",
+             "--checkpoint-every", "4"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    output = launch_two(*args, "--output-dir", str(full))
+    info = json.loads((full / "run_info.json").read_text())
+    assert (info["global_batch"], info["steps_per_epoch"]) == (8, 3)  # (18 images per process - 3 in a partial batch) // 4
+    metrics = json.loads((full / "metrics.json").read_text())
+    assert metrics["total_steps"] == 8 and metrics["guidance_steps"] == 3 and "step 4: phase 'joint'" in output
+    state = json.loads((full / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    assert state["batch_in_epoch"] == 1 and len(state["loader_states"]) == 2  # where each process's stream was
+
+    resumed.mkdir()
+    shutil.copy(full / "config.yaml", resumed)
+    shutil.copytree(full / "checkpoints" / "step-00000004", resumed / "checkpoints" / "step-00000004")
+    output = launch_two("--output-dir", str(resumed), "--resume", "latest")
+    assert "step 4, epoch 1, batch 1" in output
+    assert json.loads((resumed / "metrics.json").read_text()) == metrics
+    a, b = load_file(full / "export" / "model.safetensors"), load_file(resumed / "export" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
