@@ -203,3 +203,51 @@ def test_timm_model_tests_list_gvit_as_timm_lists_its_vits_and_the_readme_quotes
     record = json.loads((ROOT / "benchmarks" / "reference" / "timm_test_models.json").read_text())
     assert record["returncode"] == 0 and "failed" not in record
     assert f"all {record['passed']} selected tests pass" in " ".join((ROOT / "README.md").read_text().split())
+
+
+def test_imagenet_layout_benchmark_times_the_trainer_to_its_first_step(tmp_path, monkeypatch):
+    """benchmarks/imagenet_layout.py on 10 classes x 20 images: it lays out ImageNet's folders with
+    real JPEGs (reused once its marker is there), times timm's folder reader, and launches the
+    trainer three times (cold cache, warm cache, a few steps with PSS), each stopped at the step
+    its progress bar shows, with the times and memory in the JSON."""
+    from PIL import Image
+
+    from benchmarks import imagenet_layout
+
+    monkeypatch.setenv("TIMM_GVIT_NO_EXTENSION", "1")  # the chunked renderer: no C++ build inside a timing
+    monkeypatch.delenv("TIMM_GVIT_REQUIRE_CPU_KERNEL", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out, layouts = tmp_path / "imagenet_layout.json", tmp_path / "layouts"
+    report = imagenet_layout.main(["--root", str(layouts), "--sizes", "200", "--classes", "10", "--val-per-class", "2",
+                                   "--workers", "1", "--batch-size", "16", "--pss-steps", "3", "--pss-workers", "2", "--no-warmup",
+                                   "--no-progress", "--timeout", "120", "--work-dir", str(tmp_path), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    classes = sorted((layouts / "200" / "train").iterdir())
+    assert len(classes) == 10 and classes[0].name == "n01440764"
+    assert sorted(p.name for p in classes[0].iterdir())[:2] == ["n01440764_1.JPEG", "n01440764_10.JPEG"]
+    assert sum(1 for _ in (layouts / "200" / "train").rglob("*.JPEG")) == 200
+    assert sum(1 for _ in (layouts / "200" / "val").rglob("ILSVRC2012_val_*.JPEG")) == 20
+    with Image.open(classes[0] / "n01440764_1.JPEG") as image:
+        assert image.format == "JPEG" and 8 <= min(image.size) <= max(image.size) <= 16
+    assert imagenet_layout.make_layout(layouts, 200, 10, 2, progress=False)["created"] is False  # the marker: reused
+
+    assert not report["failed"] and len(report["sizes"]) == 1
+    entry = report["sizes"][0]
+    assert entry["train_images"] == 200 and entry["val_images"] == 20
+    assert entry["timm"]["ok"] and entry["timm"]["images"] == 200 and entry["timm"]["classes"] == 10 and entry["timm"]["index_s"] >= 0
+    first, second, pss = (entry["launches"][k] for k in ("first", "second", "pss"))
+    assert first["cache_dir"] == second["cache_dir"] == pss["cache_dir"]
+    for launch in (first, second, pss):
+        assert launch["ok"] and launch["failure"] is None
+        assert 0 < launch["announced_s"] <= launch["first_step_s"] == launch["seconds_to_first_step"] < 120
+        assert launch["first_step_seen_at"] >= 1 and 0 < launch["longest_silence_s"] <= launch["seconds_to_first_step"]
+        assert 0.1 < launch["peak_rss_gb"] < 8
+        times = [t for t, _ in launch["lines"]]
+        assert times == sorted(times) and any("1/" in text for _, text in launch["lines"])
+    assert first["step_seen"] == second["step_seen"] == 1 and first["pss_gb"] is None
+    assert pss["step_seen"] >= 3 and pss["workers"] == 2 and 0.1 < pss["pss_gb"] < 8 and pss["pss_processes"] >= 2
+    assert entry["checks"] == {"first_launch_s": True, "second_launch_s": True, "peak_rss_gb": True, "pss_gb": True}
+    rows = imagenet_layout.table(report).splitlines()
+    assert rows[0].split() == ["train", "images", "timm", "index", "s", "first", "launch", "s", "second", "launch", "s",
+                               "peak", "RSS", "GB", "PSS", "GB"]
+    assert rows[2].split()[0] == "200" and rows[2].count("pass") == 4
