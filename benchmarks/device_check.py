@@ -1,6 +1,6 @@
 """Verify the CUDA path on a fresh GPU machine in one call; run it through ``benchmarks/device_check.sh``.
 
-    bash benchmarks/device_check.sh [--dry-run] [--quick] [--only STEP ...] [--trainer {short,steady}] [--out DIR] ...
+    bash benchmarks/device_check.sh [--dry-run] [--quick] [--only STEP ...] [--trainer {short,steady,phases}] [--out DIR] ...
 
 Steps, each under its own time limit inside an overall deadline (a failed step is recorded and
 the next one still runs; the exit status is 0 when every step passed):
@@ -21,17 +21,33 @@ the next one still runs; the exit status is 0 when every step passed):
    host-device syncs per step. Its compile caches (``TORCHINDUCTOR_CACHE_DIR``) are saved to OUT as
    ``inductor-cache.tgz.part-*`` and, given back (``--inductor-cache``, default ``.inductor-cache``
    where it exists), loaded by the next run, which then skips most of the compiling.
-6. ``train_gvit``: ``benchmarks/loader.py`` (the trainer's loader alone, a worker per core, with
-   the per-image read / decode / transform cost), then a short bf16 ``train_gvit.py --compile`` run
-   of gvit_small at 224 px, k = 256, a worker per core, on a generated imagefolder of ImageNet-sized
-   JPEGs (500 x 375, about 100 KiB): that the trainer runs end to end on the GPU, its own images/s,
-   and whether the loader or the step limits it. ``--trainer steady`` makes it 8 epochs of 50 steps on
-   12,800 training images (3 reconstruction, 2 classifier, 3 joint, guided in the last), each epoch's
-   images/s reported, so that epochs without a compile or phase change show the trainer's steady rate
-   beside ``train_step``'s ceiling for that phase.
+6. ``loader``: ``benchmarks/loader.py`` on a generated imagefolder of ImageNet-sized JPEGs
+   (500 x 375, about 100 KiB), both loader paths of the trainer on the same files, with images/s,
+   CPU-ms per image (training process and workers) and the cores a GPU needs to feed the compiled
+   step: the CPU path (decode, crop and resize in the workers) at 4, 8 and 16 workers, each beside
+   timm's own loader (``--compare-timm``), and the device-decode path (``--decode-on-device``: the
+   workers read bytes and draw crops, nvJPEG decodes, :mod:`timm_gvit.training.device_decode`) at
+   4 workers.
+7. ``train_gvit``: a bf16 ``train_gvit.py --compile`` run of gvit_small at 224 px, k = 256, a worker
+   per core, on the same imagefolder: that the trainer runs end to end on the GPU, its own images/s,
+   and whether the loader or the step limits it. ``--trainer short``: 50 steps, every phase runs.
+   ``--trainer steady``: 8 epochs of 50 steps on 12,800 training images (3 reconstruction, 2
+   classifier, 3 joint, guided in the last). ``--trainer phases``: 6 such epochs, 2 per phase (no
+   guidance), the shortest run with a steady epoch (neither compiling nor changing phase) in each.
+8. ``train_gvit_device``: the same run with ``--decode-on-device`` (skipped, and said so, while
+   ``train_gvit.py`` does not take that flag).
 
-``--only`` runs the named steps of 3-6 (``wheels`` and ``build`` always run): a second call that
-reuses a saved build needs only the steps it re-measures.
+Each trainer run's steady images/s per phase (the last epoch of the phase, timed from its first
+batch) is set beside the compiled step's for that phase (``train_step`` of this run, else the
+reference ``benchmarks/reference/device_check_h200_2026-11-27.json``, which names its GPU), with
+the target >= 0.9x in every phase (``trainer_vs_step`` in the JSON, and the summary's PASS/FAIL lines).
+
+``--only`` runs the named steps of 3-8 (``wheels`` and ``build`` always run): a second call that
+reuses a saved build needs only the steps it re-measures. Without it every step but
+``train_gvit_device`` runs. Whether the trainer feeds its step, both paths, in one call (about 8
+minutes with a fresh build, less with a saved build and compile cache)::
+
+    run  command="bash benchmarks/device_check.sh --only loader train_gvit train_gvit_device --trainer phases --deadline 570"  carry=[".whl"]  timeout_s=600
 
 Everything lands in OUT (``$OUT`` on a lent machine, else ``benchmarks/results/device_check``):
 ``device_check.json`` (rewritten after every step, so a cut-off run still leaves one),
@@ -79,23 +95,36 @@ CACHE_PARTS = "inductor-cache.tgz.part-"
 MAX_CACHE_BYTES = 2 * 15 * 2**20  # two parts at most: the device tool returns 8 files
 PART_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
 SCRIPTS = ("tests/test_gsplat.py", "tests/test_rendering.py", "tests/conftest.py", "benchmarks/render.py",
-           "benchmarks/train_step.py", "benchmarks/loader.py", "train_gvit.py")
+           "benchmarks/train_step.py", "benchmarks/loader.py", "train_gvit.py", "timm_gvit/training/device_decode.py")
 #: Modules the machine's image provides (the device tool's KINDS.md); carried wheels add the rest.
 IMAGE_MODULES = ("torch", "torchvision", "timm", "accelerate", "huggingface_hub", "safetensors", "numpy", "PIL", "yaml",
                  "tqdm", "sklearn", "packaging", "jaxtyping", "rich", "ninja", "pytest", "pyarrow", "pandas", "xxhash",
-                 "filelock")
+                 "filelock", "psutil")
 #: Seconds each step may take at most (the overall --deadline cuts them shorter).
-BUDGET = {"wheels": 60, "build": 420, "pytest": 240, "render": 150, "render_batch": 60, "train_step": 330, "train_gvit": 200}
+BUDGET = {"wheels": 60, "build": 420, "pytest": 240, "render": 150, "render_batch": 60, "train_step": 330, "loader": 150,
+          "train_gvit": 200, "train_gvit_device": 200}
 STEPS = tuple(BUDGET)
+#: What runs without --only: every step but the device-decode trainer run, which a call asks for by name.
+DEFAULT_ONLY = [s for s in STEPS[2:] if s != "train_gvit_device"]
+#: The loader's CPU path is timed at these worker counts (beside timm's loader), the device-decode path at the first.
+LOADER_WORKERS = (4, 8, 16)
+#: The trainer's flag for the device-decode path.
+DEVICE_FLAG = "--decode-on-device"
+STEP_REFERENCE = ROOT / "benchmarks" / "reference" / "device_check_h200_2026-11-27.json"
+#: A trainer run reaches its step when its steady images/s are at least this share of the compiled step's, in every phase.
+TRAINER_TARGET = 0.9
+PHASES = ("reconstruction", "classifier", "joint")
 #: The loader's and the trainer's runs use a generated imagefolder of IMAGES ImageNet-sized JPEGs (10 % held out for
-#: validation): 50 batches of 256, enough for the loader to time 10 after 16 workers' start-up batches (33).
+#: validation): 50 batches of 256; the loader lists them twice (--repeat 2), enough to time 20 after 16 workers' start-up batches (33).
 #: The trainer's "short" run checks that every phase runs (50 steps); "steady" measures each epoch's images/s
 #: (8 epochs of 50 steps at batch 256).
 IMAGES, CLASSES, IMAGE_SIZE = 14400, 10, (500, 375)
 #: (train samples, recon, dssim from, classifier, joint, guidance) steps; "steady": epochs 0-2 reconstruction,
 #: 3-4 classifier, 5-7 joint with a guidance step after every 5th step of epoch 7
-TRAINER_STEPS = {"short": (None, 20, 10, 10, 20, 10), "steady": (12800, 150, 75, 100, 150, 50)}
-TRAINER_BUDGET = {"short": 200, "steady": 330}
+#: "phases": epochs 0-1 reconstruction (D-SSIM from step 25), 2-3 classifier, 4-5 joint, no guidance.
+TRAINER_STEPS = {"short": (None, 20, 10, 10, 20, 10), "steady": (12800, 150, 75, 100, 150, 50),
+                 "phases": (12800, 100, 25, 100, 100, 0)}
+TRAINER_BUDGET = {"short": 200, "steady": 330, "phases": 230}
 
 
 def wheel_requirements() -> list[tuple[str, str]]:
@@ -135,7 +164,7 @@ def commands(work: Path, quick: bool, trainer: str = "short") -> dict[str, list[
     train_samples, recon, dssim_from, classifier, joint, guidance = (None, 5, 2, 3, 4, 2) if quick else TRAINER_STEPS[trainer]
     ks, sizes, repeats = (["16", "256"], ["64"], "2") if quick else (["16", "64", "256", "1024"], ["64", "224"], "5")
     steps, warmup, batch = ("3", "1", "64") if quick else ("20", "5", "256")
-    return {
+    cmds = {
         "pytest": ["python", "-m", "pytest", "tests/test_gsplat.py", "-q", "-rs", "-p", "no:cacheprovider",
                    "--junitxml", str(work / "junit.xml")],
         "render": ["python", "benchmarks/render.py", "--backends", "gsplat", "gsplat-direct", "--ks", *ks, "--sizes", *sizes,
@@ -146,9 +175,10 @@ def commands(work: Path, quick: bool, trainer: str = "short") -> dict[str, list[
         "train_step": ["python", "benchmarks/train_step.py", "--model", "gvit_small", "--img-size", "224", "--num-gaussians",
                        "256", "--batch", batch, "--steps", steps, "--warmup", warmup, "--precision", "bf16",
                        "--modes", "eager", "compiled", "--vit-baseline", "--profile", "--out", str(work / "train_step.json")],
-        "loader": ["python", "benchmarks/loader.py", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
-                   "--batch", batch, "--workers", str(min(16, os.cpu_count() or 1)), "--batches", "5" if quick else "10",
-                   "--out", str(work / "loader.json")],
+        **{name: ["python", "benchmarks/loader.py", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
+                  "--batch", batch, "--workers", str(workers), "--batches", "5" if quick else "20", "--repeat", "2",
+                  "--decode-seconds", "1" if quick else "2", *flags, "--out", str(work / f"{name}.json")]
+           for name, workers, flags in loader_runs(quick)},
         "train_gvit": ["python", "train_gvit.py", "--compile", "--dataset", str(work / "images"), "--model", "gvit_small", "--img-size", "224",
                        "--num-gaussians", "256", "--mixed-precision", "bf16", "--phase-unit", "steps",
                        "--recon-epochs", str(recon), "--dssim-from", str(dssim_from), "--classifier-epochs", str(classifier),
@@ -157,6 +187,20 @@ def commands(work: Path, quick: bool, trainer: str = "short") -> dict[str, list[
                        "--report-to", "none", "--checkpoint-every", "100000", "--image-every", "100000", "--log-every", "10",
                        "--eval-every", "1000", "--max-val-samples", "256", "--output-dir", str(work / "train")],
     }
+    cmds["train_gvit_device"] = [*cmds["train_gvit"][:-2], DEVICE_FLAG, "--output-dir", str(work / "train_device")]
+    return cmds
+
+
+def loader_runs(quick: bool) -> list[tuple[str, int, list[str]]]:
+    """(name, workers, extra flags) of the loader step's runs of benchmarks/loader.py: the CPU path at each of
+    LOADER_WORKERS beside timm's loader, the device-decode path at the first."""
+    counts = (2, 4) if quick else LOADER_WORKERS
+    return [*((f"loader_w{w}", w, ["--compare-timm"]) for w in counts), ("loader_device", counts[0], ["--decode-on-device"])]
+
+
+def step_reference(work: Path) -> Path:
+    """The compiled step's images/s per phase: this run's train_step where it ran, else the reference."""
+    return work / "train_step.json" if (work / "train_step.json").is_file() else STEP_REFERENCE
 
 
 # ---------------------------------------------------------------- preflight
@@ -173,20 +217,39 @@ def preflight(args, work: Path, installed: bool) -> list[str]:
         return problems
     sys.path.insert(0, str(ROOT))
     try:
-        from benchmarks import render, train_step
+        from benchmarks import loader, render, train_step
+        from timm_gvit.training import device_decode  # noqa: F401  (the device-decode path imports)
         from timm_gvit.training.config import parse_config
     except Exception as exc:  # a module the scripts import is missing or broken
         return [f"cannot import the benchmark scripts: {type(exc).__name__}: {exc}"]
-    for quick, trainer in ((False, "short"), (False, "steady"), (True, "short")):  # every plan, whichever runs
+    for quick, trainer in ((False, "short"), (False, "steady"), (False, "phases"), (True, "short")):  # every plan, whichever runs
         cmds = commands(work, quick, trainer)
         try:
             render.build_parser().parse_args(cmds["render"][2:])
             render.build_parser().parse_args(cmds["render_batch"][2:])
             train_step.parse_args(cmds["train_step"][2:])
+            for name, _, _ in loader_runs(quick):
+                loader.build_parser().parse_args([*cmds[name][2:], "--step-reference", str(STEP_REFERENCE)])
             parse_config(cmds["train_gvit"][2:])
         except SystemExit as exc:
             problems.append(f"a step's flags were rejected ({'--quick plan' if quick else trainer + ' plan'}: exit {exc})")
+    if not STEP_REFERENCE.is_file():
+        problems.append(f"missing {STEP_REFERENCE.relative_to(ROOT)} (the compiled step's images/s where train_step does not run)")
     return problems
+
+
+def device_flag_missing(cmd: list[str]) -> str | None:
+    """Why ``train_gvit.py`` cannot run the device-decode command ``cmd`` (it does not take the flag yet), or None."""
+    sys.path.insert(0, str(ROOT))
+    from timm_gvit.training.config import parse_config
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            parse_config(cmd[2:])
+    except SystemExit:
+        return f"train_gvit.py does not take {DEVICE_FLAG} yet ({stderr.getvalue().strip().splitlines()[-1:]})"
+    return None
 
 
 # ---------------------------------------------------------------- running steps
@@ -246,7 +309,7 @@ class Run:
             self.report["steps"][name] = {"status": "skipped", "why": "not in --only"}
             self.save()
             return True
-        limit = min(TRAINER_BUDGET[self.args.trainer] if name == "train_gvit" else BUDGET[name], self.remaining() - 15)
+        limit = min(TRAINER_BUDGET[self.args.trainer] if name.startswith("train_gvit") else BUDGET[name], self.remaining() - 15)
         if limit < 20:
             self.report["steps"][name] = {"status": "skipped", "why": "out of time (--deadline)"}
             self.save()
@@ -464,8 +527,94 @@ def trainer_summary(output: str, run_dir: Path) -> dict:
     return summary
 
 
+LOADER_KEYS = ("path", "workers", "ours_images_per_s", "timm_images_per_s", "ratio", "ours_cpu_ms_per_image", "timm_cpu_ms_per_image",
+               "ours_images_per_core_s", "decode_only_images_per_core_s", "decode_only_torchvision_images_per_core_s", "checks",
+               "mean_file_kib", "device")
+
+
+def loader_summary(record: dict) -> dict:
+    """What the device check keeps of a benchmarks/loader.py JSON."""
+    ours = record.get("ours") or {}
+    return {**{k: record.get(k) for k in LOADER_KEYS}, "status": "passed",
+            "ours_cpu_ms_per_image_main": ours.get("cpu_ms_per_image_main"),
+            "ours_cpu_ms_per_image_workers": ours.get("cpu_ms_per_image_workers"),
+            "cores_per_gpu": (record.get("compiled_step") or {}).get("cores_per_gpu"),
+            "step_gpu": (record.get("compiled_step") or {}).get("gpu")}
+
+
+def loader_lines(runs: dict) -> list[str]:
+    """One line per loader run: both loaders' images/s and CPU cost, and the cores per GPU."""
+    def f(value, spec):
+        return format(value, spec) if isinstance(value, (int, float)) else "n/a"
+
+    lines = []
+    for name, r in runs.items():
+        if r.get("status") != "passed":
+            lines.append(f"{name}: {r.get('status')} {r.get('why', '')}".rstrip())
+            continue
+        main, workers = r.get("ours_cpu_ms_per_image_main"), r.get("ours_cpu_ms_per_image_workers")
+        lines.append(f"{name}: {r['path']} path, {r['workers']} workers: ours {f(r['ours_images_per_s'], '.0f')} img/s "
+                     f"({f(r['ours_cpu_ms_per_image'], '.2f')} CPU-ms/img: training process {f(main, '.2f')}, workers "
+                     f"{f(workers, '.2f')}), timm {f(r['timm_images_per_s'], '.0f')} img/s ({f(r['timm_cpu_ms_per_image'], '.2f')} "
+                     f"CPU-ms/img), ratio {f(r['ratio'], '.2f')}; cores per GPU for the compiled step: "
+                     + ", ".join(f"{p} {f(c, '.1f')}" for p, c in (r.get("cores_per_gpu") or {}).items()))
+    return lines
+
+
+def compiled_step(report: dict, reference: Path) -> tuple[dict[str, float], str]:
+    """The compiled step's images/s per phase: this run's train_step, else ``reference``; and where they come from."""
+    def rates(step):
+        phases = (step or {}).get("modes", {}).get("compiled", {}).get("phases", {})
+        return {p: phases[p]["images_per_s"] for p in PHASES if p in phases}
+
+    here = rates(report.get("train_step"))
+    if here:
+        return here, f"this run's train_step on {report.get('machine', {}).get('gpu')}"
+    if reference.is_file():
+        record = json.loads(reference.read_text())
+        return rates(record.get("train_step", record)), f"{reference.name} on {record.get('machine', {}).get('gpu')}"
+    return {}, "none"
+
+
+def steady_rates(summary: dict) -> dict[str, dict]:
+    """Each phase's steady images/s in a trainer run: its last epoch (timed from its first batch), where the
+    phase has more than one (the first compiles and may start mid-way through a phase change)."""
+    by_phase: dict[str, list[dict]] = {}
+    for epoch in summary.get("epochs", []):
+        if epoch.get("phase") and epoch.get("images_per_s_after_first_batch") is not None:
+            by_phase.setdefault(epoch["phase"], []).append(epoch)
+    return {phase: {"images_per_s": epochs[-1]["images_per_s_after_first_batch"], "epoch": epochs[-1]["epoch"],
+                    "epochs": len(epochs), "first_batch_s": epochs[-1].get("first_batch_s")}
+            for phase, epochs in by_phase.items() if len(epochs) > 1}
+
+
+def trainer_vs_step(report: dict, reference: Path) -> dict:
+    """Each trainer run's steady images/s per phase beside the compiled step's, and PASS/FAIL lines (>= TRAINER_TARGET x)."""
+    step, source = compiled_step(report, reference)
+    result = {"step_images_per_s": step, "step_source": source, "target": TRAINER_TARGET, "runs": {}, "targets": []}
+    for name, path in (("train_gvit", "cpu"), ("train_gvit_device", "device-decode")):
+        if name not in report:
+            continue
+        steady = steady_rates(report[name])
+        rows = {}
+        for phase in PHASES:
+            rate, ceiling = steady.get(phase, {}).get("images_per_s"), step.get(phase)
+            ratio = rate / ceiling if rate is not None and ceiling else None
+            rows[phase] = {**steady.get(phase, {}), "step_images_per_s": ceiling, "ratio": ratio}
+            if ratio is None:
+                result["targets"].append(f"FAIL  trainer ({path} path) {phase}: no steady epoch or no step figure "
+                                         f"(trainer {rate}, step {ceiling})")
+            else:
+                result["targets"].append(f"{'PASS' if ratio >= TRAINER_TARGET else 'FAIL'}  trainer ({path} path) {phase}: "
+                                         f"{rate:.0f} img/s = {ratio:.2f}x the compiled step's {ceiling:.0f} ({source}; "
+                                         f"target >= {TRAINER_TARGET}x)")
+        result["runs"][path] = rows
+    return result
+
+
 def targets(report: dict) -> list[str]:
-    lines = [line for key in ("render", "render_batch", "train_step") for line in report.get(key, {}).get("targets", [])]
+    lines = [line for key in ("render", "render_batch", "train_step", "trainer_vs_step")
+             for line in report.get(key, {}).get("targets", [])]
     tests = report.get("tests") or {}
     if tests:
         ok = tests["failures"] == tests["errors"] == 0 and tests["skipped"] == 0
@@ -488,11 +637,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inductor-cache", type=Path, default=ROOT / ".inductor-cache" if (ROOT / ".inductor-cache").is_dir() else None,
                         help=f"folder of {CACHE_PARTS}* from an earlier run, to start compiling from (default .inductor-cache if present)")
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds for the whole run (default 560)")
-    parser.add_argument("--only", nargs="+", choices=STEPS[2:], default=list(STEPS[2:]), metavar="STEP",
-                        help=f"run only these of {', '.join(STEPS[2:])} (wheels and build always run)")
+    parser.add_argument("--only", nargs="+", choices=STEPS[2:], default=list(DEFAULT_ONLY), metavar="STEP",
+                        help=f"run only these of {', '.join(STEPS[2:])} (wheels and build always run; default: all but "
+                             "train_gvit_device)")
     parser.add_argument("--trainer", choices=tuple(TRAINER_STEPS), default="short",
-                        help="train_gvit's run: short (50 steps, every phase runs) or steady (8 epochs of 50 steps, "
-                             "each epoch's images/s)")
+                        help="train_gvit's run: short (50 steps, every phase runs), steady (8 epochs of 50 steps, "
+                             "each epoch's images/s) or phases (6 such epochs, 2 per phase, no guidance)")
     return parser.parse_args(argv)
 
 
@@ -501,16 +651,33 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="device_check."))
     plan = commands(work, args.quick, args.trainer)
     print(f"plan ({'quick, ' if args.quick else ''}{args.trainer} trainer run, deadline {args.deadline:.0f} s; results in {args.out}):")
-    print(f"  wheels      install {', '.join(f'{n}=={v}' for n, v in wheel_requirements())} from {args.wheels}/ into {SITE}")
-    print(f"  build       gsplat's kernels for this GPU ({'reuse ' + str(args.gsplat_build) + ' if it matches, else ' if args.gsplat_build else ''}"
+    print(f"  {'wheels':<17} install {', '.join(f'{n}=={v}' for n, v in wheel_requirements())} from {args.wheels}/ into {SITE}")
+    print(f"  {'build':<17} gsplat's kernels for this GPU ({'reuse ' + str(args.gsplat_build) + ' if it matches, else ' if args.gsplat_build else ''}"
           f"build with TORCH_CUDA_ARCH_LIST=<its capability>, MAX_JOBS=<its cores>), saved as {BUILD_PARTS}*")
-    for name in ("pytest", "render", "render_batch", "train_step", "loader", "train_gvit"):
-        print(f"  {name:<11} {' '.join(plan[name]) if (name if name != 'loader' else 'train_gvit') in args.only else 'skipped (--only)'}")
-    print(f"  cache       compile caches in {INDUCTOR} ({'from ' + str(args.inductor_cache) + ', ' if args.inductor_cache else ''}"
+    for step, names in (("pytest", ["pytest"]), ("render", ["render"]), ("render_batch", ["render_batch"]), ("train_step", ["train_step"]),
+                        ("loader", [name for name, _, _ in loader_runs(args.quick)]), ("train_gvit", ["train_gvit"]),
+                        ("train_gvit_device", ["train_gvit_device"])):
+        chosen = step in args.only
+        for k, name in enumerate(names):
+            label = step if k == 0 else ""
+            print(f"  {label:<17} {'' if chosen else 'not run (--only): '}{' '.join(plan[name])}")
+        if step == "loader":
+            print(f"  {'':<17} {'' if chosen else 'not run (--only): '}each with --step-reference <this run's train_step.json, "
+                  f"else {STEP_REFERENCE.relative_to(ROOT)}>; the JPEGs: {IMAGES // (4 if args.quick else 1)} generated "
+                  f"{IMAGE_SIZE[0]} x {IMAGE_SIZE[1]}, shared with the trainer's runs")
+    print(f"  {'compare':<17} " + (f"each trainer run's steady img/s per phase against the compiled step's (target >= {TRAINER_TARGET}x)"
+                                    if args.trainer != "short" and not args.quick else "nothing (a short trainer run has no steady epochs)"))
+    print(f"  {'cache':<17} compile caches in {INDUCTOR} ({'from ' + str(args.inductor_cache) + ', ' if args.inductor_cache else ''}"
           f"saved as {CACHE_PARTS}* after train_step)")
-    print(f"  report      {args.out / 'device_check.json'} (and device_check.log)")
+    print(f"  {'report':<17} {args.out / 'device_check.json'} (and device_check.log)")
     if args.dry_run:
         problems = preflight(args, work, installed=False)
+        note = None
+        if not problems:
+            note = device_flag_missing(plan["train_gvit_device"])
+            if note:
+                print(f"NOTE     {note}: " + ("train_gvit_device will be skipped" if "train_gvit_device" in args.only
+                                                  else "train_gvit_device, if asked for, would be skipped"))
         shutil.rmtree(work, ignore_errors=True)
         for problem in problems:
             print(f"MISSING  {problem}")
@@ -557,19 +724,49 @@ def main(argv: list[str] | None = None) -> int:
             return rc, tail, {}
         return action
 
-    def train_gvit_action(limit):
+    def ensure_images() -> float:
+        """The generated imagefolder the loader and the trainer read (written once); seconds it took."""
+        if (work / "images").is_dir():
+            return 0.0
         started, images = time.monotonic(), IMAGES // (4 if args.quick else 1)
         write_images(work / "images", images, CLASSES, IMAGE_SIZE)
         run.say(f"wrote {images} images in {time.monotonic() - started:.1f} s")
-        _, loader_output = run.execute("loader", plan["loader"], min(60.0, limit / 4))
-        if (work / "loader.json").is_file():
-            run.report["loader"] = json.loads((work / "loader.json").read_text())
-        rc, output = run.execute("train_gvit", plan["train_gvit"], limit - (time.monotonic() - started))
-        run.report["train_gvit"] = trainer_summary(output, work / "train")
-        run.say("the trainer's img/s per epoch (from its first batch on): " + ", ".join(
-            f"{e['epoch']} {e.get('phase')} {e.get('images_per_s')} ({e.get('images_per_s_after_first_batch')})"
-            for e in run.report["train_gvit"]["epochs"]))
-        return rc, output, {}
+        return time.monotonic() - started
+
+    def loader_action(limit):
+        started = time.monotonic()
+        ensure_images()
+        runs, rcs, tails = {}, [], []
+        names = [name for name, _, _ in loader_runs(args.quick)]
+        for k, name in enumerate(names):
+            left = limit - (time.monotonic() - started)
+            if left < 15:
+                runs[name] = {"status": "skipped", "why": "out of the step's time"}
+                rcs.append(None)
+                continue
+            cmd = [*plan[name], "--step-reference", str(step_reference(work))]
+            rc, tail = run.execute(name, cmd, left / (len(names) - k) * 1.5 if k < len(names) - 1 else left)
+            rcs.append(rc)
+            tails.append(tail[-1500:])
+            path = work / f"{name}.json"
+            runs[name] = loader_summary(json.loads(path.read_text())) if rc == 0 and path.is_file() else {"status": "failed", "rc": rc}
+        run.report["loader"] = {"runs": runs, "lines": loader_lines(runs)}
+        for line in run.report["loader"]["lines"]:
+            run.say(line)
+        rc = 0 if all(r == 0 for r in rcs) else (None if None in rcs else 1)
+        return rc, "\n".join(tails), {}
+
+    def train_gvit_action(name):
+        def action(limit):
+            started = time.monotonic()
+            ensure_images()
+            rc, output = run.execute(name, plan[name], limit - (time.monotonic() - started))
+            run.report[name] = trainer_summary(output, work / ("train" if name == "train_gvit" else "train_device"))
+            run.say(f"{name}: the trainer's img/s per epoch (from its first batch on): " + ", ".join(
+                f"{e['epoch']} {e.get('phase')} {e.get('images_per_s')} ({e.get('images_per_s_after_first_batch')})"
+                for e in run.report[name]["epochs"]))
+            return rc, output, {}
+        return action
 
     passed.append(run.step("pytest", pytest_action))
     passed.append(run.step("render", json_action("render", "render")))
@@ -582,15 +779,24 @@ def main(argv: list[str] | None = None) -> int:
     passed.append(run.step("train_step", json_action("train_step", "train_step")))
     if "train_step" in args.only:
         keep_compile_cache()
-    passed.append(run.step("train_gvit", train_gvit_action))
-    if "train_gvit" in args.only and "train_step" not in args.only:  # the trainer's compiled graphs, for the next call
+    passed.append(run.step("loader", loader_action))
+    passed.append(run.step("train_gvit", train_gvit_action("train_gvit")))
+    missing = device_flag_missing(plan["train_gvit_device"]) if "train_gvit_device" in args.only else None
+    if missing:  # not the machine's failure: the trainer is not there yet
+        run.report["steps"]["train_gvit_device"] = {"status": "skipped", "why": missing}
+        run.say(f"train_gvit_device skipped: {missing}")
+    else:
+        passed.append(run.step("train_gvit_device", train_gvit_action("train_gvit_device")))
+    if {"train_gvit", "train_gvit_device"} & set(args.only) and "train_step" not in args.only:  # the trainer's compiled graphs, for the next call
         keep_compile_cache()
+    if args.trainer != "short" and not args.quick:  # a short run's epochs change phase and compile: nothing steady to compare
+        run.report["trainer_vs_step"] = trainer_vs_step(run.report, step_reference(work))
     run.report["targets"] = targets(run.report)
     run.report["seconds"] = round(time.monotonic() - run.started, 1)
     run.save()
     run.say("\n==== summary")
     for name, record in run.report["steps"].items():
-        run.say(f"  {name:<11} {record['status']:<8} {record.get('seconds', '')}")
+        run.say(f"  {name:<17} {record['status']:<8} {record.get('seconds', '')}")
     for line in run.report["targets"]:
         run.say(f"  {line}")
     run.say(f"wrote {run.out / 'device_check.json'} in {run.report['seconds']} s")
