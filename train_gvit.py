@@ -232,8 +232,13 @@ def setup(config: TrainConfig) -> Run:
         checked_bad = [] if config.skip_bad_images is None else check_images(train_dataset, val_dataset, config.skip_bad_images,
                                                                                config.workers, accelerator.print)
         info.val_size = len(val_dataset)
+        if config.decode_on_device:  # the workers send JPEG bytes and crop boxes; the batch is decoded on the device
+            from timm_gvit.training.device_decode import DeviceDecodeDataset
+
+            train_dataset = DeviceDecodeDataset(train_dataset)
         train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
-                                  pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
+                                  pin_memory=pin, generator=torch.Generator().manual_seed(config.seed),
+                                  collate_fn=train_dataset.collate if config.decode_on_device else None)
         val_loader = DataLoader(val_dataset, batch_size=config.batch_size, num_workers=config.workers,
                                 pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
         batches_per_epoch = len(train_loader)
@@ -355,6 +360,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             break
         if config.streaming:
             images, labels = images.to(accelerator.device, non_blocking=True), labels.to(accelerator.device, non_blocking=True)
+        if config.decode_on_device:
+            images, labels, bad = run.train_dataset.decode(images, labels, bad, accelerator.device)
         images = normalize(images, run.mean, run.std)  # uint8 -> the model's float input, on the device
         unreadable += [b for b in bad if b]
         step = state["step"]

@@ -89,7 +89,7 @@ def decode_image(source: bytes | str | os.PathLike, name: str | None = None, *, 
                 if scale >= 2:
                     image.draft(image.mode, (max(1, int(image.size[0] / scale)), max(1, int(image.size[1] / scale))))
             image.load()  # decodes everything: a truncated file fails here
-            image = ImageOps.exif_transpose(image) or image
+            ImageOps.exif_transpose(image, in_place=True)  # upright; no copy when there is nothing to turn
             return to_channels(image, in_chans)
     except UnreadableImage:
         raise

@@ -46,6 +46,7 @@ class TrainConfig:
     hflip: float = _opt(0.5, "probability of a horizontal flip in training (the paper's only augmentation besides random-resized-crop scale 0.5-1)")
     skip_bad_images: int | None = _opt(None, "read every image of both splits before training and skip up to N unreadable ones (each logged, counted in metrics.json; a training image's place goes to the next readable one); default: no pre-check, an unreadable image is skipped where training or validation meets it (see --max-bad-images)", type=int)
     max_bad_images: float = _opt(0.001, "how many unreadable images a run skips before it stops: a count (>= 1), or a fraction of the training images (< 1); each skipped image is logged and listed under bad_images in metrics.json, its place in training taken by the next readable one")
+    decode_on_device: bool = _opt(False, "decode training JPEGs on the GPU (nvJPEG through torchvision), with the crops and flips the CPU path draws; loader workers only read the files (docs/data.md); not with --streaming")
     decode_reduced: bool = _opt(True, "decode JPEGs at 1/2, 1/4 or 1/8 size (PIL's draft: the DCT's own downscaling, several times faster) where the crop still gets at least the training resolution from it")
     eval_crop_pct: float | None = _opt(None, "centre-crop fraction for validation (default: the model's, 0.9)", type=float)
     # model
@@ -133,6 +134,7 @@ CHANGEABLE_ON_RESUME = (
     "output_dir", "resume", "workers", "mixed_precision", "max_nonfinite", "checkpoint_every", "keep_checkpoints",
     "eval_every", "log_every", "image_every", "report_to", "push_to_hub", "hub_model_id", "hub_private", "license",
     "compile",  # issue 11's torch.compile switch, where present
+    "decode_on_device",  # the same crops and flips, decoded elsewhere
     "skip_bad_images", "max_bad_images",  # the way past unreadable images that stop every resume
 )
 
@@ -297,6 +299,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     check("guidance_epochs", config.guidance_epochs <= config.joint_epochs, f"<= --joint-epochs ({config.joint_epochs})")
     check("joint_epochs", config.recon_epochs + config.classifier_epochs + config.joint_epochs > 0,
           "> 0 if --recon-epochs and --classifier-epochs are 0 (the schedule has no steps)")
+    if config.streaming and config.decode_on_device:
+        _fail("--decode-on-device reads a map-style dataset: leave out --streaming, or decode on the CPU")
     if config.streaming and config.skip_bad_images is not None:
         _fail("--skip-bad-images reads every image before training, which a stream does not allow: leave it out (a stream skips "
               "unreadable images where it meets them, up to --max-bad-images)")

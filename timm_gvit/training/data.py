@@ -445,17 +445,46 @@ def _label_array(values) -> np.ndarray:
     return np.asarray(values, dtype=object)
 
 
+class ResizedCropFlip:
+    """timm's random-resized crop and horizontal flip for 8-bit output, with the crop resized by
+    torch's antialiased uint8 kernel instead of PIL's (a quarter less CPU per image in a loader
+    worker, where PIL's resize was 42 % of the time): the same random draws as timm's transform
+    (the box from the crop's ``get_params``, then ``torch.rand(1) < hflip``), pixels within a few
+    levels of PIL's. Image in, ``[C, H, W]`` uint8 tensor out."""
+
+    uint8 = True  # what timm_gvit.training.device_decode reads: it draws the same box and flip
+
+    def __init__(self, crop, hflip: float):
+        self.crop, self.hflip = crop, hflip
+        self.mode = crop.interpolation.value if hasattr(crop.interpolation, "value") else str(crop.interpolation)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        top, left, height, width = self.crop.get_params(image, self.crop.scale, self.crop.ratio)
+        pixels = torch.from_numpy(np.array(image.crop((left, top, left + width, top + height))))
+        pixels = (pixels if pixels.ndim == 3 else pixels[:, :, None]).permute(2, 0, 1)[None]  # channels-last memory, as the kernel wants
+        out = torch.nn.functional.interpolate(pixels, size=tuple(self.crop.size), mode=self.mode, antialias=True)[0]
+        return out.flip(-1).contiguous() if self.hflip > 0 and torch.rand(1) < self.hflip else out.contiguous()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(crop={self.crop}, hflip={self.hflip})"
+
+
 def training_transform(data_config: dict, hflip: float, uint8: bool = False):
     """The paper's training augmentation for a model's timm data config: random-resized crops
     (scale 0.5-1) and horizontal flips with probability ``hflip``; no colour jitter, no
     auto-augment, no random erasing. ``uint8``: images come out as ``[C, H, W]`` uint8 tensors, to
-    be normalised on the device (:func:`timm_gvit.data_utils.normalize`), as timm's prefetcher does;
+    be normalised on the device (:func:`timm_gvit.data_utils.normalize`), as timm's prefetcher does,
+    resized by torch's kernel where the interpolation is bilinear or bicubic (:class:`ResizedCropFlip`);
     else as normalised float tensors."""
     from timm.data import create_transform
 
-    return create_transform(**{k: v for k, v in data_config.items() if k not in ("crop_pct", "crop_mode")},
-                            is_training=True, scale=CROP_SCALE, hflip=hflip, color_jitter=None, auto_augment=None, re_prob=0.0,
-                            use_prefetcher=uint8)
+    transform = create_transform(**{k: v for k, v in data_config.items() if k not in ("crop_pct", "crop_mode")},
+                                 is_training=True, scale=CROP_SCALE, hflip=hflip, color_jitter=None, auto_augment=None, re_prob=0.0,
+                                 use_prefetcher=uint8)
+    crop = transform.transforms[0]
+    if uint8 and getattr(crop.interpolation, "value", None) in ("bilinear", "bicubic"):
+        return ResizedCropFlip(crop, hflip)
+    return transform
 
 
 def eval_transform(data_config: dict, crop_pct: float | None = None, uint8: bool = False):
