@@ -609,7 +609,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             if not args.skip_timm:
                 entry["timm"] = anchor = timm_anchor(str(Path(layout["dataset"]) / "train"), args.timeout)
-                print(f"  timm create_dataset: " + (f"{anchor['index_s']:.1f} s, {anchor['images']} images, peak RSS {anchor['peak_rss_gb']:.2f} GB"
+                print("  timm create_dataset: " + (f"{anchor['index_s']:.1f} s, {anchor['images']} images, peak RSS {anchor['peak_rss_gb']:.2f} GB"
                                                     if anchor["ok"] else anchor["failure"]), flush=True)
                 failed |= not anchor["ok"]
             if not args.skip_trainer:

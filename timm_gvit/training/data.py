@@ -270,7 +270,7 @@ def _digits():
     return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)})
 
 
-def _is_saved_dataset(path: Path) -> bool:
+def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
 
 
@@ -301,6 +301,20 @@ def shard_class_names(folder: Path):
     return datasets.ClassLabel(names=names)
 
 
+def resolve_columns(columns: list[str], config, name: str) -> tuple[str, str]:
+    """The image and label columns of ``config`` among a dataset's ``columns``: webdataset shards
+    name them by file ending (``jpg``, ``cls``), which the defaults ``image`` and ``label`` find."""
+    image_column, label_column = config.image_column, config.label_column
+    if image_column == "image" and "image" not in columns:
+        image_column = next((key for key in SHARD_IMAGE_KEYS if key in columns), image_column)
+    if label_column == "label" and "label" not in columns and SHARD_LABEL_KEY in columns:
+        label_column = SHARD_LABEL_KEY
+    for column in (image_column, label_column):
+        if column not in columns:
+            raise ValueError(f"dataset '{name}' has no column '{column}'; its columns are {columns} (see --image-column / --label-column)")
+    return image_column, label_column
+
+
 def _datasets_records(loaded, name: str, config) -> dict:
     """``{split: ArrowRecords}`` of what ``datasets`` loaded, after checking its columns."""
     import datasets
@@ -308,15 +322,7 @@ def _datasets_records(loaded, name: str, config) -> dict:
     splits = loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
     if config.train_split not in splits:
         raise ValueError(f"dataset '{name}' has no split '{config.train_split}'; it has {sorted(splits)}")
-    columns = splits[config.train_split].column_names
-    image_column, label_column = config.image_column, config.label_column
-    if image_column == "image" and "image" not in columns:  # webdataset shards name the columns by file ending
-        image_column = next((key for key in SHARD_IMAGE_KEYS if key in columns), image_column)
-    if label_column == "label" and "label" not in columns and SHARD_LABEL_KEY in columns:
-        label_column = SHARD_LABEL_KEY
-    for column in (image_column, label_column):
-        if column not in columns:
-            raise ValueError(f"dataset '{name}' has no column '{column}'; its columns are {columns} (see --image-column / --label-column)")
+    image_column, label_column = resolve_columns(splits[config.train_split].column_names, config, name)
     records = {split: ArrowRecords(data, image_column, label_column) for split, data in splits.items()}
     return records, splits[config.train_split].features.get(label_column)
 
@@ -337,7 +343,7 @@ def _load(config, write_cache: bool) -> tuple[dict, object]:
         return _datasets_records(loaded, source, config)
     if not path.is_dir():
         raise ValueError(f"dataset '{source}': a file, expected an imagefolder, a folder of tar shards or a save_to_disk folder")
-    if _is_saved_dataset(path):
+    if is_saved_dataset(path):
         return _datasets_records(datasets.load_from_disk(str(path)), source, config)
     shards = shard_files(path)
     if shards:

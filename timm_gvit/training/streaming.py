@@ -45,8 +45,8 @@ from PIL import Image
 from ..images import UnreadableImage, decode_image, to_channels
 
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11's StatefulDataLoader, every iterator
-from .data import (SHARD_IMAGE_KEYS, SHARD_LABEL_KEY, VAL_SPLIT_NAMES, _is_saved_dataset, load_splits, seeded_rng, shard_class_names,
-                   shard_files)
+from .data import (SHARD_IMAGE_KEYS, SHARD_LABEL_KEY, VAL_SPLIT_NAMES, is_saved_dataset, load_splits, resolve_columns, seeded_rng,
+                   shard_class_names, shard_files)
 from .folder_index import cache_dir
 
 
@@ -134,18 +134,6 @@ def _example_reader(image_column: str, label_column: str):
     return read
 
 
-def _columns(columns: list[str], config, name: str) -> tuple[str, str]:
-    image_column, label_column = config.image_column, config.label_column
-    if image_column == "image" and "image" not in columns:
-        image_column = next((key for key in SHARD_IMAGE_KEYS if key in columns), image_column)
-    if label_column == "label" and "label" not in columns and SHARD_LABEL_KEY in columns:
-        label_column = SHARD_LABEL_KEY
-    for column in (image_column, label_column):
-        if column not in columns:
-            raise ValueError(f"dataset '{name}' has no column '{column}'; its columns are {columns} (see --image-column / --label-column)")
-    return image_column, label_column
-
-
 def _undecoded(ids, image_column: str):
     import datasets
 
@@ -159,7 +147,7 @@ def stream_splits(config, num_shards: int, write_cache: bool = True) -> tuple[St
 
     source = config.dataset
     path = Path(source) if source else None
-    if source is None or (path.is_dir() and (_is_saved_dataset(path) or not shard_files(path))) or (path.exists() and not path.is_dir()):
+    if source is None or (path.is_dir() and (is_saved_dataset(path) or not shard_files(path))) or (path.exists() and not path.is_dir()):
         # what load_splits reads item by item streams as a permutation of the same items
         train, val, info = load_splits(config, write_cache)
         return (records_source(train, config.seed, num_shards, shuffle=True), records_source(val, config.seed, num_shards, shuffle=False),
@@ -175,7 +163,7 @@ def stream_splits(config, num_shards: int, write_cache: bool = True) -> tuple[St
         if val_name is None or val_name not in files:
             raise ValueError(f"dataset '{source}': --streaming needs a validation split of its own (validation-*.tar), found {sorted(files)}")
         probe = datasets.load_dataset("webdataset", data_files={"train": files[config.train_split][:1]}, streaming=True, split="train")
-        image_column, label_column = _columns(list(probe.features), config, source)
+        image_column, label_column = resolve_columns(list(probe.features), config, source)
         names = shard_class_names(path)
 
         def shards(split: str, shuffle: bool):
@@ -198,7 +186,7 @@ def stream_splits(config, num_shards: int, write_cache: bool = True) -> tuple[St
     if val_name is None or val_name not in streams:
         raise ValueError(f"dataset '{source}': --streaming needs a validation split of its own, it has {sorted(streams)}")
     train = streams[config.train_split]
-    image_column, label_column = _columns(list(train.features or {}), config, source)
+    image_column, label_column = resolve_columns(list(train.features or {}), config, source)
     splits_info = train.info.splits or {}
     lengths = {s: getattr(splits_info.get(s), "num_examples", None) for s in (config.train_split, val_name)}
     if not all(lengths.values()):
