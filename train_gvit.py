@@ -161,10 +161,10 @@ def setup(config: TrainConfig) -> Run:
     trainer's state (from the checkpoint with --resume)."""
     run_dir = Path(config.output_dir)
     if not config.resume and ((run_dir / "metrics.json").exists() or list_checkpoints(run_dir)):
-        raise SystemExit(f"train_gvit.py: error: {run_dir} holds a run already: continue it with --resume latest, "
-                         "or choose another --output-dir")
+        raise Refusal(f"train_gvit.py: error: {run_dir} holds a run already: continue it with --resume latest, "
+                      "or choose another --output-dir")
     if config.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
-        raise SystemExit("--report-to wandb: wandb is not installed (pip install wandb), or use tensorboard / none")
+        raise Refusal("train_gvit.py: error: --report-to wandb: wandb is not installed (pip install wandb), or use tensorboard / none")
     mixed = config.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -197,51 +197,10 @@ def setup(config: TrainConfig) -> Run:
         count = load_encoder_weights(model, config.init_encoder_from)
         accelerator.print(f"encoder initialised from {config.init_encoder_from} ({count} tensors)")
     data_config = resolve_model_data_config(model)
-    # 8-bit images from the workers (a quarter of float32's bytes through shared and pinned memory), normalised on the device
-    train_transform = training_transform(data_config, config.hflip, uint8=True)
-    val_transform = eval_transform(data_config, config.eval_crop_pct, uint8=True)
-    train_min, val_min = decode_sizes(data_config, config.eval_crop_pct) if config.decode_reduced else (None, None)
-    # augmentation is seeded per item and epoch (the dataset's set_epoch reaches the workers, which start afresh
-    # every epoch), and the loaders draw their worker seeds from their own generators: together, a resumed
-    # run sees the same crops as an uninterrupted one, and the global random state is the model's alone
-    pin = torch.cuda.is_available()
-    if config.streaming:  # this process's share of the shards; the loader saves where its workers are
-        from torchdata.stateful_dataloader import StatefulDataLoader
-
-        if world > 1 and train_data.make(0).n_shards % world:
-            raise ValueError(f"dataset '{info.name}': --streaming over {world} processes needs a shard count that divides by {world}, "
-                             f"the training split has {train_data.make(0).n_shards} (datasets would have every process read every shard); "
-                             "write the shards again with python -m timm_gvit.tools.make_shards --per-shard N")
-        stream = dict(seed=config.seed, rank=rank, world_size=world, shuffle_buffer=config.shuffle_buffer, in_chans=model.in_chans)
-        train_dataset = StreamingImageDataset(train_data, info.name, info.splits[0], info.num_classes, train_transform, **stream,
-                                              min_size=train_min, train=True)
-        val_dataset = StreamingImageDataset(val_data, info.name, info.splits[1], info.num_classes, val_transform, **stream,
-                                            min_size=val_min, train=False)
-        # the loaders' own generators: drawing worker seeds from the global one would make a resumed run's random state another
-        train_loader = StatefulDataLoader(train_dataset, batch_size=config.batch_size, drop_last=True, num_workers=config.workers,
-                                          pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
-        val_loader = DataLoader(val_dataset, batch_size=config.batch_size, num_workers=config.workers, pin_memory=pin,
-                                generator=torch.Generator().manual_seed(config.seed))
-        batches_per_epoch = nominal_steps(info.train_size, config.batch_size, world, 1, config.workers)
-        checked_bad = []
-    else:
-        train_dataset = ImageClassificationDataset(train_data, info.name, info.num_classes, train_transform, config.seed, info.splits[0],
-                                                   model.in_chans, train_min, replace_bad=True)
-        val_dataset = ImageClassificationDataset(val_data, info.name, info.num_classes, val_transform, None, info.splits[1],
-                                                 model.in_chans, val_min, replace_bad=False)
-        checked_bad = [] if config.skip_bad_images is None else check_images(train_dataset, val_dataset, config.skip_bad_images,
-                                                                               config.workers, accelerator.print)
-        info.val_size = len(val_dataset)
-        if config.decode_on_device:  # the workers send JPEG bytes and crop boxes; the batch is decoded on the device
-            from timm_gvit.training.device_decode import DeviceDecodeDataset
-
-            train_dataset = DeviceDecodeDataset(train_dataset)
-        train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
-                                  pin_memory=pin, generator=torch.Generator().manual_seed(config.seed),
-                                  collate_fn=train_dataset.collate if config.decode_on_device else None)
-        val_loader = DataLoader(val_dataset, batch_size=config.batch_size, num_workers=config.workers,
-                                pin_memory=pin, generator=torch.Generator().manual_seed(config.seed))
-        batches_per_epoch = len(train_loader)
+    train_dataset, train_loader, val_loader, checked_bad = make_loaders(config, accelerator, data_config, model.in_chans, info,
+                                                                        train_data, val_data)
+    batches_per_epoch = (nominal_steps(info.train_size, config.batch_size, world, 1, config.workers) if config.streaming
+                         else len(train_loader))
     if batches_per_epoch < config.grad_accum_steps:
         raise ValueError(f"dataset '{info.name}' has {info.train_size} training images: too few for one step of "
                          f"{config.batch_size} x {config.grad_accum_steps} per process")
@@ -293,6 +252,54 @@ def setup(config: TrainConfig) -> Run:
                mean=torch.tensor(data_config["mean"], device=accelerator.device),  # one value per input channel
                std=torch.tensor(data_config["std"], device=accelerator.device),
                run_info=run_info, state=state, monitor=StepMonitor(state, config.max_nonfinite))
+
+
+def make_loaders(config: TrainConfig, accelerator, data_config: dict, in_chans: int, info: DataInfo, train_data, val_data):
+    """The training dataset and the two loaders, and the unreadable images ``--skip-bad-images``
+    found first. Workers send 8-bit images (a quarter of float32's bytes through shared and pinned
+    memory), normalised on the device. Augmentation is seeded per item and epoch (the dataset's
+    set_epoch reaches the workers, which start afresh every epoch), and the loaders draw their worker
+    seeds from their own generators: together, a resumed run sees the same crops as an uninterrupted
+    one, and the global random state is the model's alone."""
+    train_transform = training_transform(data_config, config.hflip, uint8=True)
+    val_transform = eval_transform(data_config, config.eval_crop_pct, uint8=True)
+    train_min, val_min = decode_sizes(data_config, config.eval_crop_pct) if config.decode_reduced else (None, None)
+    pin, world = torch.cuda.is_available(), accelerator.num_processes
+    generator = lambda: torch.Generator().manual_seed(config.seed)  # noqa: E731
+    if config.streaming:  # this process's share of the shards; the loader saves where its workers are
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        shards = train_data.make(0).n_shards
+        if world > 1 and shards % world:
+            raise ValueError(f"dataset '{info.name}': --streaming over {world} processes needs a shard count that divides by {world}, "
+                             f"the training split has {shards} (datasets would have every process read every shard); write the "
+                             "shards again with python -m timm_gvit.tools.make_shards --per-shard N")
+        stream = dict(seed=config.seed, rank=accelerator.process_index, world_size=world, shuffle_buffer=config.shuffle_buffer,
+                      in_chans=in_chans)
+        train_dataset = StreamingImageDataset(train_data, info.name, info.splits[0], info.num_classes, train_transform, **stream,
+                                              min_size=train_min, train=True)
+        val_dataset = StreamingImageDataset(val_data, info.name, info.splits[1], info.num_classes, val_transform, **stream,
+                                            min_size=val_min, train=False)
+        train_loader = StatefulDataLoader(train_dataset, batch_size=config.batch_size, drop_last=True, num_workers=config.workers,
+                                          pin_memory=pin, generator=generator())
+        val_loader = DataLoader(val_dataset, batch_size=config.batch_size, num_workers=config.workers, pin_memory=pin,
+                                generator=generator())
+        return train_dataset, train_loader, val_loader, []
+    train_dataset = ImageClassificationDataset(train_data, info.name, info.num_classes, train_transform, config.seed, info.splits[0],
+                                               in_chans, train_min, replace_bad=True)
+    val_dataset = ImageClassificationDataset(val_data, info.name, info.num_classes, val_transform, None, info.splits[1],
+                                             in_chans, val_min, replace_bad=False)
+    checked_bad = [] if config.skip_bad_images is None else check_images(train_dataset, val_dataset, config.skip_bad_images,
+                                                                           config.workers, accelerator.print)
+    info.val_size = len(val_dataset)
+    if config.decode_on_device:  # the workers send JPEG bytes and crop boxes; the batch is decoded on the device
+        from timm_gvit.training.device_decode import DeviceDecodeDataset
+
+        train_dataset = DeviceDecodeDataset(train_dataset)
+    train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.workers,
+                              pin_memory=pin, generator=generator(), collate_fn=train_dataset.collate if config.decode_on_device else None)
+    val_loader = DataLoader(val_dataset, batch_size=config.batch_size, num_workers=config.workers, pin_memory=pin, generator=generator())
+    return train_dataset, train_loader, val_loader, checked_bad
 
 
 def resume_stream(dataset, loader, state: dict, world: int, rank: int) -> None:
