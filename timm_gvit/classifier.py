@@ -1,4 +1,4 @@
-"""The Gaussian classifier: a ViT whose tokens are k decoded Gaussians (gvit-method.md section 4)."""
+"""The Gaussian classifier: a ViT whose tokens are k decoded Gaussians (docs/method.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The Gaussian encoder: a ViT over an image's patches plus k Gaussian tokens -> k Gaussians.
 
-gvit-method.md section 2. The k Gaussian tokens are, by default, embeddings of random initial
+docs/method.md section 2. The k Gaussian tokens are, by default, embeddings of random initial
 Gaussians g0 whose residual the network predicts (the paper's "denoising" encoder); with
 ``gaussian_init='queries'`` they are k learned queries and the network predicts the Gaussians
 outright (the paper's ablation). Patch latents are discarded after the last block.

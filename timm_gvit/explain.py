@@ -1,4 +1,4 @@
-"""Interpretability for GViT (paper section 4, gvit-method.md section 7), as functions and a command.
+"""Interpretability for GViT (paper section 4, docs/method.md section 7), as functions and a command.
 
     python -m timm_gvit.explain photo.jpg                       # the shipped gvit_nano.imagenette_64_v2 weights
     python -m timm_gvit.explain photo.jpg --checkpoint run/export --out fig.png

@@ -104,7 +104,7 @@ def fit_gaussians(
         init: ``"grid"`` (a regular grid coloured from the image) or ``"kmeans"`` (clusters of
             pixels in position and colour).
         lr: Adam learning rate on the raw (pre-activation) parameters.
-        scale_bound: largest sigma, c in gvit-method.md section 2.
+        scale_bound: largest sigma, c in docs/method.md section 2.
         background, backend: as in :func:`timm_gvit.render_gaussians`.
         seed: seeds the small random jitter added to the initial layout.
         progress: show a progress bar (None: only when writing to a terminal).

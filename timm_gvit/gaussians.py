@@ -1,4 +1,4 @@
-"""The 9-number Gaussian layout (gvit-method.md section 1): decoding, its inverse, initial layouts.
+"""The 9-number Gaussian layout (docs/method.md section 1): decoding, its inverse, initial layouts.
 
 A *raw* Gaussian is what networks and optimisers work with (unconstrained reals); a *decoded*
 Gaussian is the public form every API exchanges:

@@ -482,7 +482,7 @@ class GViT(nn.Module):
         Args:
             images: ``[B, in_chans, H, W]`` float, normalised.
             detach_gaussians: stop the classification loss from reaching the encoder
-                (gvit-method.md section 6: in normal joint steps the encoder learns from
+                (docs/method.md section 6: in normal joint steps the encoder learns from
                 reconstruction only).
 
         Returns:

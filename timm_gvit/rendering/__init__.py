@@ -1,4 +1,4 @@
-"""Differentiable rendering of decoded 2D Gaussians (gvit-method.md sections 1 and 3).
+"""Differentiable rendering of decoded 2D Gaussians (docs/method.md sections 1 and 3).
 
 One entry point, :func:`render_gaussians`, over interchangeable backends:
 

@@ -1,6 +1,6 @@
 """Decoded Gaussians -> pixel-space Gaussians, shared by the fast renderers.
 
-The decoded layout (gvit-method.md section 1) lives in normalised coordinates: x and y in
+The decoded layout (docs/method.md section 1) lives in normalised coordinates: x and y in
 [-1, 1] across the image, sigma = 1 spanning half of it. Rasterisers want pixels: a centre in
 pixel units and the inverse covariance ("conic") in pixel units. The map is affine per axis,
 p_px = (p + 1) * (W / 2, H / 2), so a non-square image stretches the Gaussians exactly as it
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-#: Alpha is capped here so that no pixel becomes fully opaque (gvit-method.md section 3).
+#: Alpha is capped here so that no pixel becomes fully opaque (docs/method.md section 3).
 ALPHA_MAX = 0.999
 #: Fast backends skip contributions below this alpha, as gsplat does.
 ALPHA_MIN = 1.0 / 255.0

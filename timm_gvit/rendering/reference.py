@@ -1,4 +1,4 @@
-"""The reference renderer: the dense formula of gvit-method.md section 3, nothing more.
+"""The reference renderer: the dense formula of docs/method.md section 3, nothing more.
 
 It materialises B x K x H x W tensors and lets autograd differentiate them. It is the test
 oracle for every other backend: keep it short and obviously right, not fast.

@@ -1,4 +1,4 @@
-"""The guidance step (gvit-method.md section 6): the classifier frozen, the encoder stepped with
+"""The guidance step (docs/method.md section 6): the classifier frozen, the encoder stepped with
 
     grad_encoder = grad(L_pix + lambda_perc * L_perc) + gamma * grad(L_cls)
 

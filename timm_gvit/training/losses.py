@@ -1,4 +1,4 @@
-"""Training losses (gvit-method.md section 5). Renderings and targets are ``[B, 3, H, W]`` in [0, 1]."""
+"""Training losses (docs/method.md section 5). Renderings and targets are ``[B, 3, H, W]`` in [0, 1]."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The three-phase schedule (gvit-method.md section 6) in optimiser steps.
+"""The three-phase schedule (docs/method.md section 6) in optimiser steps.
 
     [ reconstruction | classifier | joint ............ guidance ]
       encoder only     encoder     both trained;     ... plus a guidance step
