@@ -187,3 +187,18 @@ def test_a_streamed_run_resumed_mid_epoch_is_the_uninterrupted_run(photo_folder,
     with one_thread():
         assert train_gvit.main(["--output-dir", str(run), "--resume", "latest"]) == 0
     assert_same_run(run, reference)
+
+
+def test_a_stream_skips_an_unreadable_image_where_it_meets_it(photo_folder, tmp_path):
+    for split in ("train", "val"):
+        cut = photo_folder / split / "n01440764" / "ILSVRC2012_val_00009111.jpg"
+        cut.write_bytes(cut.read_bytes()[:1500])
+    write_shards(photo_folder, tmp_path / "shards", per_shard=5, progress=False)
+    config = parse_config(["--dataset", str(tmp_path / "shards"), "--streaming", "--shuffle-buffer", "0"])
+    train, val, _, splits = stream_splits(config, num_shards=4)
+    items = list(StreamingImageDataset(train, "shards", splits[0], 10, lambda image: image.size, seed=0, train=True))
+    assert len(items) == 19  # training: the stream goes on, the next item carries the reason
+    reasons = [why for _, _, why in items if why]
+    assert len(reasons) == 1 and "train-0000" in reasons[0] and "not a readable image" in reasons[0]
+    items = list(StreamingImageDataset(val, "shards", splits[1], 10, lambda image: image.size, seed=0, train=False))
+    assert len(items) == 20 and [label for _, label, _ in items].count(-1) == 1  # validation: left out of the metrics
