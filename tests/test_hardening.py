@@ -99,6 +99,9 @@ def test_explain_model_kwargs_read_booleans_and_floats(tmp_path, capsys):
     ("checkpoint_path=/etc/passwd", "--model-kwargs checkpoint_path: .*--init-from"),
     ("num_classes=5", "--model-kwargs num_classes: .*the dataset's labels set the class count"),
     ("depth", "--model-kwargs: expected KEY=VALUE, got 'depth'"),
+    ("scale_bond=0.5", "--model-kwargs scale_bond: gvit_nano has no such option; did you mean scale_bound\\?"),
+    ("num_gausians=4", "--model-kwargs num_gausians: .*did you mean num_gaussians\\?"),
+    ("gaussian_init=noise", "--model gvit_nano cannot be built with .*gaussian_init='noise': ValueError: gaussian_init must be one of"),
 ])
 def test_trainer_owned_model_kwargs_are_refused_by_name(tmp_path, item, message):
     with pytest.raises(SystemExit, match=f"train_gvit.py: error: {message}"):
@@ -428,7 +431,7 @@ def test_a_run_resumed_after_an_image_went_bad_skips_it(tmp_path):
     assert bad["count"] == 1 and "train/bar/0.png" in bad["images"][0]
 
 
-@pytest.mark.parametrize("case", ["hostile checkpoint", "bad option", "one class"])
+@pytest.mark.parametrize("case", ["hostile checkpoint", "bad option", "timm flag", "one class"])
 def test_every_refusal_at_start_is_one_line_and_exit_status_2(tmp_path, case):
     """As a user meets it on the command line: one line on stderr, status 2, no traceback."""
     if case == "hostile checkpoint":
@@ -436,6 +439,8 @@ def test_every_refusal_at_start_is_one_line_and_exit_status_2(tmp_path, case):
         args, message = ["--output-dir", str(tmp_path / "run"), "--resume", str(folder)], "lists '/etc/passwd', which is not a plain"
     elif case == "bad option":
         args, message = ["--output-dir", str(tmp_path / "run"), "--max-bad-images", "2.5"], "--max-bad-images must be a count"
+    elif case == "timm flag":  # as argparse's would be, but naming ours
+        args, message = ["--output-dir", str(tmp_path / "run"), "--sched", "step"], "this trainer has only --sched cosine"
     else:
         make_imagefolder(tmp_path / "shapes", per_class=2)
         for name in ("bar", "noise"):

@@ -1,9 +1,11 @@
 """train_gvit.py and its pieces, on bundled (digits) and generated data."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -189,9 +191,143 @@ def test_config_file_flags_override_and_resolved_config_is_saved(tmp_path):
 
 def test_help_explains_every_flag():
     result = subprocess.run([sys.executable, str(ROOT / "train_gvit.py"), "--help"], capture_output=True, text=True, check=True)
-    for flag in ("--dataset", "--gamma", "--guidance-every", "--resume", "--push-to-hub", "--init-encoder-from", "--config"):
+    for flag in ("--dataset", "--gamma", "--guidance-every", "--resume", "--push-to-hub", "--init-encoder-from", "--config",
+                 "--data-dir", "--epochs", "--lr", "--torchcompile", "--model-ema"):
         assert flag in result.stdout
     assert "(default: 0.1)" in result.stdout
+    help_text = " ".join(result.stdout.split())  # argparse wraps lines anywhere
+    assert "(default: None)" not in help_text and "224) (default" not in help_text
+    assert "built-in run sets some options to other values than the defaults below" in help_text
+
+
+def test_help_gives_each_default_once_and_names_every_gvit_model():
+    from timm_gvit.training.config import TrainConfig, build_parser, gvit_models
+
+    actions = {action.dest: action for action in build_parser()._actions}
+    for name in (f.name for f in dataclasses.fields(TrainConfig)):
+        assert actions[name].help.count("default") == 1, (name, actions[name].help)
+    assert set(gvit_models()) == {"gvit_nano", "gvit_tiny", "gvit_small", "gvit_base"}
+    assert all(model in actions["model"].help for model in gvit_models())
+
+
+def test_the_digits_preset_is_announced_and_explicit_flags_win(capsys):
+    config = parse_config(["--model", "gvit_small"])
+    # the user's model; the preset's sizes stay, as they fit the 8x8 scans whatever the model
+    assert (config.model, config.img_size, config.patch_size, config.num_gaussians, config.output_dir) == (
+        "gvit_small", 16, 4, 16, "runs/gvit-digits")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "built-in run on scikit-learn's 8x8 digits sets --img-size 16 --patch-size 4" in lines[0]
+    assert "--model gvit_nano" not in lines[0] and "(yours: --model gvit_small)" in lines[0]
+    assert lines[0].endswith("flags and --config win over these") and "--output-dir runs/gvit-digits" in lines[0]
+    config = parse_config(["--img-size", "32", "--batch-size", "8", "--epochs", "24"])
+    assert (config.model, config.img_size, config.batch_size, config.base_lr) == ("gvit_nano", 32, 8, 8e-3)
+    assert "(yours: --img-size 32 --epochs 24 --batch-size 8)" in capsys.readouterr().err
+    parse_config(["--dataset", "x"])  # a dataset: no preset, nothing to announce
+    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):  # a refusal is the only line
+        parse_config(["--batch-size", "0"])
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("timm_flags, ours", [
+    ("--data-dir x", "--dataset x"), ("-b 8 -j 3", "--batch-size 8 --workers 3"), ("--smoothing 0.1", "--label-smoothing 0.1"),
+    ("--model-ema-decay 0.99", "--ema-decay 0.99"), ("--model-ema", "--ema-decay 0.9998"),
+    ("--model-ema --model-ema-decay 0.99", "--ema-decay 0.99"), ("--torchcompile", "--compile"),
+    ("--torchcompile inductor", "--compile"), ("--output runs/x", "--output-dir runs/x"), ("--opt-betas 0.9 0.99", "--betas 0.9 0.99"),
+    ("--crop-pct 0.95", "--eval-crop-pct 0.95"), ("--initial-checkpoint w.pth", "--init-from w.pth"),
+    ("--input-key img --target-key y", "--image-column img --label-column y"), ("--log-interval 5", "--log-every 5"),
+    ("--lr-base 1e-3", "--base-lr 1e-3"), ("--log-wandb", "--report-to wandb"),
+    ("--opt adamw --sched cosine --clip-mode norm --sched-on-updates", ""),  # what this trainer always does
+    ("--opt AdamW", ""),
+])
+def test_timm_train_flags_that_mean_ours_are_taken(timm_flags, ours):
+    base = [] if "--data-dir" in timm_flags else ["--dataset", "x"]
+    assert parse_config([*base, *timm_flags.split()]) == parse_config(["--dataset", "x", *ours.split()])
+
+
+def test_timm_epochs_scales_the_paper_schedule_and_lr_sets_the_learning_rate(tmp_path):
+    config = parse_config(["--dataset", "x", "--epochs", "100"])  # the paper's 200/50/150 of 400, scaled by 1/4
+    lengths = (config.recon_epochs, config.dssim_from, config.classifier_epochs, config.joint_epochs, config.guidance_epochs)
+    assert lengths == (50, 37.5, 12.5, 37.5, 12.5) and config.warmup_epochs == 2.5 and config.phase_unit == "epochs"
+    assert Schedule.from_config(config, steps_per_epoch=8).total_steps == 800
+    assert parse_config(["--dataset", "x", "--epochs", "100", "--warmup-epochs", "5"]).warmup_epochs == 5  # given: kept
+    digits = parse_config(["--epochs", "24"])  # the built-in run scales its own 3/5/4 schedule
+    assert (digits.recon_epochs, digits.dssim_from, digits.classifier_epochs, digits.joint_epochs, digits.guidance_epochs,
+            digits.warmup_epochs) == (6, 4, 10, 8, 2, 1)
+    # flags override the file: --epochs replaces a file's phase lengths (and its unit)
+    (tmp_path / "c.yaml").write_text("recon_epochs: 3\nphase_unit: steps\nwarmup_epochs: 1\n")
+    config = parse_config(["--dataset", "x", "--config", str(tmp_path / "c.yaml"), "--epochs", "100"])
+    assert (config.recon_epochs, config.phase_unit, config.warmup_epochs) == (50, "epochs", 1)
+    # --lr is the learning rate itself: the trainer's base_lr x global batch / 256 gives it back (one process here)
+    config = parse_config(["--dataset", "x", "--lr", "1e-3", "-b", "48", "--grad-accum-steps", "2"])
+    assert config.base_lr * 48 * 2 / 256 == pytest.approx(1e-3, rel=1e-12)
+    assert parse_config(["--lr", "1e-3"]).base_lr == pytest.approx(1e-3 * 256 / 32)  # the preset's batch of 32
+
+
+@pytest.mark.parametrize("flags, message", [
+    ("--epochs 10 --recon-epochs 3", "--epochs 10 sets --recon-epochs, which is given too: give one of them"),
+    ("--epochs 10 --dssim-from 1", "--epochs 10 sets --dssim-from"), ("--epochs 10 --guidance-epochs 1", "sets --guidance-epochs"),
+    ("--epochs 10 --phase-unit steps", "--epochs counts epochs: leave out --phase-unit steps"), ("--epochs 0", "--epochs must be > 0"),
+    ("--lr 1e-3 --base-lr 1e-4", "--lr 0.001 sets --base-lr, which is given too"),
+    ("--lr 1e-3 --lr-base 1e-4", "--lr 0.001 and --lr-base 0.0001 both set --base-lr"), ("--lr 0", "--lr must be > 0"),
+    ("--smoothing 0.1 --label-smoothing 0.2", "--smoothing 0.1 sets --label-smoothing"),
+    ("--data-dir a --dataset b", "--data-dir a sets --dataset"), ("--output r --output-dir s", "--output r sets --output-dir"),
+    ("--model-ema-decay 0.9 --ema-decay 0.9", "sets --ema-decay"), ("--torchcompile --no-compile", "--torchcompile sets --compile"),
+    ("--torchcompile eager", "--torchcompile eager: this trainer has only --torchcompile inductor"),
+    ("--opt sgd", "--opt sgd: this trainer has only --opt adamw: .*--weight-decay and --betas"),
+    ("--sched step", "only --sched cosine: the learning rate follows one cosine schedule"),
+    ("--clip-mode agc", "only --clip-mode norm"),
+    ("--aa rand-m9-mstd0.5", "--aa is a timm train.py flag that this trainer does not take: .*horizontal flips \\(--hflip\\) only"),
+    ("--mixup 0.8 --cutmix 1.0", "--mixup is a timm train.py flag"), ("--reprob 0.25", "--reprob is a timm"),
+    ("--no-aug", "--hflip 0"), ("--amp", "--mixed-precision"), ("--amp-dtype bfloat16", "--mixed-precision bf16"),
+    ("--drop-path 0.1", "--model-kwargs drop_path_rate=P"), ("--pretrained", "--init-from"), ("--num-classes 10", "the dataset's labels"),
+    ("--input-size 3 64 64", "--img-size N"), ("--experiment e", "--output-dir PARENT/NAME"),
+    ("--checkpoint-hist 3", "--keep-checkpoints N, which keeps the newest"), ("--device cpu", "accelerate launch"),
+    ("--warmup-lr 1e-6", "the warm-up starts at --min-lr"), ("--opt-eps 1e-8", "AdamW"), ("-vb 8", "validation uses --batch-size"),
+    ("--seeed 3", "unrecognized argument --seeed: did you mean --seed\\?"),
+    ("--lr-warmup 3", "unrecognized argument --lr-warmup: it is not an option of this trainer"),
+    ("DATA", "unrecognized argument 'DATA': this trainer takes no positional arguments; the data is --dataset DATA"),
+    ("--dataset hfds/imagenet-1k", "hfds/ is a timm dataset type; .*--dataset NAME"),
+    ("--dataset hfids/imagenet-1k", "--dataset NAME --streaming"),
+])
+def test_timm_train_flags_are_refused_with_what_to_use_instead(flags, message):
+    with pytest.raises(SystemExit) as refusal:
+        parse_config(["--output-dir", "unused", *flags.split()])
+    assert str(refusal.value).startswith("train_gvit.py: error: ") and re.search(message, str(refusal.value)), str(refusal.value)
+
+
+def test_model_kwargs_are_checked_against_the_constructor_and_good_ones_pass():
+    from timm_gvit.training.config import model_options
+
+    assert "scale_bound" in model_options() and "num_classes" not in model_options()  # the trainer sets the class count
+    # good options pass, a conv stem too (it runs its convolutions while it is built, so the check builds it whole)
+    for kwargs in (["encoder_stem=conv"], ["norm_layer=rmsnorm", "in_chans=1"], ["pos_embed=none", "global_pool=avg"]):
+        assert parse_config(["--dataset", "x", "--img-size", "32", "--model-kwargs", *kwargs]).model_kwargs
+
+
+def test_timm_names_in_a_config_file_are_refused_with_ours(tmp_path):
+    path = tmp_path / "c.yaml"
+    for text, message in [("lr: 1.0e-3\n", r"unknown option\(s\) \['lr'\] \(lr is timm's; a file gives base_lr"),
+                          ("smoothing: 0.1\n", "smoothing is timm's name for label_smoothing, the name a file takes"),
+                          ("mixup: 0.8\n", "mixup is timm's, not taken here: the paper trains with"),
+                          ("gama: 0.1\n", "gama: did you mean gamma\\?")]:
+        path.write_text(text)
+        with pytest.raises(SystemExit, match=message):
+            parse_config(["--config", str(path)])
+
+
+def test_timm_flags_on_resume_must_keep_the_run_as_it_is(tmp_path):
+    from timm_gvit.training.config import save_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(parse_config(["--dataset", "x", "--epochs", "100", "--lr", "1e-3", "-b", "64", "--output-dir", str(run)]), run / "config.yaml")
+    again = parse_config(["--output", str(run), "--resume", "latest", "--dataset", "x", "--epochs", "100", "--lr", "1e-3", "-j", "1"])
+    assert (again.recon_epochs, again.base_lr, again.workers, again.batch_size) == (50, 4e-3, 1, 64)
+    with pytest.raises(SystemExit, match=r"--resume: --recon-epochs 25.0 \(from --epochs 50; the run has 50.0\)"):
+        parse_config(["--output-dir", str(run), "--resume", "latest", "--epochs", "50"])
+    with pytest.raises(SystemExit, match=r"--resume: --ema-decay 0.9998 \(from --model-ema; the run has None\)"):
+        parse_config(["--output-dir", str(run), "--resume", "latest", "--model-ema"])
 
 
 def test_imagefolder_and_save_to_disk_datasets(tmp_path):
@@ -487,6 +623,11 @@ def test_config_file_values_are_checked_like_flags(tmp_path):
     ("--push-to-hub", "--push-to-hub needs --hub-model-id ORG/NAME"),
     ("--model local-dir:runs/x/export", "does not load weights.*--init-encoder-from runs/x/export"),
     ("--model gvit_huge", "no such timm model; GViT models: gvit_base, gvit_nano"),
+    ("--model vit_small_patch16_224", "--model vit_small_patch16_224: not a GViT model; .*gvit_base, gvit_nano, gvit_small, gvit_tiny"),
+    ("--model-kwargs scale_bond=0.5", "--model-kwargs scale_bond: gvit_tiny has no such option; did you mean scale_bound\\?"),
+    ("--model-kwargs scale_bound=-1", "--model gvit_tiny cannot be built with scale_bound=-1: ValueError: scale_bound must be"),
+    ("--img-size 30 --patch-size 4", "cannot be built with img_size=30 patch_size=4: .*not a multiple of patch_size 4"),
+    ("--model-kwargs gaussian_init=random", "gaussian_init must be one of"),
 ])
 def test_bad_numbers_and_models_are_refused_before_any_data_loads(tmp_path, flags, message):
     with pytest.raises(SystemExit, match=message):  # not the missing dataset's error: that would come later
