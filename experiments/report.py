@@ -636,14 +636,10 @@ def compute(runs: dict, study: dict) -> str:
 
 
 def variants() -> tuple[dict, str]:
-    import sys
-
     import timm
 
     import timm_gvit  # noqa: F401
-
-    sys.path.insert(0, str(ROOT))  # hub/ is a repository-level package, next to train_gvit.py
-    from hub.export import forward_gflops
+    from timm_gvit.hub.export import forward_gflops
 
     rows, data = [], {}
     for name in ("gvit_nano", "gvit_tiny", "gvit_small", "gvit_base"):

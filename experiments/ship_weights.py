@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import timm
@@ -35,10 +34,9 @@ from timm_gvit.explain import main as explain_main
 from timm_gvit.fitting import psnr
 from timm_gvit.data_utils import rgb_targets
 from timm_gvit.gvit import IMAGENETTE_CLASSES, WEIGHTS_DIR
+from timm_gvit.hub import export_model, model_card_values, render_model_card
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # hub/ is a repository-level package, next to train_gvit.py
-from hub import export_model, model_card_values, render_model_card  # noqa: E402
 RUNS = ROOT / "runs" / "imagenette"
 BUNDLED = ROOT / "tests" / "data" / "imagenette-val"
 TAG = "gvit_nano.imagenette_64_v2"

@@ -1,5 +1,5 @@
 """Issue 20: wrong answers nobody sees, and inputs from strangers. Each test runs the real command
-(train_gvit.main, the explain and fitting commands, hub.publish, timm.create_model) on small
+(train_gvit.main, the explain and fitting commands, gvit-publish, timm.create_model) on small
 generated data."""
 
 import json
@@ -24,7 +24,7 @@ from timm.models import save_for_hf
 
 import timm_gvit  # noqa: F401
 import train_gvit
-from hub import publish
+from timm_gvit.hub import publish
 from timm_gvit import explain, fitting
 from timm_gvit.training.config import parse_config, save_config
 

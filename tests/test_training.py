@@ -28,7 +28,7 @@ from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.schedule import Schedule
 
 import train_gvit
-from hub import publish
+from timm_gvit.hub import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 

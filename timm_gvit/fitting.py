@@ -3,7 +3,7 @@
 Each image gets its own k Gaussians, optimised for reconstruction alone with Adam through the
 same renderer the models use. Run it as a command to see it work on a bundled photo::
 
-    python -m timm_gvit.fitting --out fit.png
+    gvit-fit --out fit.png
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def load_image(path: str | Path | None, size: int) -> Tensor:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m timm_gvit.fitting",
+        prog="gvit-fit",
         description="Fit 2D Gaussians to one image by gradient descent on its rendering (the paper's "
         "offline 'SGD Gaussians') and save a PNG: the photo, its rendering, the 2-sigma ellipses, "
         "and the same Gaussians rendered at 4x the resolution.",

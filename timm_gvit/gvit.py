@@ -669,7 +669,7 @@ IMAGENETTE_CLASSES = ("tench", "English springer", "cassette player", "chain saw
                       "garbage truck", "gas pump", "golf ball", "parachute")
 #: Weights that ship inside the package, one Hub-format folder per tag (config.json,
 #: model.safetensors, README.md): ``pretrained=True`` loads them with no network, and
-#: ``python -m hub.publish`` can upload a folder as it is.
+#: ``gvit-publish`` can upload a folder as it is.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 default_cfgs = generate_default_cfgs({

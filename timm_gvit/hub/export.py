@@ -137,7 +137,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: 
     token = token or get_token()
     if not token:
         raise PushError("no Hugging Face token: set HF_TOKEN or run `huggingface-cli login`, then push again with "
-                        f"`python -m hub.publish {folder} --hub-model-id {repo_id}`")
+                        f"`gvit-publish {folder} --hub-model-id {repo_id}`")
     try:
         api = HfApi(token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True)

@@ -1,8 +1,8 @@
 """Publish a finished or interrupted GViT run to the Hugging Face Hub.
 
-    python -m hub.publish RUN_DIR --hub-model-id ORG/NAME [--dry-run]
-    python -m hub.publish RUN_DIR/checkpoints/step-00001234 --hub-model-id ORG/NAME
-    python -m hub.publish RUN_DIR/export --hub-model-id ORG/NAME
+    gvit-publish RUN_DIR --hub-model-id ORG/NAME [--dry-run]
+    gvit-publish RUN_DIR/checkpoints/step-00001234 --hub-model-id ORG/NAME
+    gvit-publish RUN_DIR/export --hub-model-id ORG/NAME
 
 From a run folder or one of its checkpoints it rebuilds the model from the run's config.yaml,
 loads the checkpoint's weights and builds the export folder (config.json, model.safetensors,
@@ -60,7 +60,7 @@ def build_export_from_checkpoint(source: Path, out: Path, repo_name: str | None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hub.publish", description=__doc__.strip().splitlines()[0],
+    parser = argparse.ArgumentParser(prog="gvit-publish", description=__doc__.strip().splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("source", type=Path, help="a run folder, one of its checkpoints, or an export folder")
     parser.add_argument("--hub-model-id", required=True, help="Hub repository ORG/NAME")
