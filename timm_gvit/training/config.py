@@ -1,7 +1,7 @@
 """The trainer's configuration: one dataclass, command-line flags generated from it, an optional
 YAML file, and the built-in default run.
 
-Precedence, lowest first: the dataclass defaults (the paper's recipe, gvit-method.md section 6),
+Precedence, lowest first: the dataclass defaults (the paper's recipe, docs/method.md section 6),
 the built-in preset (only when no dataset is given), the YAML file (``--config``), the flags.
 With ``--resume``, the run's saved ``config.yaml`` takes the place of the defaults and the preset,
 and the file and the flags may change only the options in ``CHANGEABLE_ON_RESUME``.
