@@ -49,7 +49,7 @@ from timm_gvit.training.monitor import StepMonitor
 from timm_gvit.training.objective import GViTObjective
 from timm_gvit.training.optim import create_adamw, step_if_finite
 from timm_gvit.training.schedule import PHASES, Schedule
-from timm_gvit.training.streaming import StreamingImageDataset, agreed_batches, nominal_steps, stream_shards, stream_splits
+from timm_gvit.training.streaming import StreamingImageDataset, agreed_batches, nominal_batches, stream_shards, stream_splits
 from timm_gvit.visualize import save_reconstruction_grid
 
 
@@ -201,7 +201,7 @@ def setup(config: TrainConfig) -> Run:
     data_config = resolve_model_data_config(model)
     train_dataset, train_loader, val_loader, checked_bad = make_loaders(config, accelerator, data_config, model.in_chans, info,
                                                                         train_data, val_data)
-    batches_per_epoch = (nominal_steps(info.train_size, config.batch_size, world, 1, config.workers) if config.streaming
+    batches_per_epoch = (nominal_batches(info.train_size, config.batch_size, world, config.workers) if config.streaming
                          else len(train_loader))
     if batches_per_epoch < config.grad_accum_steps:
         raise ValueError(f"dataset '{info.name}' has {info.train_size} training images: too few for one step of "
@@ -218,7 +218,7 @@ def setup(config: TrainConfig) -> Run:
     optimizer = create_adamw(model, lr, config.weight_decay, config.betas)
     if config.streaming:  # the loaders are this process's already: Accelerate would have every process read every shard
         objective, optimizer = accelerator.prepare(objective, optimizer)
-        steps_per_epoch = nominal_steps(info.train_size, config.batch_size, world, config.grad_accum_steps, config.workers)
+        steps_per_epoch = batches_per_epoch // config.grad_accum_steps
     else:
         objective, optimizer, train_loader, val_loader = accelerator.prepare(objective, optimizer, train_loader, val_loader)
         steps_per_epoch = len(train_loader) // config.grad_accum_steps

@@ -115,13 +115,40 @@ class ArrowRecords:
 
     def load(self, index: int):
         item = self.data[index]
-        value, name = item[self.image_column], f"item {index}"
-        if isinstance(value, dict):
-            name = value.get("path") or item.get("__key__") or name
-            value = value.get("bytes") or value.get("path")
-        elif item.get("__key__"):
-            name = item["__key__"]
-        return value, name, item[self.label_column]
+        value, name = example_image(item, self.image_column)
+        return value, name or f"item {index}", item[self.label_column]
+
+
+def example_image(example: dict, image_column: str) -> tuple[object, str | None]:
+    """A ``datasets`` example's encoded image (bytes, a path, or a decoded image) and its name:
+    ``SHARD:KEY`` for a tar shard's sample, else its key or path; None where it has none."""
+    value, key, url = example[image_column], example.get("__key__"), example.get("__url__")
+    name = f"{url}:{key}" if url and key else key
+    if isinstance(value, dict):
+        name = name or value.get("path")
+        value = value.get("bytes") or value.get("path")
+    return value, name
+
+
+def blank_image(in_chans: int) -> Image.Image:
+    """What an unreadable validation item becomes (with label -1): a blank image of the model's channels."""
+    return Image.new("L" if in_chans == 1 else "RGB", (8, 8))
+
+
+def decode_item(source, label, where: str, num_classes: int, in_chans: int = 3, min_size: int | None = None) -> tuple[Image.Image, int]:
+    """An item's encoded image (bytes, a path, a PIL image or an array) and label as ``(image,
+    label)``. :class:`UnreadableImage` names an image that cannot be decoded (``where`` says which);
+    a ``ValueError`` a label outside the classes."""
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < num_classes:
+        raise ValueError(f"{where}: label {label!r} is not an integer in 0..{num_classes - 1}")
+    if source is None:
+        raise UnreadableImage(f"{where}: no image")
+    if isinstance(source, (Image.Image, np.ndarray)):
+        try:
+            return to_channels(source if isinstance(source, Image.Image) else Image.fromarray(source), in_chans), int(label)
+        except (OSError, ValueError, TypeError) as exc:
+            raise UnreadableImage(f"{where}: not a readable image ({exc})") from exc
+    return decode_image(source, where, in_chans=in_chans, min_size=min_size), int(label)
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
@@ -136,7 +163,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     With ``seed``, item ``i`` of epoch ``e`` (:meth:`set_epoch`) is transformed with the random
     generators seeded from ``(seed, e, i)``: the same crops whatever the workers or a resume.
     Images are read as 8-bit RGB, or greyscale with ``in_chans=1``; ``min_size`` lets JPEGs be
-    decoded at a reduced size whose shorter side is at least that (see :func:`decode_size`).
+    decoded at a reduced size whose shorter side is at least that (see :func:`decode_sizes`).
     """
 
     def __init__(self, records, name: str, num_classes: int, transform=None, seed: int | None = None, split: str | None = None,
@@ -160,18 +187,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         """Item ``index`` as (image, label), untransformed. :class:`UnreadableImage` names an image
         that cannot be decoded; a ``ValueError`` a label outside the classes."""
         source, name, label = self.records.load(index)
-        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes:
-            raise ValueError(f"{self.where(name)}: label {label!r} is not an integer in 0..{self.num_classes - 1}")
-        if source is None:
-            raise UnreadableImage(f"{self.where(name)}: no image")
-        if isinstance(source, (Image.Image, np.ndarray)):
-            try:
-                image = to_channels(source if isinstance(source, Image.Image) else Image.fromarray(source), self.in_chans)
-            except (OSError, ValueError, TypeError) as exc:
-                raise UnreadableImage(f"{self.where(name)}: not a readable image ({exc})") from exc
-        else:
-            image = decode_image(source, self.where(name), in_chans=self.in_chans, min_size=self.min_size)
-        return image, int(label)
+        return decode_item(source, label, self.where(name), self.num_classes, self.in_chans, self.min_size)
 
     def problem(self, index: int) -> str | None:
         """Why item ``index`` cannot be read, or None."""
@@ -210,7 +226,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
                 print(f"skipping an unreadable image: {exc}", file=sys.stderr, flush=True)
                 unreadable.append(str(exc))
                 if not self.replace_bad:
-                    return self._transform(Image.new("L" if self.in_chans == 1 else "RGB", (8, 8)), index), -1, unreadable[0]
+                    return self._transform(blank_image(self.in_chans), index), -1, unreadable[0]
         raise TooManyUnreadable(f"{self.where(f'item {index}')} and the {len(unreadable) - 1} after it are unreadable images, the "
                                 f"first: {unreadable[0]}. Is this the dataset you meant?")
 

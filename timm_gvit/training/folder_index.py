@@ -112,7 +112,7 @@ def _read_cache(file: Path, folder: Path) -> dict | None:
     try:
         with np.load(file, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-        if int(arrays["version"]) != INDEX_VERSION or _unpack(arrays["folder"], np.array([0, arrays["folder"].size]))[0] != os.path.realpath(folder):
+        if int(arrays["version"]) != INDEX_VERSION or arrays["folder"].tobytes() != os.fsencode(os.path.realpath(folder)):
             return None
         dirs = _unpack(arrays["dir_blob"], arrays["dir_offsets"])
         for rel, mtime in zip(dirs, arrays["dir_mtimes"]):
@@ -149,8 +149,10 @@ def list_folder(folder: str | Path, progress: bool = True, write_cache: bool = T
     if cached is not None:
         classes = _unpack(cached["class_blob"], cached["class_offsets"])
         return classes, cached["blob"], cached["offsets"], cached["class_index"]
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-    loose = [e.name for e in os.scandir(folder) if e.is_file() and is_image_name(e.name)]
+    with os.scandir(folder) as it:
+        entries = [(e.name, e.is_dir(), e.is_file()) for e in it if not e.name.startswith(".")]
+    classes = sorted(name for name, is_dir, _ in entries if is_dir)
+    loose = [name for name, _, is_file in entries if is_file and is_image_name(name)]
     paths, dirs, class_index = [], [("", os.stat(folder).st_mtime_ns)], []
     for c, name in enumerate(tqdm(classes, desc=f"indexing {folder}", unit="class", disable=not progress or len(classes) < 50,
                                   mininterval=1.0)):
@@ -187,7 +189,8 @@ def index_imagefolder(root: str | Path, progress: bool = True, write_cache: bool
     splits = {}
     for split, (classes, blob, offsets, class_index) in listed.items():
         if (class_index < 0).any():
-            first = blob[offsets[np.argmax(class_index < 0)]:offsets[np.argmax(class_index < 0) + 1]].tobytes().decode()
+            row = int(np.argmax(class_index < 0))
+            first = blob[offsets[row]:offsets[row + 1]].tobytes().decode()
             raise ValueError(f"dataset '{root}': {int((class_index < 0).sum())} image(s) in {folders[split]} outside any class "
                              f"folder (e.g. {first}): an imagefolder takes its labels from its class sub-folders")
         remap = np.asarray([position[c] for c in classes] or [0], dtype=np.int32)

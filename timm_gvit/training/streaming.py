@@ -21,7 +21,7 @@ imagefolder, saved and digits sources, or ``--shuffle-buffer 0``): the run is th
 one. With a buffer, the items in the buffer at the checkpoint are not seen again that epoch
 (datasets documents the same of its own buffer), and the order after the resume differs.
 
-An epoch has the length :func:`nominal_steps` gives (the items over the global batch, less the
+An epoch has the length :func:`nominal_batches` gives (the items over the global batch, less the
 partial batch each loader worker drops), or ends earlier when the first process runs out of
 items (the processes agree on it every step): shards of unequal length can do that.
 """
@@ -40,14 +40,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ..images import UnreadableImage, decode_image, to_channels
+from ..images import UnreadableImage
+from .data import (SHARD_IMAGE_KEYS, SHARD_LABEL_KEY, VAL_SPLIT_NAMES, blank_image, decode_item, example_image, is_saved_dataset,
+                   load_splits, resolve_columns, seeded_rng, shard_class_names, shard_files)
+from .folder_index import cache_dir
 
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11's StatefulDataLoader, every iterator
-from .data import (SHARD_IMAGE_KEYS, SHARD_LABEL_KEY, VAL_SPLIT_NAMES, is_saved_dataset, load_splits, resolve_columns, seeded_rng,
-                   shard_class_names, shard_files)
-from .folder_index import cache_dir
 
 
 @dataclass
@@ -121,14 +120,9 @@ def count_shard_samples(files: list[str]) -> tuple[int, int]:
 
 
 def _example_reader(image_column: str, label_column: str):
-    """``example -> (encoded image, name, label, identity)`` for a stream's examples: the name is
-    ``SHARD:KEY`` for tar shards (the identity too), else the image's path where there is one."""
+    """``example -> (encoded image, name, label, identity)``; a named sample's name is its identity."""
     def read(example: dict):
-        value, key, url = example[image_column], example.get("__key__"), example.get("__url__")
-        name = f"{url}:{key}" if url and key else key
-        if isinstance(value, dict):
-            name = name or value.get("path")
-            value = value.get("bytes") or value.get("path")
+        value, name = example_image(example, image_column)
         return value, name or "an example without a name", example[label_column], name
 
     return read
@@ -242,13 +236,7 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
     def _decode(self, example: dict):
         source, name, label, identity = self.source.read(example)
         where = f"dataset '{self.name}', split {self.split!r}, {name}"
-        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes:
-            raise ValueError(f"{where}: label {label!r} is not an integer in 0..{self.num_classes - 1}")
-        if source is None:
-            raise UnreadableImage(f"{where}: no image")
-        if isinstance(source, Image.Image):
-            return to_channels(source, self.in_chans), int(label), identity
-        return decode_image(source, where, in_chans=self.in_chans, min_size=self.min_size), int(label), identity
+        return (*decode_item(source, label, where, self.num_classes, self.in_chans, self.min_size), identity)
 
     def _transformed(self, image, identity) -> torch.Tensor:
         key = identity if identity is not None else f"{self.rank}/{self.count}"
@@ -286,7 +274,7 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
                 if self.train:
                     unreadable.append(str(exc))
                     continue
-                image, label, identity = Image.new("L" if self.in_chans == 1 else "RGB", (8, 8)), -1, None
+                image, label, identity = blank_image(self.in_chans), -1, None
                 unreadable.append(str(exc))
             yield self._transformed(image, identity), label, "\n".join(unreadable)
             unreadable = []
@@ -317,12 +305,12 @@ def agreed_batches(loader, accelerator, stop_at_first: bool) -> Iterator:
         yield batch
 
 
-def nominal_steps(length: int, batch: int, world_size: int, accumulation: int, workers: int) -> int:
-    """An epoch's optimiser steps over a stream of ``length`` items: each loader worker batches its
-    own items and drops its last partial batch, so a process's ``length / world_size`` items give
-    at least ``(length / world_size - workers * (batch - 1)) / batch`` full batches."""
+def nominal_batches(length: int, batch: int, world_size: int, workers: int) -> int:
+    """A process's batches in an epoch of a stream of ``length`` items: each loader worker batches
+    its own items and drops its last partial batch, so a process's ``length / world_size`` items
+    give at least ``(length / world_size - workers * (batch - 1)) / batch`` full batches."""
     per_process = length // world_size - max(workers, 1) * (batch - 1)
-    return max(per_process // batch, 0) // accumulation
+    return max(per_process // batch, 0)
 
 
 def stream_shards(world_size: int, workers: int) -> int:
