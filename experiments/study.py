@@ -31,6 +31,10 @@ Protocols (epochs of the 6,000 training images, batch 64):
 - adapt = the sweep protocol for two adaptivity levers (MODEL_CARD.md section 8): a 4x centre residual
           (encoder_centre_scale=4) and two encoder passes (encoder_refine_steps=2); compare with
           ``experiments/adaptivity.py`` on their exports.
+- recipe = the dose from an independently trained starting model: phase 1 ("encoder-k64-e1") and the sweep
+          protocol's classifier phase ("sweep-k64-e1") both trained from seed 1, then the dose's gamma 0.1 / 0 pair
+          (seed 1) from its end-of-classifier-phase model. With the dose-*-s0 pair (encoder-k64 and sweep-k64, seed 0)
+          this is the guidance gain measured from two starting models that share nothing but the recipe.
 - final = phase 1 and 6 more epochs of reconstruction (run "encoder-k64-long"), then 14 epochs of
           classifier training and 2 joint (guided at gamma > 0): the runs behind the weights shipped until
           2026-11-27 (those shipped now are final-k64-g0's and the dose: run "shipped-dose-g0.1").
@@ -121,8 +125,8 @@ def start_from(name: str) -> Path | None:
     return None
 
 
-def encoder(name: str, k: int = 64, loss: str = "bce+dssim", init: str = "denoise", **model_kwargs) -> Run:
-    flags = [*PHASE1, "--num-gaussians", str(k)]
+def encoder(name: str, k: int = 64, loss: str = "bce+dssim", init: str = "denoise", seed: int = 0, **model_kwargs) -> Run:
+    flags = [*PHASE1, *(["--seed", str(seed)] if seed else []), "--num-gaussians", str(k)]
     if loss == "mse+dssim":
         flags += ["--pixel-loss", "mse"]
     if loss == "bce":
@@ -134,7 +138,8 @@ def encoder(name: str, k: int = 64, loss: str = "bce+dssim", init: str = "denois
 
 
 def heads(name: str, group: str, after: str, protocol: list[str], gamma: float, seed: int, enc: Run) -> Run:
-    flags = [*protocol, "--gamma", str(gamma), "--seed", str(seed), *enc.flags[len(PHASE1):]]
+    model_flags = enc.flags[len(PHASE1) + (2 if "--seed" in enc.flags else 0):]  # the encoder's k and model kwargs, not its seed
+    flags = [*protocol, "--gamma", str(gamma), "--seed", str(seed), *model_flags]
     return Run(name, group, flags, after=after, about={**enc.about, "gamma": gamma, "seed": seed,
                                                         "protocol": {id(LONG): "long", id(SHORT): "short", id(FINAL): "final", id(SWEEP): "sweep",
                                                                      id(DOSE): "dose"}[id(protocol)]})
@@ -184,6 +189,12 @@ def all_runs() -> list[Run]:
                per_pixel[6], dose[0.4, SEEDS[0]], control[SEEDS[1]], control[SEEDS[2]], dose[0.05, SEEDS[0]], dose[0.2, SEEDS[0]],
                reship[0.1], reship[0.0], dose[0.4, SEEDS[1]], per_pixel[7], *[dose[gamma, SEEDS[1]] for gamma in (0.05, 0.2)],
                *[dose[gamma, SEEDS[2]] for gamma in (0.4, 0.05, 0.2)], lever_heads[0], *lever_heads[2:]]
+    # issue 29: the dose's gain from a second starting model, trained from seed 1 end to end (phase 1, classifier phase, dose)
+    independent = encoder("encoder-k64-e1", seed=1)
+    independent_sweep = heads("sweep-k64-e1", "recipe", independent.name, SWEEP, 0.0, 1, independent)
+    recipe = [dataclasses.replace(independent, group="recipe"), independent_sweep,
+              *[dataclasses.replace(heads(f"dose-g{gamma:g}-e1", "recipe", independent_sweep.name, DOSE, gamma, 1, independent), init="model")
+                for gamma in (0.1, 0.0)]]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
@@ -193,7 +204,7 @@ def all_runs() -> list[Run]:
         *[r for name, enc in variants.items() for r in (enc, short(f"short-k64-{name}", enc))],
         *[r for k in (16, 32, 128) for r in (sizes[k], short(f"short-k{k}", sizes[k]))],
         *sweep.values(),  # the longest (k = 256) first
-        *losses, sweep_seed1, *issue19,
+        *losses, sweep_seed1, *issue19, *recipe,
     ]
 
 
@@ -239,7 +250,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out these runs")
