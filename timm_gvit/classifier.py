@@ -56,6 +56,9 @@ class GaussianClassifier(nn.Module):
     With ``mlp_embed=True`` a Gaussian's numbers are embedded by a two-layer MLP (hidden width
     ``embed_dim``) instead of one linear map.
 
+    ``num_slots`` (default ``num_gaussians``) sizes the position embeddings: a set of k Gaussians
+    takes the first k, for any k up to ``num_slots`` (the budgets of a flex GViT, docs/flex.md).
+
     ``pos_embed='none'`` (timm ViT's option of that name) drops the learned per-slot position
     embeddings: the tokens are then a set, located only by their centre features.
 
@@ -90,10 +93,14 @@ class GaussianClassifier(nn.Module):
         act_layer: Optional[LayerType] = None,
         block_fn: Callable[..., nn.Module] = Block,
         weight_init: str = "",
+        num_slots: Optional[int] = None,
     ):
         super().__init__()
         if weight_init not in WEIGHT_INITS:
             raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+        num_slots = num_gaussians if num_slots is None else num_slots
+        if num_slots < num_gaussians:
+            raise ValueError(f"num_slots ({num_slots}) must be at least num_gaussians ({num_gaussians})")
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         if pos_embed not in POS_EMBEDS:
@@ -110,7 +117,7 @@ class GaussianClassifier(nn.Module):
         block_norm, final_norm, act = resolve_layers(norm_layer, act_layer)
         self.gaussian_embed = Mlp(NUM_PARAMS, embed_dim, embed_dim, act_layer=act) if mlp_embed else nn.Linear(NUM_PARAMS, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_gaussians + 1, embed_dim)) if pos_embed == "learn" else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_slots + 1, embed_dim)) if pos_embed == "learn" else None
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.patch_drop = PatchDropout(patch_drop_rate, num_prefix_tokens=1) if patch_drop_rate > 0 else nn.Identity()
         self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate,
@@ -139,7 +146,7 @@ class GaussianClassifier(nn.Module):
             x = x + position_features(gaussians[..., 0:2], x.shape[-1])
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
-            x = x + self.pos_embed
+            x = x + self.pos_embed[:, : x.shape[1]]
         return self.patch_drop(self.pos_drop(x))
 
     def forward_features(self, gaussians: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block
 from timm.models.vision_transformer_hybrid import ConvStem
 
-from .gaussians import NUM_PARAMS, sample_initial_gaussians
+from .gaussians import G0_LAYOUTS, NUM_PARAMS, nested_layout, rescale_initial_sigma, sample_initial_gaussians
 from .layers import WEIGHT_INITS, resolve_layers, transformer_blocks, xavier_init_linears
 
 GAUSSIAN_INITS = ("denoise", "queries")
@@ -53,10 +53,15 @@ class GaussianEncoder(nn.Module):
     A denoising Gaussian token is its slot's learned embedding plus a linear embedding of its g0
     and the position features of g0's centre (:func:`position_features`, shared with the patches).
 
-    The denoising encoder's g0 are random Gaussians around a grid layout
+    The denoising encoder's g0 are random Gaussians around a layout
     (:func:`~timm_gvit.gaussians.sample_initial_gaussians`): a fresh draw for every image and step
     in training mode, and in eval mode the fixed draw stored in the ``eval_g0`` buffer, so that an
     image always gives the same Gaussians (and saved models keep that draw).
+
+    ``num_slots`` (default ``num_gaussians``) sizes the tables: the slot embeddings and
+    ``eval_g0`` hold that many slots, of which the encoder uses the first ``num_gaussians`` (set
+    it for another budget). With a nested ``g0_layout`` (docs/flex.md) the first k slots of g0
+    cover the image as a k-slot layout would, with sigmas sized for k.
 
     ``qkv_bias``, ``norm_layer``, ``act_layer``, ``block_fn`` and ``weight_init`` are timm ViT's
     arguments (see :class:`~timm_gvit.GViT`).
@@ -80,6 +85,8 @@ class GaussianEncoder(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         eval_seed: int = 0,
+        num_slots: Optional[int] = None,
+        g0_layout: str = "grid",
         stem: str = "patch",
         refine_steps: int = 1,
         centre_scale: float = 1.0,
@@ -94,6 +101,11 @@ class GaussianEncoder(nn.Module):
             raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
         if gaussian_init not in GAUSSIAN_INITS:
             raise ValueError(f"gaussian_init must be one of {GAUSSIAN_INITS}, got {gaussian_init!r}")
+        if g0_layout not in G0_LAYOUTS:
+            raise ValueError(f"g0_layout must be one of {G0_LAYOUTS}, got {g0_layout!r}")
+        num_slots = num_gaussians if num_slots is None else num_slots
+        if num_slots < num_gaussians:
+            raise ValueError(f"num_slots ({num_slots}) must be at least num_gaussians ({num_gaussians})")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if stem == "conv" and (patch_size < 2 or patch_size & (patch_size - 1)):
@@ -104,6 +116,7 @@ class GaussianEncoder(nn.Module):
         if refine_steps > 1 and gaussian_init != "denoise":
             raise ValueError("refine_steps > 1 feeds the output back as g0, which needs gaussian_init='denoise'")
         self.num_gaussians = num_gaussians
+        self.g0_layout = g0_layout
         self.scale_bound = scale_bound
         self.gaussian_init = gaussian_init
         self.dynamic_img_size = dynamic_img_size
@@ -125,10 +138,13 @@ class GaussianEncoder(nn.Module):
         # learned, starting from the sine-cosine features of the patch centres
         self.pos_embed = nn.Parameter(position_features(self._patch_centres(), embed_dim)[None])
         # Gaussian tokens: a learned embedding per slot, plus the embedded g0 when denoising.
-        self.slot_embed = nn.Parameter(torch.zeros(1, num_gaussians, embed_dim))
+        self.slot_embed = nn.Parameter(torch.zeros(1, num_slots, embed_dim))
         self.g0_embed = nn.Linear(NUM_PARAMS, embed_dim) if gaussian_init == "denoise" else None
+        # a nested layout's centres, made from its name: not saved with the weights
+        centres = None if g0_layout == "grid" else nested_layout(num_slots, g0_layout)
+        self.register_buffer("g0_centres", centres, persistent=False)
         generator = torch.Generator().manual_seed(eval_seed)
-        self.register_buffer("eval_g0", sample_initial_gaussians(1, num_gaussians, scale_bound, generator))
+        self.register_buffer("eval_g0", sample_initial_gaussians(1, num_slots, scale_bound, generator, centres=centres))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         block_norm, final_norm, act = resolve_layers(norm_layer, act_layer)
         self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate,
@@ -157,15 +173,25 @@ class GaussianEncoder(nn.Module):
             return x.reshape(B, H * W, C) + pos
         return x + self.pos_embed
 
+    @property
+    def num_slots(self) -> int:
+        """The slots the tables hold: the largest k the encoder serves."""
+        return self.slot_embed.shape[1]
+
     def initial_gaussians(self, batch: int) -> Tensor:
-        """Raw g0 ``[batch, k, 9]``: random in training, the stored draw in eval."""
+        """Raw g0 ``[batch, k, 9]``: random in training, the stored draw (its first k) in eval."""
+        k = self.num_gaussians
         if self.training:
-            return sample_initial_gaussians(batch, self.num_gaussians, self.scale_bound, device=self.eval_g0.device).to(self.eval_g0.dtype)
-        return self.eval_g0.expand([batch, -1, -1])  # a list: torch.fx traces a buffer's expand only so
+            return sample_initial_gaussians(batch, k, self.scale_bound, device=self.eval_g0.device,
+                                            centres=self.g0_centres).to(self.eval_g0.dtype)
+        g0 = self.eval_g0
+        if k != g0.shape[1]:  # drawn for all the slots: its first k, sized for k
+            g0 = rescale_initial_sigma(g0[:, :k], math.sqrt(g0.shape[1] / k), self.scale_bound)
+        return g0.expand([batch, -1, -1])  # a list: torch.fx traces a buffer's expand only so
 
     def _tokens(self, patches: Tensor, g0: Optional[Tensor]) -> Tensor:
         """The blocks' input: patch tokens ``[B, N, D]`` then the k Gaussian tokens -> ``[B, N + k, D]``."""
-        tokens = self.slot_embed.expand(patches.shape[0], -1, -1)
+        tokens = self.slot_embed[:, : self.num_gaussians].expand(patches.shape[0], -1, -1)
         if g0 is not None and self.g0_embed is not None:
             tokens = tokens + self.g0_embed(g0) + position_features(torch.tanh(g0[..., 0:2]), tokens.shape[-1])
         return self.pos_drop(torch.cat([patches, tokens], dim=1))

@@ -8,6 +8,10 @@ Gaussian is the public form every API exchanges:
     decoded tanh(u)    c * sigmoid(s)    phi   sigmoid(c) sigmoid(o)
 
 with ``c`` the scale bound (1.0 by default, the paper's best).
+
+The denoising encoder's initial Gaussians g0 sit on a layout (:data:`G0_LAYOUTS`): the paper's
+grid, row by row, or a nested order (docs/flex.md) whose every prefix of k slots covers the image
+about as evenly as a k-slot layout would, which a model serving several budgets needs.
 """
 
 from __future__ import annotations
@@ -95,16 +99,83 @@ def hflip_gaussians(gaussians: Tensor) -> Tensor:
     return flipped
 
 
+#: Initial layouts: 'grid' (slot i in cell i of a near-square grid, row by row: the paper's) and
+#: the nested orders of :func:`nested_layout`.
+G0_LAYOUTS = ("grid", "morton", "r2", "halton")
+NESTED_LAYOUTS = G0_LAYOUTS[1:]
+#: The plastic number, whose powers give the R2 sequence's steps (Roberts 2018).
+PLASTIC = 1.324717957244746
+
+
+def _radical_inverse(index: Tensor, base: int) -> Tensor:
+    """Van der Corput's radical inverse of integers ``index`` in ``base``: their digits mirrored
+    about the point, in [0, 1)."""
+    out, scale, rest = torch.zeros(index.shape, dtype=torch.float64), 1.0 / base, index.clone()
+    while bool((rest > 0).any()):
+        out += (rest % base).double() * scale
+        rest, scale = rest // base, scale / base
+    return out
+
+
+def nested_layout(num_slots: int, order: str) -> Tensor:
+    """Centres ``[num_slots, 2]`` (x, y in [-1, 1]) in a coarse-to-fine order: for every k, the
+    first k spread over the whole image, about as evenly as a k-slot layout would.
+
+    - 'morton': the cells of :func:`grid_layout`'s grid for ``num_slots``, ordered by the bit
+      reversal of their Morton (quadtree) code: the first 4 hold one cell of each quadrant, the
+      first 16 one of each cell of a 4 x 4 split, and so on; every other bit is flipped, so that
+      the cell a block starts with lies near the block's centre rather than in its corner.
+    - 'r2': the R2 low-discrepancy sequence, t_i = frac(0.5 + (i + 1) (1 / p, 1 / p^2)) with p
+      the plastic number; no grid, so every prefix length is as even as any other.
+    - 'halton': the Halton sequence in bases 2 and 3, from its second point on.
+    """
+    if order not in NESTED_LAYOUTS:
+        raise ValueError(f"order must be one of {NESTED_LAYOUTS}, got {order!r}")
+    index = torch.arange(num_slots)
+    if order == "r2":
+        steps = torch.tensor([1 / PLASTIC, 1 / PLASTIC**2], dtype=torch.float64)
+        unit = torch.frac(0.5 + (index[:, None] + 1).double() * steps)
+    elif order == "halton":
+        unit = torch.stack([_radical_inverse(index + 1, 2), _radical_inverse(index + 1, 3)], dim=-1)
+    else:
+        cols = max(1, math.ceil(math.sqrt(num_slots)))
+        rows = math.ceil(num_slots / cols)
+        cell = torch.arange(cols * rows)
+        col, row = cell % cols, cell // cols
+        bits = max(1, math.ceil(math.log2(max(cols, rows))))
+        # each cell's column and row as fractions of 2^bits, interleaved from the finest bit: the code read backwards;
+        # flipping every other bit starts each quadrant (and sub-quadrant) nearer its centre than its corner
+        centring = sum(1 << bit for bit in range(0, bits, 2))
+        qx, qy = (col * 2**bits // cols) ^ centring, (row * 2**bits // rows) ^ centring
+        key = torch.zeros_like(cell)
+        for bit in range(bits):
+            key = key * 4 + ((qx >> bit) & 1) * 2 + ((qy >> bit) & 1)
+        chosen = torch.sort(key * cols * rows + cell).indices[:num_slots]  # ties in cell order
+        unit = torch.stack([(col[chosen] + 0.5) / cols, (row[chosen] + 0.5) / rows], dim=-1).double()
+    return (unit * 2 - 1).float()
+
+
+def rescale_initial_sigma(raw: Tensor, factor: float, scale_bound: float = 1.0) -> Tensor:
+    """Raw Gaussians ``[..., 9]`` with their sigmas multiplied by ``factor`` (capped at 0.9 c, as
+    :func:`sample_initial_gaussians` caps them): a nested g0 drawn for one budget, sized for another."""
+    sigma = (scale_bound * torch.sigmoid(raw[..., 2:4]) * factor).clamp(max=0.9 * scale_bound)
+    return torch.cat([raw[..., 0:2], torch.logit((sigma / scale_bound).clamp(1e-4, 1 - 1e-4)), raw[..., 4:]], dim=-1)
+
+
 @register_notrace_function  # torch.fx keeps it as one call (its batch size is a Proxy while tracing)
 def sample_initial_gaussians(batch: int, num_gaussians: int, scale_bound: float = 1.0,
                              generator: Optional[torch.Generator] = None,
-                             device: Optional[torch.device] = None) -> Tensor:
-    """Random raw Gaussians ``[batch, k, 9]`` around a grid layout: the denoising encoder's g0.
+                             device: Optional[torch.device] = None, centres: Optional[Tensor] = None) -> Tensor:
+    """Random raw Gaussians ``[batch, k, 9]`` around a layout: the denoising encoder's g0.
 
-    The noise is in the geometry: Gaussian i sits in grid cell i (jittered by up to half a cell),
-    so that a slot keeps its rough place in the image, with sigma about half the spacing
+    The noise is in the geometry: Gaussian i sits at its slot's place (jittered by up to half the
+    spacing), so that a slot keeps its rough place in the image, with sigma about half the spacing
     (log-normal spread) and a random rotation. Colour and opacity start near mid-grey and 0.73
     (raw N(0, 0.5) and N(1, 0.5)), for the encoder to read off the image.
+
+    The layout is the grid of :func:`grid_layout`, slot i in cell i, or, given ``centres``
+    ``[>= k, 2]`` (a :func:`nested_layout`), their first k with the spacing of k evenly spread
+    points, 2 / sqrt(k): the Gaussians of every budget k are sized for k.
 
     Drawn on ``device`` (default: the CPU; a ``generator`` must live there too) with no
     host-to-device copy, so that a training step on a GPU does not wait for the host.
@@ -112,12 +183,16 @@ def sample_initial_gaussians(batch: int, num_gaussians: int, scale_bound: float 
     """
     if device is None:
         device = torch.device("cpu")
-    cols = max(1, math.ceil(math.sqrt(num_gaussians)))
-    rows = math.ceil(num_gaussians / cols)
-    index = torch.arange(num_gaussians, device=device)
-    # grid_layout's centres and spacing, made on the device
-    centres = torch.stack([((index % cols) + 0.5) / cols * 2 - 1, ((index // cols) + 0.5) / rows * 2 - 1], dim=-1)
-    spacing = torch.stack([torch.full([], 2.0 / cols, device=device), torch.full([], 2.0 / rows, device=device)])
+    if centres is None:
+        cols = max(1, math.ceil(math.sqrt(num_gaussians)))
+        rows = math.ceil(num_gaussians / cols)
+        index = torch.arange(num_gaussians, device=device)
+        # grid_layout's centres and spacing, made on the device
+        centres = torch.stack([((index % cols) + 0.5) / cols * 2 - 1, ((index // cols) + 0.5) / rows * 2 - 1], dim=-1)
+        spacing = torch.stack([torch.full([], 2.0 / cols, device=device), torch.full([], 2.0 / rows, device=device)])
+    else:
+        centres = centres[:num_gaussians].to(device)
+        spacing = torch.full([2], 2.0 / math.sqrt(num_gaussians), device=device)
     # the draws in this order: seeded runs keep their g0
     xy = centres + (torch.rand([batch, num_gaussians, 2], generator=generator, device=device) - 0.5) * spacing
     sigma = (spacing / 2 * torch.exp(0.3 * torch.randn([batch, num_gaussians, 2], generator=generator, device=device))).clamp(max=0.9 * scale_bound)

@@ -32,7 +32,7 @@ from timm.models.vision_transformer import Block
 from .classifier import GaussianClassifier
 from .data_utils import rgb_targets  # noqa: F401  (timm_gvit.gvit.rgb_targets, as before)
 from .encoder import GaussianEncoder
-from .gaussians import decode_gaussians
+from .gaussians import G0_LAYOUTS, NESTED_LAYOUTS, decode_gaussians
 from .rendering import BACKENDS, render_gaussians
 
 __all__ = ["GViT", "GViTOutput"]
@@ -59,6 +59,31 @@ def _check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
+
+
+#: The nested layout a flex model (``budgets``) gets unless it names one: the best prefixes of
+#: those measured (docs/flex.md, benchmarks/reference/flex_layouts.json).
+DEFAULT_NESTED_LAYOUT = "morton"
+
+
+def _check_budgets(budgets, num_gaussians: int, g0_layout: Optional[str]) -> Tuple[Optional[Tuple[int, ...]], str]:
+    """The budgets, sorted, as a tuple (None: a fixed-k model) and the g0 layout they get."""
+    if g0_layout is not None and g0_layout not in G0_LAYOUTS:
+        raise ValueError(f"g0_layout must be one of {G0_LAYOUTS}, got {g0_layout!r}")
+    if budgets is None:
+        return None, g0_layout or "grid"
+    if isinstance(budgets, (str, bytes)) or not isinstance(budgets, (list, tuple)) or not budgets:
+        raise ValueError(f"budgets must be a non-empty list of Gaussian counts, e.g. [8, 16, 32, 64], got {budgets!r}")
+    for value in budgets:
+        _check_int("each of budgets", value, maximum=MAX_TOKENS)
+    budgets = tuple(sorted(set(budgets)))
+    if not budgets[0] <= num_gaussians <= budgets[-1]:
+        raise ValueError(f"num_gaussians={num_gaussians} is outside the budgets {list(budgets)}: a flex model serves "
+                         f"{budgets[0]} to {budgets[-1]} Gaussians")
+    if g0_layout == "grid":
+        raise ValueError("budgets need a nested g0_layout (one of " + ", ".join(NESTED_LAYOUTS) + "): 'grid' fills the "
+                         "image row by row, so a prefix of its slots covers only the top rows")
+    return budgets, g0_layout or DEFAULT_NESTED_LAYOUT
 
 
 def _check_arguments(img_size, patch_size, in_chans, num_classes, num_gaussians, scale_bound, widths_and_heads,
@@ -157,7 +182,16 @@ class GViT(nn.Module):
             as grey RGB, see :func:`rgb_targets`; pretrained RGB stems adapt as in any timm model).
         num_classes: int; the head's outputs (0: no head, ``forward`` returns pooled features).
         global_pool: 'token' (the class token), 'avg' (the mean Gaussian token) or '' (no pooling).
-        num_gaussians: int; k, Gaussians per image.
+        num_gaussians: int; k, Gaussians per image (for a flex model: the budget it serves,
+            changed with :meth:`set_num_gaussians`).
+        budgets: None (a model of one k) or the Gaussian counts a flex model is trained for, e.g.
+            ``[8, 16, 32, 64]`` (docs/flex.md): its tables hold ``max(budgets)`` slots, and it
+            serves any k from ``min(budgets)`` to ``max(budgets)``, the encoder over the patches
+            and k Gaussian tokens, the classifier over k Gaussians. Every prefix of its Gaussians
+            is an image: ``model.render(gaussians[:, :k])``.
+        g0_layout: where the denoising encoder's g0 sit: 'grid' (row by row, the paper's; the
+            default without budgets) or a nested order, 'morton', 'r2' or 'halton' (with budgets,
+            default 'morton'); see :func:`timm_gvit.gaussians.nested_layout`.
         scale_bound: float; c, the largest sigma (sigma = c * sigmoid(raw)).
         gaussian_init: 'denoise' (a residual over random g0, the default) or 'queries'.
         freeze_encoder: bool; no gradients into the encoder, which stays in eval mode (the
@@ -218,6 +252,8 @@ class GViT(nn.Module):
         num_classes: int = 1000,
         global_pool: str = "token",
         num_gaussians: int = 256,
+        budgets: Optional[List[int]] = None,
+        g0_layout: Optional[str] = None,
         scale_bound: float = 1.0,
         gaussian_init: str = "denoise",
         freeze_encoder: bool = False,
@@ -259,6 +295,8 @@ class GViT(nn.Module):
                    ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate), ("patch_drop_rate", patch_drop_rate)],
             dynamic_img_size=dynamic_img_size, render_backend=render_backend,
         )
+        self.budgets, g0_layout = _check_budgets(budgets, num_gaussians, g0_layout)
+        num_slots = self.budgets[-1] if self.budgets else num_gaussians
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
@@ -274,6 +312,8 @@ class GViT(nn.Module):
             patch_size=patch_size,
             in_chans=in_chans,
             num_gaussians=num_gaussians,
+            num_slots=num_slots,
+            g0_layout=g0_layout,
             embed_dim=encoder_embed_dim,
             depth=encoder_depth,
             num_heads=encoder_num_heads,
@@ -292,6 +332,7 @@ class GViT(nn.Module):
         )
         self.classifier = GaussianClassifier(
             num_gaussians=num_gaussians,
+            num_slots=num_slots,
             num_classes=num_classes,
             global_pool=global_pool,
             embed_dim=embed_dim,
@@ -355,6 +396,8 @@ class GViT(nn.Module):
                     num_heads=clf.blocks[0].attn.num_heads, mlp_ratio=self.mlp_ratio,
                     qkv_bias=enc.blocks[0].attn.qkv.bias is not None, pos_embed="learn" if clf.pos_embed is not None else "none",
                     shape_features=clf.shape_features, mlp_embed=isinstance(clf.gaussian_embed, Mlp))
+        if self.budgets or enc.g0_layout != "grid":  # a fixed-k grid model's config stays as it was
+            args.update(budgets=list(self.budgets) if self.budgets else None, g0_layout=enc.g0_layout)
         for name in ("norm_layer", "act_layer"):
             value = self._layer_args[name]
             if value is not None and not isinstance(value, str):
@@ -366,6 +409,26 @@ class GViT(nn.Module):
             raise ValueError(f"block_fn={self._layer_args['block_fn']!r} cannot be written to a config file: export "
                              "the weights with save_for_hf and build the model with the same block_fn to load them")
         return args
+
+    def set_num_gaussians(self, num_gaussians: int) -> None:
+        """Serve ``num_gaussians`` Gaussians per image from now on, as timm's ``set_input_size``
+        serves another image size: the encoder reads the patches with the first k slots, the
+        classifier takes k Gaussians. The weights do not change.
+
+        Raises a ValueError for a k the model was not trained for: outside ``[min(budgets),
+        max(budgets)]`` for a flex model, any other than its own for a model without budgets.
+        """
+        self._check_budget("num_gaussians", num_gaussians)
+        self.num_gaussians = self.encoder.num_gaussians = self.classifier.num_gaussians = num_gaussians
+
+    def _check_budget(self, name: str, k) -> None:
+        _check_int(name, k, maximum=MAX_TOKENS)
+        if self.budgets is None and k != self.encoder.num_slots:
+            raise ValueError(f"{name}={k}: this model was trained for {self.encoder.num_slots} Gaussians only, not for "
+                             "other budgets; a flex model (GViT(budgets=...), train_gvit.py --budgets) serves several")
+        if self.budgets is not None and not self.budgets[0] <= k <= self.budgets[-1]:
+            raise ValueError(f"{name}={k} is outside the budgets this model was trained for: it serves {self.budgets[0]} "
+                             f"to {self.budgets[-1]} Gaussians (trained at {', '.join(map(str, self.budgets))})")
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         _check_int("num_classes", num_classes, minimum=0, maximum=MAX_CLASSES)
@@ -440,7 +503,8 @@ class GViT(nn.Module):
         """Classify Gaussians from any source (:meth:`encode`, :func:`timm_gvit.fit_gaussians`).
 
         Args:
-            gaussians: ``[B, k, 9]`` float, decoded, with this model's k.
+            gaussians: ``[B, k, 9]`` float, decoded, with this model's k (a flex model: any k
+                from ``min(budgets)`` to ``max(budgets)``, e.g. a prefix of its Gaussians).
             check_values: reject non-finite Gaussians and sigma <= 0 with a ValueError, as
                 :meth:`render` does (one host-device sync; skipped while torch.compile or
                 torch.export traces the call). The trainer passes False: it skips steps whose
@@ -449,9 +513,12 @@ class GViT(nn.Module):
         Returns:
             ``[B, num_classes]`` logits (``[B, embed_dim]`` pooled features when num_classes is 0).
         """
-        if not isinstance(gaussians, Tensor) or gaussians.dim() != 3 or gaussians.shape[1:] != (self.num_gaussians, 9):
+        if not isinstance(gaussians, Tensor) or gaussians.dim() != 3 or gaussians.shape[-1] != 9 or not (
+                gaussians.shape[1] == self.num_gaussians if self.budgets is None else self.budgets[0] <= gaussians.shape[1] <= self.budgets[-1]):
             shape = tuple(gaussians.shape) if isinstance(gaussians, Tensor) else type(gaussians).__name__
-            raise ValueError(f"gaussians must be [B, {self.num_gaussians}, 9] for this model, got {shape}")
+            expected = (f"[B, {self.num_gaussians}, 9]" if self.budgets is None
+                        else f"[B, k, 9] with k from {self.budgets[0]} to {self.budgets[-1]}")
+            raise ValueError(f"gaussians must be {expected} for this model, got {shape}")
         if not gaussians.is_floating_point():
             raise ValueError(f"gaussians must be floating point, got {gaussians.dtype}")
         if check_values and not torch.compiler.is_compiling():
@@ -633,8 +700,17 @@ def checkpoint_grid(num_tokens: int, model: GViT) -> Tuple[int, int]:
 def checkpoint_filter_fn(state_dict: dict, model: GViT) -> dict:
     """Adapt a checkpoint to ``model``: unwrap trainer checkpoints and resample the encoder's
     position embeddings when the checkpoint was trained at another image size or aspect ratio
-    (its grid from :func:`checkpoint_grid`)."""
+    (its grid from :func:`checkpoint_grid`). A checkpoint whose Gaussian tables hold another
+    number of slots than the model's is refused with the budgets it can serve."""
     state_dict = state_dict.get("model", state_dict.get("state_dict", state_dict))
+    slots = state_dict.get("encoder.slot_embed")
+    if slots is not None and slots.shape[1] != model.encoder.num_slots:
+        asked = model.num_gaussians if model.budgets is None else f"budgets up to {model.budgets[-1]}"
+        raise ValueError(
+            f"the checkpoint's Gaussian tables hold {slots.shape[1]} slots and the model asks for {asked}: "
+            + (f"a checkpoint trained for one budget serves num_gaussians={slots.shape[1]} only, not other budgets "
+               "(a flex model, trained with train_gvit.py --budgets, serves several)" if model.budgets is None else
+               f"build the model with the checkpoint's budgets (at most {slots.shape[1]})"))
     out = {}
     for name, value in state_dict.items():
         if name == "encoder.pos_embed":
@@ -699,6 +775,8 @@ def _has_weights_source(variant: str, kwargs: dict) -> bool:
 
 
 def _create_gvit(variant: str, pretrained: bool = False, **kwargs) -> GViT:
+    if isinstance(kwargs.get("pretrained_cfg"), dict):  # an export's: its budgets are the model's (model_args), not a timm field
+        kwargs["pretrained_cfg"] = {k: v for k, v in kwargs["pretrained_cfg"].items() if k != "budgets"}
     if pretrained and not _has_weights_source(variant, kwargs):
         raise RuntimeError(
             f"no pretrained weights are published for '{variant}' (none ship with the package). Train them "
@@ -726,6 +804,8 @@ def _create_gvit(variant: str, pretrained: bool = False, **kwargs) -> GViT:
         if not (isinstance(values, (list, tuple)) and values and all(_is_number(v) and math.isfinite(v) for v in values)
                 and (key == "mean" or min(values) > 0)):
             raise ValueError(f"the pretrained config's {key} must be a list of finite numbers{' > 0' if key == 'std' else ''}, got {values!r}")
+    if gvit.budgets:  # the Gaussian counts the weights were trained for
+        cfg["budgets"] = list(gvit.budgets)
     if gvit.in_chans != len(cfg["mean"]):
         cfg.update(mean=(sum(cfg["mean"]) / len(cfg["mean"]),), std=(sum(cfg["std"]) / len(cfg["std"]),))
     if pretrained and gvit.num_classes and gvit.num_classes != cfg["num_classes"]:
