@@ -32,6 +32,7 @@ from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwa
 from timm.data import resolve_model_data_config
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -39,6 +40,7 @@ import timm_gvit  # noqa: F401  (registers the models)
 from timm_gvit.data_utils import normalize, rgb_targets
 from timm_gvit.fitting import psnr
 from timm_gvit.hub import PushError, export_model, push_folder
+from timm_gvit.training.budgets import draw_budget
 from timm_gvit.training.checkpoints import (DiskFull, RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
                                             pause_point, recover_checkpoints, resolve_resume, save_checkpoint, write_atomically)
 from timm_gvit.training.config import Refusal, TrainConfig, parse_config, save_config
@@ -118,6 +120,7 @@ class Run:
     run_info: dict
     state: dict
     monitor: StepMonitor
+    budgets: list[int] | None = None  # a flex model's (--budgets): each step trains one of them
     phase: str | None = None
 
     @property
@@ -253,7 +256,8 @@ def setup(config: TrainConfig) -> Run:
                optimizer, scheduler, ema, schedule, steps_per_epoch,
                mean=torch.tensor(data_config["mean"], device=accelerator.device),  # one value per input channel
                std=torch.tensor(data_config["std"], device=accelerator.device),
-               run_info=run_info, state=state, monitor=StepMonitor(state, config.max_nonfinite))
+               run_info=run_info, state=state, monitor=StepMonitor(state, config.max_nonfinite),
+               budgets=list(model.budgets) if model.budgets else None)
 
 
 def make_loaders(config: TrainConfig, accelerator, data_config: dict, in_chans: int, info: DataInfo, train_data, val_data):
@@ -360,6 +364,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         loader = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
     bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
     objective.train()
+    serving = model.num_gaussians
     seen, started, step_finite, guided = 0, time.perf_counter(), None, {}
     first_batch_at = None  # when the loader's workers delivered this epoch's first batch
     unreadable = []  # the unreadable images this process's batches met since the last log
@@ -380,9 +385,13 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             accelerator.print(f"step {step}: phase '{run.phase}'")
             accelerator.log({"phase": PHASES.index(run.phase)}, step=step)
         targets = rgb_targets(images, run.mean, run.std)  # [B, 3, H, W] in [0, 1]; grey images as grey RGB
+        prefix = None
+        if run.budgets:  # the step's budget, for the encoder and the classifier alike, until its guidance step is done
+            budget, prefix = draw_budget(run.budgets, config.seed, step, config.prefix_loss)
+            model.set_num_gaussians(budget)
         with accelerator.accumulate(objective):
             with accelerator.autocast():
-                loss, parts = objective(images, targets, labels, run.phase, schedule.dssim_on(step))
+                loss, parts = objective(images, targets, labels, run.phase, schedule.dssim_on(step), prefix)
             finite = accelerator.gather(torch.isfinite(loss.detach())[None]).all()
             step_finite = finite if step_finite is None else step_finite & finite  # over the accumulated batches
             accelerator.backward(loss)
@@ -404,6 +413,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
                                    accelerator=accelerator, encode=plain.encode, classify=plain.classification,
                                    reconstruction=lambda r, t: plain.reconstruction(r, t, schedule.dssim_on(step - 1)))
             monitor.guidance(guided.pop("guidance/finite"))
+        model.set_num_gaussians(serving)  # figures, checkpoints and validation at the k the model serves
         bar.update(config.grad_accum_steps)
         if step % config.log_every == 0 or step % config.checkpoint_every == 0:
             run.note_bad_images(unreadable)
@@ -423,6 +433,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         if step % config.checkpoint_every == 0:
             monitor.flush(step, run.phase, accelerator.print)
             run.save_checkpoint()
+    model.set_num_gaussians(serving)  # an epoch may end in the middle of an accumulated step
     monitor.flush(state["step"], run.phase, accelerator.print)  # waits for the device: the timing below is complete
     run.note_bad_images(unreadable)
     bar.close()
@@ -435,51 +446,81 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
 
 
 def validate(run: Run) -> dict[str, float]:
-    """Validation top-1/top-5 and PSNR of the model (its EMA where there is one), printed and logged."""
-    results = evaluate(run.eval_model, run.val_loader, run.accelerator, run.mean, run.std, run.note_bad_images, run.config.streaming)
+    """Validation top-1/top-5 and PSNR of the model (its EMA where there is one), printed and logged;
+    a flex model's at each of its budgets too."""
+    results = evaluate(run.eval_model, run.val_loader, run.accelerator, run.mean, run.std, run.note_bad_images, run.config.streaming,
+                       budgets=run.budgets)
     run.accelerator.print(f"epoch {run.state['epoch']}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, "
                           f"PSNR {results['psnr']:.2f} dB")
+    if run.budgets:
+        run.accelerator.print(f"epoch {run.state['epoch']} by budget k: " + "; ".join(
+            f"{k}: {results[f'top1@{k}']:.2f}%, {results[f'psnr@{k}']:.2f} dB (prefix {results[f'prefix_psnr@{k}']:.2f} dB)"
+            for k in run.budgets))
     run.accelerator.log({f"val/{k}": v for k, v in results.items()}, step=run.state["step"])
     return results
 
 
+def _scores(logits: Tensor, rendered: Tensor, targets: Tensor, labels: Tensor) -> list[Tensor]:
+    """Per image ``[B]``: top-1 hit, top-5 hit, PSNR of the rendering."""
+    top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+    hits = top5 == labels[:, None]
+    return [hits[:, 0], hits.any(1), psnr(rendered, targets)]
+
+
 @torch.no_grad()
-def evaluate(model, loader, accelerator, mean, std, note_bad_images=None, streaming: bool = False) -> dict[str, float]:
+def evaluate(model, loader, accelerator, mean, std, note_bad_images=None, streaming: bool = False,
+             budgets: list[int] | None = None) -> dict[str, float]:
     """Top-1/top-5 (%) and reconstruction PSNR (dB) over a validation loader of uint8 images;
     unreadable images (label -1) count nowhere, and their reasons go to ``note_bad_images``. The
     counts stay on the device until the end. ``streaming``: the loader is this process's share of
-    a stream, which may hold fewer batches than another process's."""
-    was_training = model.training
+    a stream, which may hold fewer batches than another process's.
+
+    With ``budgets`` (a flex model's) also, for each k, ``top1@k``, ``top5@k`` and ``psnr@k`` of
+    the model serving k Gaussians, and ``prefix_psnr@k``: the PSNR of the first k of the Gaussians
+    it gives at its own k (one encoding, level of detail)."""
+    was_training, serving = model.training, model.num_gaussians
     model.eval()
-    correct1 = correct5 = psnr_sum = count = 0
+    names = ["top1", "top5", "psnr"] + [f"{name}@{k}" for k in budgets or [] for name in ("top1", "top5", "psnr", "prefix_psnr")]
+    totals, count = [0] * len(names), 0
     unreadable = []
     for batch in agreed_batches(loader, accelerator, stop_at_first=False) if streaming else loader:
         if batch is None:  # this process's share has ended before another's: it takes part with nothing
             empty = torch.zeros(0, dtype=torch.bool, device=accelerator.device)
-            hit1, hit5, quality, readable = empty, empty, torch.zeros(0, device=accelerator.device), empty
+            values = [empty if name.startswith("top") else torch.zeros(0, device=accelerator.device) for name in names]
+            readable = empty
         else:
             images, labels, bad = batch
             images, labels = images.to(accelerator.device), labels.to(accelerator.device)
             images = normalize(images, mean, std)
             unreadable += [b for b in bad if b]
+            targets, size = rgb_targets(images, mean, std), tuple(images.shape[-2:])
             with accelerator.autocast():
                 gaussians = model.encode(images)
                 logits = model.classify(gaussians)
-            rendered = model.render(gaussians, tuple(images.shape[-2:]))
-            top5 = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top5 == labels[:, None]
-            hit1, hit5, quality, readable = hits[:, 0], hits.any(1), psnr(rendered, rgb_targets(images, mean, std)), labels >= 0
+            values = _scores(logits, model.render(gaussians, size), targets, labels)
+            for k in budgets or []:
+                if k == serving:
+                    scores = values[:3]
+                else:
+                    model.set_num_gaussians(k)
+                    with accelerator.autocast():
+                        at_k = model.encode(images)
+                        scores = _scores(model.classify(at_k), model.render(at_k, size), targets, labels)
+                    model.set_num_gaussians(serving)
+                values = values + scores + [psnr(model.render(gaussians[:, :k], size), targets)]
+            readable = labels >= 0
         if streaming:  # batches of different lengths: padded with unreadable rows, which count nowhere
-            hit1, hit5, quality, readable = accelerator.gather(accelerator.pad_across_processes((hit1, hit5, quality, readable)))
+            *values, readable = accelerator.gather(accelerator.pad_across_processes((*values, readable)))
         else:
-            hit1, hit5, quality, readable = accelerator.gather_for_metrics((hit1, hit5, quality, readable))
-        correct1, correct5 = correct1 + (hit1 & readable).sum(), correct5 + (hit5 & readable).sum()
-        psnr_sum, count = psnr_sum + torch.where(readable, quality.double(), 0).sum(), count + readable.sum()
+            *values, readable = accelerator.gather_for_metrics((*values, readable))
+        totals = [total + ((value & readable).sum() if name.startswith("top") else torch.where(readable, value.double(), 0).sum())
+                  for total, name, value in zip(totals, names, values)]
+        count = count + readable.sum()
     if note_bad_images is not None:
         note_bad_images(unreadable)
     count = max(int(count), 1)
     model.train(was_training)
-    return {"top1": 100 * float(correct1) / count, "top5": 100 * float(correct5) / count, "psnr": float(psnr_sum) / count}
+    return {name: (100 if name.startswith("top") else 1) * float(total) / count for name, total in zip(names, totals)}
 
 
 def end_epoch(run: Run, epoch: int, record: dict) -> None:

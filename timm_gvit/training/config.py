@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from .budgets import parse_budgets
+
 
 def _opt(default, help: str, **kwargs):
     if default is dict:  # a fresh dict per config
@@ -54,7 +56,9 @@ class TrainConfig:
     model: str = _opt("gvit_tiny", "the GViT model to train (a timm model name)")
     img_size: int | None = _opt(None, "training resolution in pixels (default: the model's, 224)", type=int)
     patch_size: int | None = _opt(None, "encoder patch size (default: the model's: 16, gvit_nano's 8)", type=int)
-    num_gaussians: int | None = _opt(None, "Gaussians per image, k (default: the model's: 256, gvit_nano's 64)", type=int)
+    num_gaussians: int | None = _opt(None, "Gaussians per image, k (default: the model's: 256, gvit_nano's 64; with --budgets the largest budget)", type=int)
+    budgets: str | None = _opt(None, "train one flex model for several Gaussian budgets: a list (8,16,32,64) or a range (8-64: every k from 8 to 64); each step draws one budget for the encoder and the classifier, validation reports each budget, and the model serves any k from the smallest to the largest (docs/flex.md; default: one k, --num-gaussians)", type=str)
+    prefix_loss: bool = _opt(True, "with --budgets, each step also reconstructs the image from a shorter budget's prefix of its Gaussians (drawn like the budget), so that every prefix of an encoding renders a coarse image (docs/flex.md)")
     model_kwargs: dict = _opt(dict, "further create_model kwargs as KEY=VALUE, e.g. scale_bound=0.75 gaussian_init=queries", nargs="*", metavar="KEY=VALUE")
     init_from: str | None = _opt(None, "start the whole model (encoder and classifier) from another run's export folder, .safetensors/.pth file or checkpoint, e.g. to run joint-phase variants from one classifier-phase run (default: a random initialisation)", type=str)
     init_encoder_from: str | None = _opt(None, "start the encoder from another run's export folder, .safetensors/.pth file or checkpoint (the paper starts GViT-B from GViT-S's encoder; default: a random initialisation)", type=str)
@@ -102,6 +106,9 @@ class TrainConfig:
     def model_create_kwargs(self) -> dict:
         """kwargs for ``timm.create_model`` beyond the model name and class count."""
         kwargs = {k: v for k, v in (("img_size", self.img_size), ("patch_size", self.patch_size), ("num_gaussians", self.num_gaussians)) if v is not None}
+        if self.budgets is not None:
+            budgets = parse_budgets(self.budgets)
+            kwargs.update(budgets=budgets, num_gaussians=self.num_gaussians or budgets[-1])
         return {**kwargs, **self.model_kwargs}
 
 
@@ -149,6 +156,7 @@ TRAINER_OWNED_KWARGS = {
     **dict.fromkeys(("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "pretrained_strict", "cache_dir"),
                     "the trainer builds a new model; start from trained weights with --init-from or --init-encoder-from"),
     **dict.fromkeys(("features_only", "out_indices", "scriptable", "exportable", "no_jit"), "the trainer needs the plain classifier"),
+    "budgets": "give --budgets (e.g. 8,16,32,64 or 8-64): the trainer draws a budget per step",
 }
 
 
@@ -497,6 +505,13 @@ def validate(config: TrainConfig) -> TrainConfig:
     check("clip_grad", config.clip_grad is None or config.clip_grad > 0, "> 0 (or left out)")
     check("betas", all(0 <= b < 1 for b in config.betas), "two numbers in [0, 1)")
     check("guidance_epochs", config.guidance_epochs <= config.joint_epochs, f"<= --joint-epochs ({config.joint_epochs})")
+    if config.budgets is not None:
+        try:
+            budgets = parse_budgets(config.budgets)
+        except ValueError as exc:
+            _fail(str(exc))
+        check("num_gaussians", config.num_gaussians is None or budgets[0] <= config.num_gaussians <= budgets[-1],
+              f"within --budgets ({budgets[0]} to {budgets[-1]}: the k the flex model serves by default), or left out (the largest)")
     check("joint_epochs", config.recon_epochs + config.classifier_epochs + config.joint_epochs > 0,
           "> 0 if --recon-epochs and --classifier-epochs are 0 (the schedule has no steps)")
     if config.streaming and config.decode_on_device:
@@ -667,12 +682,12 @@ def _resume_config(explicit: dict, flags: dict, timm_flags: dict, origin: dict) 
     return validate(TrainConfig(**{**saved, "output_dir": str(run_dir), **explicit}))
 
 
-def _announce_preset(explicit: dict, origin: dict) -> None:
+def _announce_preset(preset: dict, explicit: dict, origin: dict) -> None:
     """One line on stderr (from the first process) saying what the built-in run sets, and what the user's options replaced."""
     if os.environ.get("RANK", "0") != "0":
         return
-    kept = " ".join(f"{_flag(k)} {v}" for k, v in DIGITS_PRESET.items() if k not in explicit)
-    replaced = " ".join(dict.fromkeys(origin.get(k) or f"{_flag(k)} {explicit[k]}" for k in DIGITS_PRESET if k in explicit))
+    kept = " ".join(f"{_flag(k)} {v}" for k, v in preset.items() if k not in explicit)
+    replaced = " ".join(dict.fromkeys(origin.get(k) or f"{_flag(k)} {explicit[k]}" for k in preset if k in explicit))
     print(f"train_gvit.py: no --dataset: the built-in run on scikit-learn's 8x8 digits sets {kept or 'nothing'}"
           f"{f' (yours: {replaced})' if replaced else ''}; flags and --config win over these", file=sys.stderr)
 
@@ -703,10 +718,12 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     if explicit.get("resume"):
         return _resume_config(explicit, args, timm_flags, origin)
     preset = DIGITS_PRESET if explicit.get("dataset") is None else {}
+    if explicit.get("budgets") is not None:  # the budgets set k: the largest, unless --num-gaussians names another
+        preset = {k: v for k, v in preset.items() if k != "num_gaussians"}
     _timm_options(timm_flags, args, explicit, origin, base={**_defaults(), **preset, **explicit})
     config = validate(TrainConfig(**{**preset, **explicit}))
     if preset:  # once the options are good: a refusal stays the only line
-        _announce_preset(explicit, origin)
+        _announce_preset(preset, explicit, origin)
     return config
 
 

@@ -12,7 +12,7 @@ from .losses import reconstruction_loss
 
 
 class GViTObjective(nn.Module):
-    """``forward(images, targets, labels, phase, with_dssim) -> (loss, parts)`` for a GViT ``model``.
+    """``forward(images, targets, labels, phase, with_dssim, prefix) -> (loss, parts)`` for a GViT ``model``.
 
     - ``reconstruction``: the encoder on L_pix (+ lambda_perc * D-SSIM once it is on).
     - ``classifier``: the classifier on cross-entropy; the encoder is frozen (no gradients, eval
@@ -25,7 +25,9 @@ class GViTObjective(nn.Module):
       had learned in the classifier phase (digits preset: 35% -> 21-28% top-1).
 
     ``images`` are normalised, ``targets`` the same images in [0, 1]; ``parts`` are detached
-    0-d tensors for logging (nothing here waits for the device).
+    0-d tensors for logging (nothing here waits for the device). The model serves its
+    ``num_gaussians`` (a flex model: the step's budget); with ``prefix`` (a smaller k, docs/flex.md)
+    the reconstruction loss is the mean of the k Gaussians' and of their first ``prefix``'s.
 
     The step runs through three functions, :attr:`encode`, :attr:`classification` and
     :attr:`reconstruction`, which :meth:`compile_regions` replaces with compiled ones: everything
@@ -75,6 +77,12 @@ class GViTObjective(nn.Module):
             return gaussians.sum() * float("nan")
         return self.reconstruction(self.model.render(gaussians, tuple(targets.shape[-2:])), targets, with_dssim)
 
+    def _reconstruction(self, gaussians: Tensor, targets: Tensor, with_dssim: bool, prefix: int | None) -> Tensor:
+        rec = self._rendered_loss(gaussians, targets, with_dssim)
+        if prefix is None:
+            return rec
+        return (rec + self._rendered_loss(gaussians[:, :prefix], targets, with_dssim)) / 2
+
     def _test_time_gaussians(self, images: Tensor) -> Tensor:
         """The encoder's Gaussians as at test time (eval mode: fixed g0), without gradients."""
         encoder = self.model.encoder
@@ -85,9 +93,9 @@ class GViTObjective(nn.Module):
         encoder.train(was_training)
         return gaussians
 
-    def forward(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool):
+    def forward(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool, prefix: int | None = None):
         if phase == "reconstruction":
-            rec = self._rendered_loss(self.encode(images), targets, with_dssim)
+            rec = self._reconstruction(self.encode(images), targets, with_dssim, prefix)
             return rec, {"rec_loss": rec.detach()}
         if phase == "classifier":
             ce, acc = self.classification(self._test_time_gaussians(images), labels)
@@ -99,5 +107,5 @@ class GViTObjective(nn.Module):
         else:
             to_classifier = gaussians.detach() + w * (gaussians - gaussians.detach())
         ce, acc = self.classification(to_classifier, labels)
-        rec = self._rendered_loss(gaussians, targets, with_dssim)
+        rec = self._reconstruction(gaussians, targets, with_dssim, prefix)
         return rec + ce, {"rec_loss": rec.detach(), "ce_loss": ce.detach(), "train_acc": acc}

@@ -1,0 +1,38 @@
+"""Training one GViT for several Gaussian budgets (``--budgets``, docs/flex.md): which budgets, and
+which one each step trains."""
+
+from __future__ import annotations
+
+import random
+
+
+def parse_budgets(text: str) -> list[int]:
+    """``'8,16,32,64'`` -> [8, 16, 32, 64]; a range ``'8-64'`` is every k from 8 to 64; items
+    combine (``'4,8-12'``). Sorted, without repeats; a ValueError names a bad item."""
+    budgets = set()
+    for item in str(text).split(","):
+        low, dash, high = item.strip().partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise ValueError(f"--budgets: {item.strip()!r} is not a Gaussian count or a range such as 8-64 "
+                             f"(give e.g. 8,16,32,64 or 8-64)") from None
+        if not 1 <= first <= last:
+            raise ValueError(f"--budgets: {item.strip()!r} must be counts >= 1, a range from low to high")
+        budgets.update(range(first, last + 1))
+    return sorted(budgets)
+
+
+def draw_budget(budgets: list[int], seed: int, step: int, prefix: bool) -> tuple[int, int | None]:
+    """The budget k that optimiser step ``step`` trains, uniform over ``budgets``, and with
+    ``prefix`` a shorter budget, uniform over those below k, whose prefix of the step's
+    Gaussians is also reconstructed (None for the smallest k, or without ``prefix``).
+
+    A function of (seed, step) alone, the same on every process and for every micro-batch of the
+    step: a resumed run draws what the uninterrupted one drew, and the global random state stays
+    the model's.
+    """
+    rng = random.Random(f"{seed}:{step}")
+    k = rng.choice(budgets)
+    shorter = [b for b in budgets if b < k]
+    return k, (rng.choice(shorter) if prefix and shorter else None)
