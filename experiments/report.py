@@ -5,7 +5,7 @@
 
 Reads experiments/results/{trainer_runs,gaussian_study}.json and writes
 experiments/results/summary.json, docs/results/*.png, and the tables between the
-``<!-- results:NAME -->`` / ``<!-- /results:NAME -->`` markers of MODEL_CARD.md and README.md,
+``<!-- results:NAME -->`` / ``<!-- /results:NAME -->`` markers and the ``<!-- fact:NAME -->`` figures of README.md, MODEL_CARD.md and docs/study.md (DOCUMENTS),
 so that no number in them is copied by hand. Needs matplotlib (``pip install -e ".[experiments]"``).
 """
 
@@ -473,7 +473,8 @@ def headline(guided: dict, k_data: dict, loss_data: dict, fit_data: dict, leak_d
 
 def dose(runs: dict) -> tuple[dict, str]:
     """Guidance dose (issue 19): arms of 400 guided joint steps from one classifier-phase model."""
-    arms_of = lambda prefix: {r["seed"]: r for n, r in runs.items() if n.startswith(prefix) and r.get("finished")}  # noqa: E731
+    arms_of = lambda prefix: {r["seed"]: r for n, r in runs.items()  # noqa: E731
+                              if n.startswith(prefix) and r.get("group") == "dose" and r.get("finished")}
 
     def paired(arms: dict, other: dict) -> tuple[tuple, tuple, int]:
         """(mean ± 95 % CI of arms - other, (arms' mean, other's mean), seeds) over the seeds both have."""
@@ -481,7 +482,7 @@ def dose(runs: dict) -> tuple[dict, str]:
         top1 = lambda side: [side[s]["final"]["top1"] for s in seeds]  # noqa: E731
         return mean_ci([a - b for a, b in zip(top1(arms), top1(other))]), (mean_ci(top1(arms))[0], mean_ci(top1(other))[0]), len(seeds)
 
-    gammas = sorted({r["gamma"] for n, r in runs.items() if n.startswith("dose-g")})
+    gammas = sorted({r["gamma"] for n, r in runs.items() if n.startswith("dose-g") and r.get("group") == "dose"})
     start = final(runs, "sweep-k64"), final(runs, "sweep-k64", "psnr")
     data, rows = {"start": start}, []
     off = arms_of("dose-g0-")
@@ -521,6 +522,47 @@ def dose(runs: dict) -> tuple[dict, str]:
         + (f" (gamma 0.1 minus control, paired: {ci(data['0.1_vs_control'], 2)})" if data["0.1_vs_control"][0] is not None else "")
         + ". The paper guides for about 1,500 steps of 4,096 images; the earlier protocol here took 37 of 64"
         " (`docs/results/guidance_dose.png`).") + shipped_md
+
+
+#: the dose's starting models, each trained end to end from its own seed: (label, its classifier-phase run, its dose pairs
+#: as (gamma 0.1 run, gamma 0 run)); the first model's pairs differ in the dose's seed only
+STARTING_MODELS = (("`encoder-k64` -> `sweep-k64` (seed 0)", "sweep-k64", tuple((f"dose-g0.1-s{s}", f"dose-g0-s{s}") for s in DOSE_SEEDS)),
+                   ("`encoder-k64-e1` -> `sweep-k64-e1` (seed 1)", "sweep-k64-e1", (("dose-g0.1-e1", "dose-g0-e1"),)))
+
+
+def starting_models(runs: dict) -> tuple[dict, str]:
+    """The dose's gain (gamma 0.1 minus 0, paired) from each independently trained starting model, and across them."""
+    data, rows = {}, []
+    for label, start, pairs in STARTING_MODELS:
+        gains = [final(runs, a) - final(runs, b) for a, b in pairs if None not in (final(runs, a), final(runs, b))]
+        data[start] = {"start_top1": final(runs, start), "gains": gains, "mean": statistics.mean(gains) if gains else None}
+        rows.append([label, fmt(final(runs, start)), ", ".join(f"{g:+.1f}" for g in gains) or "pending",
+                     f"{data[start]['mean']:+.1f}" if gains else "pending"])
+    means = [d["mean"] for d in data.values() if d["mean"] is not None]
+    data["across"] = {"models": len(means), "mean": statistics.mean(means) if means else None,
+                      "min": min(means, default=None), "max": max(means, default=None)}
+    md = table(["starting model (phase 1 -> classifier phase, each from its seed)", "its top-1 %",
+                "dose gain, gamma 0.1 minus 0, per dose seed (points)", "mean"], rows)
+    return data, md + (
+        "\n\nThe gain of the guidance dose measured from two starting models that share only the recipe: each trained its"
+        " own phase 1 and classifier phase from its own seed (`python experiments/study.py --only recipe` trains the second),"
+        " then the 400-step dose at gamma 0.1 and at 0 from it. The first model's three pairs differ only in the dose's"
+        " seed, so their spread is the dose's alone; the spread between the two models' means includes everything a"
+        " retraining changes.")
+
+
+def dose_evidence(dose_data: dict, models: dict) -> str:
+    """The README's sentence on the dose's evidence (it follows 'against the same 400 steps at gamma 0,')."""
+    first, across = models[STARTING_MODELS[0][1]], models["across"]
+    gain, half = dose_data["0.1"]["vs_gamma0"]
+    text = (f"it gained {gain:+.1f} points on {dose_data['0.1']['paired_seeds']} dose seeds from one starting model"
+            f" (95 % CI {gain - half:+.1f} to {gain + half:+.1f})")
+    second = models[STARTING_MODELS[1][1]]
+    if second["mean"] is None:
+        return text + "; a second, independently trained starting model is pending."
+    return (text + f" and {second['mean']:+.1f} from a second one whose phase 1 and classifier phase were trained from"
+            f" their own seed: {across['mean']:+.1f} on average over the {across['models']} starting models, which differ by"
+            f" {across['max'] - across['min']:.1f} points.")
 
 
 def pixels_per_gaussian(runs: dict) -> tuple[dict, str]:
@@ -761,17 +803,17 @@ def figures(k_data: dict, guided: dict) -> None:
         plt.close(fig)
 
 
-def fill(path: Path, sections: dict[str, str]) -> None:
-    if not path.is_file():
-        return
-    text = path.read_text()
-    for name, body in sections.items():
-        text = re.sub(rf"(<!-- results:{name} -->)\n(?:.*?\n)?(<!-- /results:{name} -->)",
-                      lambda m: f"{m.group(1)}\n{body}\n{m.group(2)}", text, flags=re.S)
-    path.write_text(text)
+#: the documents that report.py writes into, and that tests/test_docs.py checks against the results
+DOCUMENTS = ("README.md", "MODEL_CARD.md", "docs/study.md")
+BLOCK = r"(<!-- results:{name} -->)\n(?:.*?\n)?(<!-- /results:{name} -->)"
+FACT = re.compile(r"<!-- fact:([\w.]+) -->(.*?)<!-- /fact -->", re.S)
 
 
-def main() -> None:
+def build() -> tuple[dict, dict[str, str], dict[str, str]]:
+    """Everything the documents quote, from the committed JSON: (summary, tables by marker name, facts by name).
+
+    No figure is drawn here (that needs matplotlib; :func:`main` draws them), so tests can call it.
+    """
     # the current recipe's runs; the paper recipe's study (patch 16, lr 3e-4) for what was not re-run
     runs, runs_v1, study = load("trainer_runs.json"), load("paper_recipe/trainer_runs.json"), load("paper_recipe/gaussian_study.json")
     runs_v2 = load("batch64_recipe/trainer_runs.json")  # patch 8, lr 1e-3, encoder at batch 64
@@ -786,28 +828,79 @@ def main() -> None:
     fit_data, fit_md = fitting(runs_v1, study, guided["paper_recipe"], cls_ablation_data)
     leak_data, leak_md = leakage(study, cls_ablation_data)
     base_data, base_md = baseline(study, load("gaussian_study.json"), guided, runs)
-    figures(k_data, guided)
     dose_data, dose_md = dose(runs)
-    dose_figure(dose_data)
+    models_data, models_md = starting_models(runs)
     pixel_data, pixel_md = pixels_per_gaussian(runs)
-    pixels_figure(pixel_data)
     adapt_data, adapt_md = adaptivity()
     lever_data, lever_md = levers(runs, adapt_data)
+    shipped_data, shipped_md = shipped({**runs_v2, **runs_v3, **runs})  # the shipped tag may come from any recipe
     summary = {"guidance": guided, "num_gaussians": k_data, "losses": loss_data, "fitting": fit_data, "leakage": leak_data,
                "patch_baseline": base_data, "variants": variant_data, "encoder_ablation": ablation_data, "encoder_ablation_gpu": ablation_gpu_data,
-               "classifier_ablation": cls_ablation_data, "guidance_dose": dose_data, "pixels_per_gaussian": pixel_data,
-               "adaptivity": adapt_data, "adaptivity_levers": lever_data}
-    shipped_data, shipped_md = shipped({**runs_v2, **runs_v3, **runs})  # the shipped tag may come from any recipe
+               "classifier_ablation": cls_ablation_data, "guidance_dose": dose_data, "dose_starting_models": models_data,
+               "pixels_per_gaussian": pixel_data, "adaptivity": adapt_data, "adaptivity_levers": lever_data, "shipped_weights": shipped_data}
+    all_runs = {**runs_v1, **{f"{n} (batch-64 recipe)": r for n, r in runs_v2.items()},
+                **{f"{n} (joint recipe)": r for n, r in runs_v3.items()}, **{f"{n} (current recipe)": r for n, r in runs.items()}}
     sections = {"guidance": guidance_md, "gaussians": k_md, "losses": loss_md, "fitting": fit_md, "leakage": leak_md,
-                "baseline": base_md, "variants": variant_md, "encoder_ablation": ablation_md, "encoder_ablation_gpu": ablation_gpu_md, "classifier_ablation": cls_ablation_md, "shipped": shipped_md, "explain": explain_figures(),
-                "dose": dose_md, "pixels": pixel_md, "adaptivity": adapt_md, "levers": lever_md,
-                "compute": compute({**runs_v1, **{f"{n} (batch-64 recipe)": r for n, r in runs_v2.items()},
-                                    **{f"{n} (joint recipe)": r for n, r in runs_v3.items()},
-                                    **{f"{n} (current recipe)": r for n, r in runs.items()}}, study), "headline": headline(guided, k_data, loss_data, fit_data, leak_data, base_data, dose_data, pixel_data)}
-    summary["shipped_weights"] = shipped_data
+                "baseline": base_md, "variants": variant_md, "encoder_ablation": ablation_md, "encoder_ablation_gpu": ablation_gpu_md,
+                "classifier_ablation": cls_ablation_md, "shipped": shipped_md, "explain": explain_figures(),
+                "dose": dose_md, "starting_models": models_md, "pixels": pixel_md, "adaptivity": adapt_md, "levers": lever_md,
+                "compute": compute(all_runs, study),
+                "headline": headline(guided, k_data, loss_data, fit_data, leak_data, base_data, dose_data, pixel_data)}
+    return summary, sections, facts(summary, runs, all_runs)
+
+
+#: the runs the shipped weights come from, in order: phase 1, more reconstruction, classifier and joint phases, the dose
+SHIPPED_CHAIN = ("encoder-k64", "encoder-k64-long", "final-k64-g0", "shipped-dose-g0.1")
+
+
+def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
+    """The figures that the documents' prose quotes, each as the words it appears in (``<!-- fact:NAME -->``)."""
+    bench = ROOT / "benchmarks" / "reference"
+    default_run = json.loads((bench / "default_digits_run.json").read_text())
+    timm_tests = json.loads((bench / "timm_test_models.json").read_text())
+    shipped_val, dose_data = summary["shipped_weights"]["val"], summary["guidance_dose"]
+    sparse = summary["guidance"]
+    sparse_half = T95[sparse["seeds_done"] - 1] * sparse["difference"][1] / sparse["seeds_done"] ** 0.5
+    timed = [r["wall_seconds"] for r in all_runs.values() if r.get("wall_seconds")]
+    return {
+        "default_run": (f"{default_run['top1']:.1f} % top-1, {default_run['top5']:.0f} % top-5 and a reconstruction PSNR of"
+                        f" {default_run['psnr_db']:.1f} dB in {default_run['wall_s']:.0f} s on a 2-core CPU"),
+        "timm_model_tests": f"all {timm_tests['passed']} selected tests pass",
+        "dose_evidence": dose_evidence(dose_data, summary["dose_starting_models"]),
+        "sparse_guidance": f"{sparse['difference'][0]:+.2f} ± {sparse_half:.2f} points on {sparse['seeds_done']} paired seeds",
+        "shipped_gain": (f"{final(runs, 'final-k64-g0'):.1f} -> {shipped_val['top1']:.1f} % top-1;"
+                         f" {final(runs, 'shipped-dose-g0'):.1f} % without guidance"),
+        "shipped_weights": f"{shipped_val['top1']:.1f} % top-1 and {shipped_val['psnr']:.1f} dB",
+        "shipped_top5": f"{shipped_val['top5']:.1f} % top-5",
+        "bundled": (f"classifies {summary['shipped_weights']['bundled']['correct']} of the"
+                    f" {summary['shipped_weights']['bundled']['images']} validation images bundled"),
+        "shipped_compute": (f"{sum(runs[n]['wall_seconds'] for n in SHIPPED_CHAIN) / 3600:.1f} h of wall time on 2 cores in the"
+                            f" {len(SHIPPED_CHAIN)} runs behind them"),
+        "study_compute": f"{len(all_runs)} trainer runs, whose recorded wall times add up to {sum(timed) / 3600:.0f} h",
+    }
+
+
+def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
+    """``text`` with every marked table and fact replaced by its current value; an unknown fact name is an error."""
+    for name, body in sections.items():
+        text = re.sub(BLOCK.format(name=name), lambda m: f"{m.group(1)}\n{body}\n{m.group(2)}", text, flags=re.S)
+
+    def fact(m: re.Match) -> str:
+        if m.group(1) not in known_facts:
+            raise KeyError(f"unknown fact {m.group(1)!r}; report.facts() knows {sorted(known_facts)}")
+        return f"<!-- fact:{m.group(1)} -->{known_facts[m.group(1)]}<!-- /fact -->"
+    return FACT.sub(fact, text)
+
+
+def main() -> None:
+    summary, sections, known_facts = build()
+    figures(summary["num_gaussians"], summary["guidance"])
+    dose_figure(summary["guidance_dose"])
+    pixels_figure(summary["pixels_per_gaussian"])
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    for target in ("MODEL_CARD.md", "README.md"):
-        fill(ROOT / target, sections)
+    for target in DOCUMENTS:
+        path = ROOT / target
+        path.write_text(fill_text(path.read_text(), sections, known_facts))
     for name, md in sections.items():
         print(f"\n## {name}\n{md}")
 

@@ -8,7 +8,7 @@
 //   qmax    [B, K]     Mahalanobis^2 beyond which alpha < alpha_min (culling bound)
 //   extent  [B, K, 2]  half-width/height in pixels of the ellipse q <= qmax (culling box)
 //   background [B, 3]
-// Compositing is front to back in index order (gvit-method.md section 3):
+// Compositing is front to back in index order (docs/method.md section 3):
 //   alpha_i = min(alpha_max, o_i exp(-q_i / 2));  contributions with alpha < alpha_min are skipped;
 //   a pixel stops before the Gaussian that would take its transmittance to t_min or below (that
 //   Gaussian and all behind it do not count), as gsplat's rasteriser does.
