@@ -94,6 +94,7 @@ def test_the_wheel_installs_the_trainer_and_hub_publishing_and_runs_outside_the_
 
     assert {"gvit-train", "gvit-publish", "gvit-fit"} <= {p.name for p in bin_dir.iterdir()}
     usage = command(str(bin_dir / "gvit-train"), "--help").stdout
+    assert usage.startswith("usage: gvit-train")  # the name the user typed, not the checkout's train_gvit.py
     for flag in ("--dataset", "--gamma", "--resume", "--push-to-hub", "--config"):
         assert flag in usage
     assert command(str(bin_dir / "gvit-publish"), "--help").stdout.startswith("usage: gvit-publish")
