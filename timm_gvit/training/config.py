@@ -305,10 +305,18 @@ class _Fixed(argparse.Action):
             _fail(f"{option_string} {values}: this trainer has only {option_string} {value}: {why}")
 
 
+def program() -> str:
+    """The trainer's name as the user ran it: ``gvit-train`` when installed (also for ``python -m timm_gvit.train``,
+    whose argv[0] is the package's train.py), else ``train_gvit.py``, the checkout's entry point."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    installed = argv0.name == "gvit-train" or argv0.parts[-2:] == ("timm_gvit", "train.py")
+    return "gvit-train" if installed else "train_gvit.py"
+
+
 def build_parser() -> argparse.ArgumentParser:
     models = gvit_models()
     parser = argparse.ArgumentParser(
-        prog="train_gvit.py",
+        prog=program(),
         description="Train a GViT model with the paper's three-phase schedule (reconstruction warm-up, "
         "classifier pre-training, joint training with classifier-gradient guidance). Run with "
         "`accelerate launch train_gvit.py ...` for several GPUs or `python train_gvit.py ...`. With no "
@@ -398,7 +406,7 @@ class Refusal(SystemExit, ValueError):
 
 
 def _fail(message: str):
-    raise Refusal(f"train_gvit.py: error: {message}")
+    raise Refusal(f"{program()}: error: {message}")
 
 
 def _check_value(f: dataclasses.Field, value, where: str):
