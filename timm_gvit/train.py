@@ -11,7 +11,7 @@ A run folder (``--output-dir``) collects the resolved config, checkpoints (``--r
 continues a stopped run with its saved config, bit for bit), ``metrics.json``, PNG figures,
 tracker logs and, at the end, the export folder that
 ``timm.create_model('local-dir:RUN/export', pretrained=True)`` loads and ``--push-to-hub``
-uploads. The method is docs/method.md sections 5 and 6; what survives a crash is in the README.
+uploads. The method is docs/method.md sections 5 and 6; what survives a crash is in docs/training.md.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class TrainConfig:
     max_train_samples: int | None = _opt(None, "use only a random (seeded) subset of N >= 1 training items (quick runs; default: all)", type=int)
     max_val_samples: int | None = _opt(None, "use only a random (seeded) subset of N >= 1 validation items (default: all)", type=int)
     workers: int = _opt(2, "data-loading worker processes per training process")
-    streaming: bool = _opt(False, "read the dataset as a stream (datasets' IterableDataset): Hub datasets and tar shards without converting them first, any other dataset as a seeded permutation of its items; resumable (README: what is exact)")
+    streaming: bool = _opt(False, "read the dataset as a stream (datasets' IterableDataset): Hub datasets and tar shards without converting them first, any other dataset as a seeded permutation of its items; resumable (docs/data.md says what is exact)")
     shuffle_buffer: int = _opt(1000, "with --streaming, items each loader worker shuffles through (tar shards and Hub streams; other sources are permuted whole)")
     hflip: float = _opt(0.5, "probability of a horizontal flip in training (the paper's only augmentation besides random-resized-crop scale 0.5-1)")
     skip_bad_images: int | None = _opt(None, "read every image of both splits before training and skip up to N unreadable ones (each logged, counted in metrics.json; a training image's place goes to the next readable one); default: no pre-check, an unreadable image is skipped where training or validation meets it (see --max-bad-images)", type=int)
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset it trains gvit_nano on scikit-learn's digits in under 3 minutes on a 2-core CPU: that "
         "built-in run sets some options to other values than the defaults below (it says which when it "
         "starts), and flags and --config win over them.",
-        epilog="timm train.py's other flags are refused with what to use instead (README.md, Training).",
+        epilog="timm train.py's other flags are refused with what to use instead (the table in README.md, "timm's flags").",
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("-c", "--config", help="YAML file of options (keys as the flags, with underscores; timm's names are not "
