@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset it trains gvit_nano on scikit-learn's digits in under 3 minutes on a 2-core CPU: that "
         "built-in run sets some options to other values than the defaults below (it says which when it "
         "starts), and flags and --config win over them.",
-        epilog="timm train.py's other flags are refused with what to use instead (the table in README.md, "timm's flags").",
+        epilog="timm train.py's other flags are refused with what to use instead (the table in README.md, timm's flags).",
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("-c", "--config", help="YAML file of options (keys as the flags, with underscores; timm's names are not "
