@@ -2,10 +2,14 @@
 
     python -m timm_gvit.explain photo.jpg                       # the shipped gvit_nano.imagenette_64_v2 weights
     python -m timm_gvit.explain photo.jpg --checkpoint run/export --out fig.png
+    python -m timm_gvit.explain photo.jpg --model local-dir:FLEX --num-gaussians 16,32,64
 
 The figure shows, side by side: the input, the reconstruction from the model's Gaussians, their
 2-sigma ellipses, the det(Sigma) map (small determinants, bright, tend to cluster on
-class-relevant regions), and the CDAM grid for the predicted or a chosen class.
+class-relevant regions), and the CDAM grid for the predicted or a chosen class. With several
+``--num-gaussians`` (a flex model, docs/flex.md) it shows one column per budget instead: the
+reconstruction and prediction of the model serving k, its ellipses, and the first k of the
+Gaussians of one encoding at the largest k (the level of detail).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from .data_utils import check_safetensors, rgb_targets
 from .images import read_image, to_channels
 from .rendering import render_gaussians
 from .training.config import parse_kwargs
-from .visualize import draw_ellipses, output_problem, save_panels, to_pil
+from .visualize import draw_ellipses, output_problem, save_columns, save_panels, to_pil
 
 # Colour ramps as (position, rgb) anchors: a dark-to-bright sequential one and a diverging one.
 SEQUENTIAL = ((0.0, (0.0, 0.0, 0.02)), (0.35, (0.45, 0.1, 0.5)), (0.7, (0.95, 0.4, 0.3)), (1.0, (1.0, 0.98, 0.75)))
@@ -119,6 +123,40 @@ def figure(image: Tensor, result: dict[str, Tensor], index: int = 0, class_name:
     ]
 
 
+def explain_budgets(model, images: Tensor, budgets: list[int]) -> list[dict[str, Tensor]]:
+    """For a flex model and normalised ``images`` ``[B, C, H, W]``, per budget k (in the order
+    given): ``gaussians`` ``[B, k, 9]`` and ``reconstruction`` of the model serving k, its
+    ``probs``, and ``prefix``: the rendering of the first k of the Gaussians of one encoding at
+    the largest budget. The model serves its own k again afterwards."""
+    model.eval()
+    H, W = images.shape[-2:]
+    serving, results = model.num_gaussians, []
+    with torch.no_grad():
+        try:
+            model.set_num_gaussians(max(budgets))
+            widest = model.encode(images)
+            for k in budgets:
+                model.set_num_gaussians(k)
+                gaussians = model.encode(images)
+                results.append(dict(gaussians=gaussians, reconstruction=model.render(gaussians, (H, W)),
+                                    probs=model.classify(gaussians).softmax(-1), prefix=model.render(widest[:, :k], (H, W))))
+        finally:
+            model.set_num_gaussians(serving)
+    return results
+
+
+def budget_figure(image: Tensor, budgets: list[int], results: list[dict[str, Tensor]], class_names: list[str], index: int = 0):
+    """The columns and row names of :func:`explain_budgets`' figure for one image ``[3, H, W]`` in [0, 1]."""
+    columns = [("input", [to_pil(image), None, None])]
+    for k, result in zip(budgets, results):
+        probs = result["probs"][index]
+        top = int(probs.argmax())
+        columns.append((f"k={k}: {class_names[top]} ({probs[top]:.0%})",
+                        [to_pil(result["reconstruction"][index]), draw_ellipses(image, result["gaussians"][index]),
+                         to_pil(result["prefix"][index])]))
+    return columns, ["encoded at k", "its ellipses", f"first k of {max(budgets)}"]
+
+
 def check_weights_file(path: Path) -> None:
     """Raise a ``ValueError`` naming ``path`` unless it is a weights file (a complete one, for safetensors)."""
     if not path.is_file():
@@ -144,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--random-weights", action="store_true", help="explain an untrained model (random weights); without it, a model with no weights is refused")
     parser.add_argument("--class", dest="target", type=int, help="class index to explain (default: the predicted class)")
     parser.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="extra create_model kwargs, e.g. num_classes=10 img_size=64")
+    parser.add_argument("--num-gaussians", metavar="K[,K...]", help="the Gaussian budget(s) to explain a flex model at (docs/flex.md): one k "
+                        "gives the usual figure at k, several (e.g. 16,32,64) one column per budget (default: the model's own k)")
     parser.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
     args = parser.parse_args(argv)
 
@@ -160,6 +200,12 @@ def main(argv: list[str] | None = None) -> None:
         kwargs = parse_kwargs(args.model_kwargs)
     except ValueError as exc:
         parser.error(str(exc))
+    budgets = None
+    if args.num_gaussians is not None:
+        try:
+            budgets = [int(k) for k in args.num_gaussians.split(",")]
+        except ValueError:
+            parser.error(f"--num-gaussians must be Gaussian counts separated by commas, e.g. 16,32,64, got {args.num_gaussians!r}")
     shipped = get_pretrained_cfg(args.model, allow_unregistered=True) if "." in args.model else None
     pretrained = args.pretrained or args.model.startswith(("local-dir:", "hf-hub:")) or bool(shipped and shipped.file and Path(shipped.file).is_file())
     weights_file = None
@@ -194,11 +240,26 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--model {args.model}: {exc}")
     if args.target is not None and args.target >= model.num_classes:
         parser.error(f"--class {args.target}: the model has {model.num_classes} classes (0..{model.num_classes - 1})")
+    for k in budgets or []:
+        try:
+            model._check_budget("--num-gaussians", k)
+        except ValueError as exc:
+            parser.error(str(exc))
     config = resolve_model_data_config(model)
     transform = create_transform(**config)
     images = transform(to_channels(photo, model.in_chans))[None]
-    result = explain(model, images, None if args.target is None else torch.tensor([args.target]))
     names = model.pretrained_cfg.get("label_names") or [str(i) for i in range(model.num_classes)]
+    if budgets is not None and len(budgets) > 1:
+        results = explain_budgets(model, images, budgets)
+        for k, result in zip(budgets, results):
+            p, i = result["probs"][0].max(0)
+            print(f"k={k}: {names[int(i)]} ({float(p):.1%})")
+        columns, rows = budget_figure(rgb_targets(images, config["mean"], config["std"])[0], budgets, results, names)
+        print(f"wrote {save_columns(columns, rows, args.out, cell=max(160, images.shape[-1]))}")
+        return
+    if budgets is not None:
+        model.set_num_gaussians(budgets[0])
+    result = explain(model, images, None if args.target is None else torch.tensor([args.target]))
     top = result["probs"][0].topk(min(5, model.num_classes))
     print("top classes:", ", ".join(f"{names[i]} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist())))
     class_name = names[int(result["target"][0])]

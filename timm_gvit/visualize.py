@@ -81,3 +81,24 @@ def save_reconstruction_grid(originals: Tensor, reconstructions: Tensor, gaussia
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def save_columns(columns: list[tuple[str, list[Image.Image | None]]], row_names: list[str], path: str | Path, cell: int = 160) -> Path:
+    """Titled columns of images, top to bottom, each resized to ``cell`` x ``cell`` (None: left
+    blank), with ``row_names`` down the left, as one PNG."""
+    title_h, gap, name_w = 18, 4, 8 * max(len(name) for name in row_names) + 8
+    rows = max(len(images) for _, images in columns)
+    canvas = Image.new("RGB", (name_w + len(columns) * (cell + gap), title_h + rows * (cell + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for row, name in enumerate(row_names):
+        draw.text((2, title_h + row * (cell + gap) + cell // 2), name, fill="black")
+    for col, (title, images) in enumerate(columns):
+        x = name_w + col * (cell + gap)
+        draw.text((x + 2, 3), title, fill="black")
+        for row, image in enumerate(images):
+            if image is not None:
+                canvas.paste(image.resize((cell, cell), Image.Resampling.NEAREST), (x, title_h + row * (cell + gap)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

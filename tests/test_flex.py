@@ -1,0 +1,292 @@
+"""One GViT for several Gaussian budgets (issue 30, docs/flex.md): the model, the trainer's --budgets,
+loading a flex checkpoint at a chosen k, and the explain command's budget figure."""
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import timm_gvit  # noqa: F401
+import train_gvit
+from timm_gvit.gaussians import NESTED_LAYOUTS, decode_gaussians, grid_layout, nested_layout
+from timm_gvit.training.budgets import draw_budget, parse_budgets
+from timm_gvit.training.config import parse_config
+from timm_gvit.training.guidance import guidance_step
+
+from test_training import SHORT, TINY, assert_same_run, one_thread, resume
+
+ROOT = Path(__file__).resolve().parents[1]
+FLEX = dict(img_size=32, patch_size=8, num_classes=5, num_gaussians=64, budgets=[8, 16, 32, 64])
+
+
+def flex(**kwargs):
+    return timm.create_model("gvit_nano", **{**FLEX, **kwargs})
+
+
+def digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ off: nothing changes
+def test_a_model_without_budgets_is_bit_identical_to_before_budgets_existed(tmp_path):
+    """tests/data/flex_reference_before_budgets.json holds these digests as the code before this
+    feature computed them: a fixed-seed gvit_nano's weights, its outputs in eval and training mode,
+    and a short trainer run's exported weights and final metrics."""
+    reference = json.loads((ROOT / "tests" / "data" / "flex_reference_before_budgets.json").read_text())
+    with one_thread():
+        torch.manual_seed(0)
+        model = timm.create_model("gvit_nano", num_classes=10)
+        got = {"state_dict": hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()[:16]}
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        model.eval()
+        with torch.no_grad():
+            got.update(eval_logits=digest(model(x)), eval_gaussians=digest(model.encode(x)),
+                       features=digest(model.forward_intermediates(x, indices=2)[1][0]))
+            torch.manual_seed(2)
+            model.train()
+            out = model.forward_train(x)
+            got.update(train_logits=digest(out.logits), train_gaussians=digest(out.gaussians), train_render=digest(out.reconstruction))
+        assert train_gvit.main([*TINY, "--output-dir", str(tmp_path / "run")]) == 0
+    weights = load_file(str(tmp_path / "run" / "export" / "model.safetensors"))
+    got["trained"] = hashlib.sha256(b"".join(weights[k].numpy().tobytes() for k in sorted(weights))).hexdigest()[:16]
+    got["final"] = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+    assert got == {k: v for k, v in reference.items() if k != "computed_at"}
+    assert "budgets" not in json.loads((tmp_path / "run" / "export" / "config.json").read_text())["model_args"]
+
+
+# ------------------------------------------------------------------------------------------------ nested layouts
+@pytest.mark.parametrize("layout", NESTED_LAYOUTS)
+def test_every_prefix_of_a_nested_layout_covers_the_image(layout):
+    """The mean and the largest distance from a pixel to the nearest of the first k centres,
+    against a k-slot grid's: near 1 for every k (the row-by-row grid's first 16 of 64 leave the
+    bottom 3/4 bare)."""
+    axis = (torch.arange(64) + 0.5) / 64 * 2 - 1
+    pixels = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1).reshape(-1, 2)
+
+    def reach(centres):
+        d = torch.cdist(pixels, centres).min(dim=1).values
+        return torch.stack([d.mean(), d.max()])
+
+    table = nested_layout(64, layout)
+    assert table.shape == (64, 2) and table.abs().max() < 1 and len(set(map(tuple, table.tolist()))) == 64
+    ratios = torch.stack([reach(table[:k]) / reach(grid_layout(k)[0]) for k in (4, 16, 32, 64)])
+    assert (ratios[:, 0] < 1.45).all() and (ratios[:, 1] < 2.5).all(), ratios
+    assert (reach(grid_layout(64)[0][:16]) / reach(grid_layout(16)[0]) > 3.5).all()
+    if layout == "morton":  # the grid's cells, one per quadrant first
+        assert sorted(map(tuple, table.tolist())) == sorted(map(tuple, grid_layout(64)[0].tolist()))
+        assert {(x > 0, y > 0) for x, y in table[:4].tolist()} == {(False, False), (False, True), (True, False), (True, True)}
+    assert torch.equal(nested_layout(256, layout)[:64], table) == (layout != "morton")  # the sequences do not depend on the table
+
+
+def test_flex_g0_is_a_prefix_of_one_table_sized_for_each_budget():
+    model = flex().eval()
+    encoder, table = model.encoder, nested_layout(64, "morton")
+    assert model.encoder.g0_layout == "morton" and encoder.slot_embed.shape[1] == 64 and model.classifier.pos_embed.shape[1] == 65
+    full = decode_gaussians(encoder.initial_gaussians(1))[0]
+    assert torch.equal(encoder.initial_gaussians(1), encoder.eval_g0)  # at the largest budget: the stored draw
+    assert ((full[:, :2] - table).abs() <= 0.125 + 1e-6).all()  # jittered by at most half of a 64-slot spacing
+    for k in (8, 16, 32):
+        model.set_num_gaussians(k)
+        g0 = decode_gaussians(encoder.initial_gaussians(2))
+        assert g0.shape == (2, k, 9) and torch.allclose(g0[0, :, :2], full[:k, :2])  # the same slots, the same places
+        ratio = (g0[0, :, 2:4] / full[:k, 2:4]).mean().item()
+        assert ratio == pytest.approx((64 / k) ** 0.5, rel=0.02)  # sized for k
+        model.train()
+        drawn = decode_gaussians(encoder.initial_gaussians(500))
+        assert ((drawn[..., :2] - table[:k]).abs() <= 1 / k**0.5 + 1e-4).all()  # half a k-slot spacing, 2 / sqrt(k) / 2
+        assert drawn[..., 2:4].log().mean().exp().item() == pytest.approx(1 / k**0.5, rel=0.05)  # sigma about half the spacing
+        model.eval()
+
+
+# ------------------------------------------------------------------------------------------------ the interface
+def test_set_num_gaussians_serves_each_budget_with_every_forward_path():
+    model, x = flex().eval(), torch.randn(2, 3, 32, 32)
+    for k in (8, 20, 64):
+        model.set_num_gaussians(k)
+        gaussians = model.encode(x)
+        assert gaussians.shape == (2, k, 9) and model.num_gaussians == model.encoder.num_gaussians == model.classifier.num_gaussians == k
+        torch.testing.assert_close(model(x), model.classify(gaussians))
+        assert model.forward_features(x).shape == (2, 1 + k, 128)
+        final, maps = model.forward_intermediates(x, indices=2, return_prefix_tokens=True)
+        assert final.shape == (2, 1 + k, 128) and [(m.shape, t.shape) for m, t in maps] == [((2, 128, 4, 4), (2, k, 128))] * 2
+        out = model.forward_train(x)
+        assert out.gaussians.shape == (2, k, 9) and out.reconstruction.shape == (2, 3, 32, 32)
+    features = timm.create_model("gvit_nano", features_only=True, **{**FLEX, "num_gaussians": 16}).eval()
+    assert features.model.num_gaussians == 16 and [f.shape for f in features(x)] == [(2, 128, 4, 4)] * 3
+
+
+def test_a_prefix_of_one_encoding_renders_and_classifies():
+    model, x = flex().eval(), torch.randn(2, 3, 32, 32)
+    gaussians = model.encode(x)
+    for k in (8, 16, 40):
+        assert model.render(gaussians[:, :k]).shape == (2, 3, 32, 32)
+        assert model.classify(gaussians[:, :k]).shape == (2, 5)
+    with pytest.raises(ValueError, match=r"\[B, k, 9\] with k from 8 to 64"):
+        model.classify(gaussians[:, :4])
+    fixed = timm.create_model("gvit_nano", img_size=32, num_classes=5).eval()
+    with pytest.raises(ValueError, match=r"\[B, 64, 9\]"):
+        fixed.classify(fixed.encode(x)[:, :16])
+
+
+def test_budgets_the_model_was_not_trained_for_are_refused_with_the_reason():
+    model = flex()
+    for k in (4, 65):
+        with pytest.raises(ValueError, match="outside the budgets this model was trained for: it serves 8 to 64"):
+            model.set_num_gaussians(k)
+    fixed = timm.create_model("gvit_nano", img_size=32, num_classes=5)
+    with pytest.raises(ValueError, match="trained for 64 Gaussians only, not for other budgets"):
+        fixed.set_num_gaussians(32)
+    fixed.set_num_gaussians(64)  # its own k
+    with pytest.raises(ValueError, match="num_gaussians=128 is outside the budgets"):
+        flex(num_gaussians=128)
+    with pytest.raises(ValueError, match="need a nested g0_layout"):
+        flex(g0_layout="grid")
+    with pytest.raises(ValueError, match="budgets must be a non-empty list"):
+        flex(budgets="8,16")
+    with pytest.raises(ValueError, match="g0_layout must be one of"):
+        flex(g0_layout="spiral")
+
+
+def test_compile_and_export_at_a_chosen_budget():
+    model, x = flex().eval(), torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for k in (16, 64):
+        model.set_num_gaussians(k)
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=1e-5)
+    model.set_num_gaussians(16)
+    program = torch.export.export(model, (x,))
+    torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_guidance_descends_cross_entropy_at_the_step_budget():
+    torch.manual_seed(0)
+    model = flex(encoder_depth=2, depth=2, num_classes=4)
+    torch.nn.init.normal_(model.encoder.gaussian_head.fc2.weight, std=0.05)
+    model.set_num_gaussians(16)
+    model.eval()  # fixed g0
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))
+
+    def cross_entropy():
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(images), labels).item()
+
+    before = cross_entropy()
+    losses = guidance_step(model, torch.optim.SGD(model.parameters(), lr=0.05), images, (images * 0.2 + 0.5).clamp(0, 1), labels,
+                           gamma=1.0, lambda_perc=0.0, with_dssim=False)
+    assert losses["guidance/ce_loss"].item() == pytest.approx(before, rel=1e-5)
+    assert cross_entropy() < before and model.num_gaussians == 16
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+def test_budgets_parse_as_lists_and_ranges_and_are_drawn_per_step_from_the_seed():
+    assert parse_budgets("8,16,32,64") == [8, 16, 32, 64] and parse_budgets("64, 8,16") == [8, 16, 64]
+    assert parse_budgets("8-12") == [8, 9, 10, 11, 12] and parse_budgets("4,8-9") == [4, 8, 9]
+    for bad in ("8,x", "16-8", "0,4", ""):
+        with pytest.raises(ValueError, match="--budgets"):
+            parse_budgets(bad)
+    budgets = [8, 16, 32, 64]
+    draws = [draw_budget(budgets, 0, step, prefix=True) for step in range(400)]
+    assert draws == [draw_budget(budgets, 0, step, prefix=True) for step in range(400)]  # a function of (seed, step)
+    assert draws != [draw_budget(budgets, 1, step, prefix=True) for step in range(400)]
+    counts = {k: sum(d[0] == k for d in draws) for k in budgets}
+    assert all(70 <= n <= 130 for n in counts.values()), counts  # uniform
+    assert all(p is None if k == 8 else p in budgets and p < k for k, p in draws)
+    assert all(p is None for _, p in (draw_budget(budgets, 0, step, prefix=False) for step in range(50)))
+
+
+def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them():
+    config = parse_config(["--budgets", "2,4,8,16"])  # the digits preset: its k=16 gives way to the budgets'
+    assert config.num_gaussians is None and config.model_create_kwargs()["budgets"] == [2, 4, 8, 16]
+    assert config.model_create_kwargs()["num_gaussians"] == 16
+    assert parse_config(["--budgets", "2-16", "--num-gaussians", "8"]).model_create_kwargs()["num_gaussians"] == 8
+    study = parse_config(["--config", str(ROOT / "experiments" / "configs" / "imagenette_nano.yaml"), "--budgets", "8,16,32,64"])
+    assert study.model_create_kwargs() == {"budgets": [8, 16, 32, 64], "num_gaussians": 64}
+    for flags, message in ((["--budgets", "4,8", "--num-gaussians", "16"], "--num-gaussians must be within --budgets"),
+                           (["--budgets", "8,x"], "'x' is not a Gaussian count"),
+                           (["--model-kwargs", "budgets=(4,8)"], "give --budgets")):
+        with pytest.raises(ValueError, match=re.escape(message)):  # the trainer's Refusal, one line on stderr
+            parse_config(flags)
+
+
+@pytest.fixture(scope="module")
+def flex_run(tmp_path_factory):
+    """TINY (digits, 16 steps through every phase, guidance included) as a flex model of budgets 2, 4 and 8."""
+    out = tmp_path_factory.mktemp("flex")
+    with one_thread():
+        assert train_gvit.main([*TINY, "--budgets", "2,4,8", "--output-dir", str(out)]) == 0
+    return out
+
+
+def test_a_flex_run_reports_every_budget_and_exports_a_checkpoint_that_serves_each(flex_run):
+    metrics = json.loads((flex_run / "metrics.json").read_text())
+    assert [e["phase"] for e in metrics["epochs"]] == ["reconstruction", "classifier", "joint", "guidance"] and metrics["guidance_steps"] == 2
+    for record in (*metrics["epochs"], metrics["final"]):
+        for k in (2, 4, 8):
+            assert 0 <= record[f"top1@{k}"] <= 100 and 5 < record[f"psnr@{k}"] < 40 and 5 < record[f"prefix_psnr@{k}"] < 40
+        assert record["top1@8"] == record["top1"] and record["psnr@8"] == record["prefix_psnr@8"] == record["psnr"]
+    exported = json.loads((flex_run / "export" / "config.json").read_text())
+    assert exported["model_args"]["budgets"] == [2, 4, 8] and exported["model_args"]["num_gaussians"] == 8
+    assert exported["model_args"]["g0_layout"] == "morton" and exported["pretrained_cfg"]["budgets"] == [2, 4, 8]
+
+    full = timm.create_model(f"local-dir:{flex_run / 'export'}", pretrained=True).eval()
+    assert full.num_gaussians == 8 and full.pretrained_cfg["budgets"] == [2, 4, 8]
+    x = torch.randn(3, 3, 16, 16)
+    served = {}
+    for k in (2, 4, 8):
+        model = timm.create_model(f"local-dir:{flex_run / 'export'}", pretrained=True, num_gaussians=k).eval()
+        full.set_num_gaussians(k)
+        assert model.num_gaussians == k and torch.equal(model(x), full(x))
+        served[k] = model(x)
+    assert not torch.equal(served[2], served[8])  # k changes what the model computes
+    # the weights file alone, as timm's --pretrained-path or pretrained_cfg_overlay take it
+    args = {k: v for k, v in exported["model_args"].items() if k != "num_classes"}
+    model = timm.create_model("gvit_nano", pretrained=True, num_classes=10, **{**args, "num_gaussians": 4},
+                              pretrained_cfg_overlay=dict(file=str(flex_run / "export" / "model.safetensors"))).eval()
+    assert torch.equal(model(x), served[4])
+    for k, message in ((16, "outside the budgets"), (1, "outside the budgets")):
+        with pytest.raises(ValueError, match=message):
+            timm.create_model(f"local-dir:{flex_run / 'export'}", pretrained=True, num_gaussians=k)
+
+
+def test_a_fixed_k_checkpoint_refuses_another_k_when_loaded():
+    with pytest.raises(ValueError, match="serves num_gaussians=64 only, not other budgets"):
+        timm.create_model("gvit_nano.imagenette_64_v2", pretrained=True, num_gaussians=16)
+
+
+def test_a_resumed_flex_run_draws_the_same_budgets_and_ends_bit_exact(tmp_path):
+    args = [*SHORT, "--workers", "0", "--budgets", "2,4,8", "--report-to", "none"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    with one_thread():
+        assert train_gvit.main([*args, "--output-dir", str(reference), "--checkpoint-every", "3", "--keep-checkpoints", "0"]) == 0
+    shutil.copytree(reference, run, ignore=shutil.ignore_patterns("export", "logs", "figures", "metrics.json"))
+    for folder in (run / "checkpoints").iterdir():
+        if int(folder.name.removeprefix("step-")) > 6:
+            shutil.rmtree(folder)
+    assert resume(run) == 0  # from step 6, in the middle of epoch 1
+    assert_same_run(run, reference)
+
+
+# ------------------------------------------------------------------------------------------------ explain
+def test_explain_shows_one_column_per_budget(flex_run, tmp_path, capsys):
+    from timm_gvit import explain
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 40), (200, 40, 40)).save(photo)
+    out = tmp_path / "budgets.png"
+    explain.main([str(photo), "--model", f"local-dir:{flex_run / 'export'}", "--num-gaussians", "2,4,8", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert [line.split(":")[0] for line in printed.splitlines() if line.startswith("k=")] == ["k=2", "k=4", "k=8"]
+    figure = Image.open(out)
+    assert figure.width > 4 * 160 and figure.height > 3 * 160  # the input and three budgets, three rows each
+    explain.main([str(photo), "--model", f"local-dir:{flex_run / 'export'}", "--num-gaussians", "4", "--out", str(tmp_path / "one.png")])
+    assert "top classes" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        explain.main([str(photo), "--num-gaussians", "16,64", "--out", str(tmp_path / "no.png")])
+    assert "trained for 64 Gaussians only, not for other budgets" in capsys.readouterr().err
