@@ -192,11 +192,13 @@ def test_budgets_parse_as_lists_and_ranges_and_are_drawn_per_step_from_the_seed(
         with pytest.raises(ValueError, match="--budgets"):
             parse_budgets(bad)
     budgets = [8, 16, 32, 64]
-    draws = [draw_budget(budgets, 0, step, prefix=True) for step in range(400)]
-    assert draws == [draw_budget(budgets, 0, step, prefix=True) for step in range(400)]  # a function of (seed, step)
-    assert draws != [draw_budget(budgets, 1, step, prefix=True) for step in range(400)]
-    counts = {k: sum(d[0] == k for d in draws) for k in budgets}
-    assert all(70 <= n <= 130 for n in counts.values()), counts  # uniform
+    draws = [draw_budget(budgets, 0, step, prefix=True) for step in range(1200)]
+    assert draws == [draw_budget(budgets, 0, step, prefix=True) for step in range(1200)]  # a function of (seed, step)
+    assert draws != [draw_budget(budgets, 1, step, prefix=True) for step in range(1200)]
+    counts = [sum(d[0] == k for d in draws) for k in budgets]
+    assert all(abs(n - 1200 * k / 120) < 60 for n, k in zip(counts, budgets)), counts  # in proportion to k (the default)
+    uniform = [draw_budget(budgets, 0, step, prefix=True, sampling="uniform")[0] for step in range(1200)]
+    assert all(abs(uniform.count(k) - 300) < 60 for k in budgets)
     assert all(p is None if k == 8 else p in budgets and p < k for k, p in draws)
     assert all(p is None for _, p in (draw_budget(budgets, 0, step, prefix=False) for step in range(50)))
 

@@ -387,7 +387,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         targets = rgb_targets(images, run.mean, run.std)  # [B, 3, H, W] in [0, 1]; grey images as grey RGB
         prefix = None
         if run.budgets:  # the step's budget, for the encoder and the classifier alike, until its guidance step is done
-            budget, prefix = draw_budget(run.budgets, config.seed, step, config.prefix_loss)
+            budget, prefix = draw_budget(run.budgets, config.seed, step, config.prefix_loss, config.budget_sampling)
             model.set_num_gaussians(budget)
         with accelerator.accumulate(objective):
             with accelerator.autocast():

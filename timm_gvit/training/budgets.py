@@ -23,16 +23,25 @@ def parse_budgets(text: str) -> list[int]:
     return sorted(budgets)
 
 
-def draw_budget(budgets: list[int], seed: int, step: int, prefix: bool) -> tuple[int, int | None]:
-    """The budget k that optimiser step ``step`` trains, uniform over ``budgets``, and with
-    ``prefix`` a shorter budget, uniform over those below k, whose prefix of the step's
-    Gaussians is also reconstructed (None for the smallest k, or without ``prefix``).
+#: How a step's budget is drawn: 'linear', each budget's chance proportional to its k (the default:
+#: on the digits warm-up, 0.9 dB better at the largest k and 0.4 dB better over all k than
+#: 'uniform', docs/flex.md), or 'uniform'.
+BUDGET_SAMPLINGS = ("linear", "uniform")
+
+
+def draw_budget(budgets: list[int], seed: int, step: int, prefix: bool, sampling: str = "linear") -> tuple[int, int | None]:
+    """The budget k that optimiser step ``step`` trains, drawn from ``budgets`` as ``sampling``
+    says (:data:`BUDGET_SAMPLINGS`), and with ``prefix`` a shorter budget, uniform over those
+    below k, whose prefix of the step's Gaussians is also reconstructed (None for the smallest k,
+    or without ``prefix``).
 
     A function of (seed, step) alone, the same on every process and for every micro-batch of the
     step: a resumed run draws what the uninterrupted one drew, and the global random state stays
     the model's.
     """
+    if sampling not in BUDGET_SAMPLINGS:
+        raise ValueError(f"sampling must be one of {BUDGET_SAMPLINGS}, got {sampling!r}")
     rng = random.Random(f"{seed}:{step}")
-    k = rng.choice(budgets)
+    k = rng.choices(budgets, weights=budgets if sampling == "linear" else None)[0]
     shorter = [b for b in budgets if b < k]
     return k, (rng.choice(shorter) if prefix and shorter else None)
