@@ -668,3 +668,26 @@ def test_encoder_centre_scale_multiplies_the_centre_residual_only():
     assert scaled.architecture_args()["encoder_centre_scale"] == 4.0
     with pytest.raises(ValueError, match="centre_scale must be a number in"):
         shallow(encoder_centre_scale=0)
+
+
+def test_forward_in_training_mode_warns_once_that_the_gaussians_stop_fitting():
+    """timm's train.py (or any loop with a loss on the logits) trains a GViT end to end on cross-entropy alone: forward
+    in training mode says so, once per model, when gradients reach a trainable encoder; a frozen encoder, eval mode,
+    no_grad and TorchScript stay silent."""
+    import warnings
+
+    x = torch.randn(2, 3, 32, 32)
+
+    def warnings_of(model, grad=True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.set_grad_enabled(grad):
+                model(x)
+                model(x)
+        return [w for w in caught if "Gaussians stop being fits of the image" in str(w.message)]
+
+    small = dict(num_classes=3, img_size=32, num_gaussians=8, encoder_depth=1, depth=1)
+    assert len(warnings_of(timm.create_model("gvit_nano", **small).train())) == 1
+    assert not warnings_of(timm.create_model("gvit_nano", freeze_encoder=True, **small).train())
+    assert not warnings_of(timm.create_model("gvit_nano", **small).eval())
+    assert not warnings_of(timm.create_model("gvit_nano", **small).train(), grad=False)

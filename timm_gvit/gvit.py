@@ -355,6 +355,7 @@ class GViT(nn.Module):
                              for i in range(encoder_depth)]
         self.freeze_encoder = False
         self.set_encoder_frozen(freeze_encoder)
+        self._warned_end_to_end = False  # forward's once-per-model warning (_warn_end_to_end)
 
     # ----------------------------------------------------------------- timm's model interface
     @property
@@ -604,7 +605,23 @@ class GViT(nn.Module):
         Returns:
             ``[B, num_classes]`` logits (``[B, embed_dim]`` pooled features when num_classes is 0).
         """
+        if self.training and not torch.jit.is_scripting():
+            self._warn_end_to_end()
         return self.forward_head(self.forward_features(images))
+
+    @torch.jit.unused
+    def _warn_end_to_end(self) -> None:
+        """Warn once per model when ``forward`` runs in training mode with gradients into a trainable encoder: a loss
+        on these logits alone (timm's train.py, a plain training loop) trains the encoder end to end on the
+        classifier's loss, with no reconstruction, and the Gaussians stop being fits of the image."""
+        if (self._warned_end_to_end or not torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or torch.fx._symbolic_trace.is_fx_tracing() or not any(p.requires_grad for p in self.encoder.parameters())):
+            return
+        self._warned_end_to_end = True
+        warnings.warn("GViT.forward in training mode sends the classifier's loss into a trainable encoder, with no "
+                      "reconstruction loss: trained this way (timm's train.py, or a plain loop), the Gaussians stop being "
+                      "fits of the image. Train from scratch with gvit-train; to fine-tune, pass freeze_encoder=True "
+                      "(README.md, 'Fine-tune with timm's scripts').", UserWarning, stacklevel=3)
 
     def forward_intermediates(
         self,
