@@ -35,6 +35,9 @@ Protocols (epochs of the 6,000 training images, batch 64):
           protocol's classifier phase ("sweep-k64-e1") both trained from seed 1, then the dose's gamma 0.1 / 0 pair
           (seed 1) from its end-of-classifier-phase model. With the dose-*-s0 pair (encoder-k64 and sweep-k64, seed 0)
           this is the guidance gain measured from two starting models that share nothing but the recipe.
+- flex = one flex model (``--budgets 8,16,32,64``: one Gaussian budget drawn per step, docs/flex.md) through phase 1
+          ("encoder-flex") and the sweep protocol's classifier phase ("sweep-flex"), the same passes over the data as
+          each fixed-k model of the sweep ("sweep-k8" .. "sweep-k64"); validation reports it at every budget.
 - final = phase 1 and 6 more epochs of reconstruction (run "encoder-k64-long"), then 14 epochs of
           classifier training and 2 joint (guided at gamma > 0): the runs behind the weights shipped until
           2026-11-27 (those shipped now are final-k64-g0's and the dose: run "shipped-dose-g0.1").
@@ -80,6 +83,8 @@ SWEEP = ["--recon-epochs", "0", "--dssim-from", "0", "--classifier-epochs", "8",
 #: Guidance dose (issue 19): 400 joint steps with a guidance step after every one (gamma > 0), started with --init-from
 #: from one end-of-classifier-phase model (sweep-k64), so that arms of one seed differ only in gamma.
 DOSE_GAMMAS, DOSE_STEPS = (0.1, 0.0, 0.4, 0.05, 0.2), 400  # 0.05 and 0.2 bracket 0.1, the best of the first three
+#: The budgets of the flex model: the sweep's fixed k from 8 up
+FLEX_BUDGETS = (8, 16, 32, 64)
 #: The control for the guided arms' extra encoder steps: the same guidance steps with the classifier's gradient scaled
 #: to nothing (gamma 1e-9; gamma 0 itself means no guidance steps), i.e. 400 extra reconstruction-only encoder steps.
 DOSE_CONTROL_GAMMA = 1e-9
@@ -195,6 +200,12 @@ def all_runs() -> list[Run]:
     recipe = [dataclasses.replace(independent, group="recipe"), independent_sweep,
               *[dataclasses.replace(heads(f"dose-g{gamma:g}-e1", "recipe", independent_sweep.name, DOSE, gamma, 1, independent), init="model")
                 for gamma in (0.1, 0.0)]]
+    # issue 30: one model for every Gaussian budget, against the sweep's fixed-k models
+    budgets = ["--budgets", ",".join(map(str, FLEX_BUDGETS))]
+    flex_about = dict(k="flex " + ",".join(map(str, FLEX_BUDGETS)), loss="bce+dssim", init="denoise")
+    flex_encoder = Run("encoder-flex", "flex", [*PHASE1, *budgets], about=flex_about)
+    flex = [flex_encoder, Run("sweep-flex", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets], after=flex_encoder.name,
+                              about={**flex_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
@@ -204,7 +215,7 @@ def all_runs() -> list[Run]:
         *[r for name, enc in variants.items() for r in (enc, short(f"short-k64-{name}", enc))],
         *[r for k in (16, 32, 128) for r in (sizes[k], short(f"short-k{k}", sizes[k]))],
         *sweep.values(),  # the longest (k = 256) first
-        *losses, sweep_seed1, *issue19, *recipe,
+        *losses, sweep_seed1, *issue19, *recipe, *flex,
     ]
 
 
@@ -250,7 +261,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out these runs")
