@@ -565,6 +565,67 @@ def dose_evidence(dose_data: dict, models: dict) -> str:
             f" {across['max'] - across['min']:.1f} points.")
 
 
+#: the flex model's budgets, as experiments/study.py trains them (FLEX_BUDGETS there)
+FLEX_BUDGETS = (8, 16, 32, 64)
+
+
+def flex_budgets(runs: dict) -> tuple[dict, str]:
+    """One flex model (``sweep-flex``) against the sweep's fixed-k models, at each budget: top-1, PSNR, forward GFLOPs."""
+    import timm
+
+    import timm_gvit  # noqa: F401
+    from timm_gvit.hub.export import forward_gflops
+
+    model = timm.create_model("gvit_nano", num_classes=10, budgets=list(FLEX_BUDGETS), render_backend="reference").eval()
+    flex = (runs.get("sweep-flex") or {}).get("final") if (runs.get("sweep-flex") or {}).get("finished") else None
+    data, rows = {}, []
+    for k in FLEX_BUDGETS:
+        model.set_num_gaussians(k)
+        fixed = [v for v in (final(runs, f"sweep-k{k}"), final(runs, f"sweep-k{k}-s1")) if v is not None]
+        data[k] = {"gflops": forward_gflops(model), "fixed_top1": fixed, "fixed_psnr": final(runs, f"sweep-k{k}", "psnr"),
+                   "flex_top1": flex.get(f"top1@{k}") if flex else None, "flex_psnr": flex.get(f"psnr@{k}") if flex else None,
+                   "flex_prefix_psnr": flex.get(f"prefix_psnr@{k}") if flex else None}
+        d = data[k]
+        gap = d["flex_top1"] - statistics.mean(fixed) if d["flex_top1"] is not None and fixed else None
+        rows.append([str(k), f"{d['gflops']:.3f}", ", ".join(fmt(v) for v in fixed) or "pending", fmt(d["fixed_psnr"], 2),
+                     fmt(d["flex_top1"]), fmt(d["flex_psnr"], 2), fmt(d["flex_prefix_psnr"], 2), "pending" if gap is None else f"{gap:+.1f}"])
+    return data, table(["k", "forward GFLOPs", "fixed-k models: top-1 % (classifier seeds 0, 1)", "fixed: PSNR dB", "flex model: top-1 %",
+                        "flex: PSNR dB", "flex: PSNR of the first k of 64", "flex minus fixed (mean), points"], rows) + (
+        "\n\nThe flex model (`sweep-flex`: `--budgets 8,16,32,64`, phase 1 and the sweep protocol's classifier phase, one"
+        " budget drawn per step in proportion to k) is one set of weights served at each k; each fixed-k model"
+        " (`sweep-k8` .. `sweep-k64`) is its own phase 1 and classifier phase, the same passes over the data. The last"
+        " PSNR column renders the first k of the flex model's 64 Gaussians: the level of detail of one encoding.")
+
+
+def flex_figure(flex_data: dict) -> None:
+    """Top-1 against forward GFLOPs: fixed-k models as points, the flex model as one curve."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [k for k in FLEX_BUDGETS if flex_data[k]["fixed_top1"] or flex_data[k]["flex_top1"] is not None]
+    if not ks:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for k in ks:
+        for value in flex_data[k]["fixed_top1"]:
+            ax.scatter(flex_data[k]["gflops"], value, color="tab:gray", zorder=3)
+        ax.annotate(f"k={k}", (flex_data[k]["gflops"], min(flex_data[k]["fixed_top1"] or [0])), textcoords="offset points",
+                    xytext=(4, -12), fontsize=8)
+    curve = [(flex_data[k]["gflops"], flex_data[k]["flex_top1"]) for k in ks if flex_data[k]["flex_top1"] is not None]
+    if curve:
+        ax.plot(*zip(*curve), "o-", color="tab:blue", label="one flex model, served at each k")
+    ax.scatter([], [], color="tab:gray", label="fixed-k models (one per k, 2 seeds)")
+    ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
+    ax.set_ylabel("Imagenette val top-1 %")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURES / "flex_budgets.png", dpi=120)
+    plt.close(fig)
+
+
 def pixels_per_gaussian(runs: dict) -> tuple[dict, str]:
     """Top-1 against pixels per Gaussian (64 px: 4,096 pixels over k), seeds 0 and 1."""
     data, rows = {}, []
@@ -831,19 +892,20 @@ def build() -> tuple[dict, dict[str, str], dict[str, str]]:
     dose_data, dose_md = dose(runs)
     models_data, models_md = starting_models(runs)
     pixel_data, pixel_md = pixels_per_gaussian(runs)
+    flex_data, flex_md = flex_budgets(runs)
     adapt_data, adapt_md = adaptivity()
     lever_data, lever_md = levers(runs, adapt_data)
     shipped_data, shipped_md = shipped({**runs_v2, **runs_v3, **runs})  # the shipped tag may come from any recipe
     summary = {"guidance": guided, "num_gaussians": k_data, "losses": loss_data, "fitting": fit_data, "leakage": leak_data,
                "patch_baseline": base_data, "variants": variant_data, "encoder_ablation": ablation_data, "encoder_ablation_gpu": ablation_gpu_data,
                "classifier_ablation": cls_ablation_data, "guidance_dose": dose_data, "dose_starting_models": models_data,
-               "pixels_per_gaussian": pixel_data, "adaptivity": adapt_data, "adaptivity_levers": lever_data, "shipped_weights": shipped_data}
+               "pixels_per_gaussian": pixel_data, "flex_budgets": flex_data, "adaptivity": adapt_data, "adaptivity_levers": lever_data, "shipped_weights": shipped_data}
     all_runs = {**runs_v1, **{f"{n} (batch-64 recipe)": r for n, r in runs_v2.items()},
                 **{f"{n} (joint recipe)": r for n, r in runs_v3.items()}, **{f"{n} (current recipe)": r for n, r in runs.items()}}
     sections = {"guidance": guidance_md, "gaussians": k_md, "losses": loss_md, "fitting": fit_md, "leakage": leak_md,
                 "baseline": base_md, "variants": variant_md, "encoder_ablation": ablation_md, "encoder_ablation_gpu": ablation_gpu_md,
                 "classifier_ablation": cls_ablation_md, "shipped": shipped_md, "explain": explain_figures(),
-                "dose": dose_md, "starting_models": models_md, "pixels": pixel_md, "adaptivity": adapt_md, "levers": lever_md,
+                "dose": dose_md, "starting_models": models_md, "flex": flex_md, "pixels": pixel_md, "adaptivity": adapt_md, "levers": lever_md,
                 "compute": compute(all_runs, study),
                 "headline": headline(guided, k_data, loss_data, fit_data, leak_data, base_data, dose_data, pixel_data)}
     return summary, sections, facts(summary, runs, all_runs)
@@ -897,6 +959,7 @@ def main() -> None:
     figures(summary["num_gaussians"], summary["guidance"])
     dose_figure(summary["guidance_dose"])
     pixels_figure(summary["pixels_per_gaussian"])
+    flex_figure(summary["flex_budgets"])
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     for target in DOCUMENTS:
         path = ROOT / target
