@@ -548,7 +548,8 @@ def starting_models(runs: dict) -> tuple[dict, str]:
         " own phase 1 and classifier phase from its own seed (`python experiments/study.py --only recipe` trains the second),"
         " then the 400-step dose at gamma 0.1 and at 0 from it. The first model's three pairs differ only in the dose's"
         " seed, so their spread is the dose's alone; the spread between the two models' means includes everything a"
-        " retraining changes.")
+        " retraining changes. The second model's runs also read their images through the current data layer (crops"
+        " resized by torch's 8-bit kernel), the first's through the earlier one (PIL); each pair shares its own.")
 
 
 def dose_evidence(dose_data: dict, models: dict) -> str:
