@@ -109,12 +109,13 @@ def test_the_readme_is_a_model_page():
 
 
 def _recipe_commands() -> list[list[str]]:
-    """The README's small-scale recipe: the trainer commands of its bash block, with $C expanded."""
+    """The README's small-scale recipe: the trainer commands of its bash block, continuation lines joined and $C expanded."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("### The recipe that works at small scale"):text.index("### The paper's recipe")]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    shared = shlex.split(re.search(r'^C="(.*)"$', block, re.M).group(1))
-    return [shared + shlex.split(line.split("$C", 1)[1]) for line in block.splitlines() if line.startswith("python train_gvit.py $C")]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    config = re.search(r"^C=(\S+)", block, re.M).group(1)
+    return [shlex.split(line.replace("$C", config), comments=True)[2:] for line in block.splitlines()
+            if line.startswith("python train_gvit.py")]
 
 
 def test_the_readme_recipe_is_the_one_the_study_measured(monkeypatch):
