@@ -570,32 +570,41 @@ def dose_evidence(dose_data: dict, models: dict) -> str:
 FLEX_BUDGETS = (8, 16, 32, 64)
 
 
+#: the flex models of the study: label -> run (experiments/study.py's flex group)
+FLEX_RUNS = {"flex": "sweep-flex", "flex + prefix loss": "sweep-flex-prefix"}
+
+
 def flex_budgets(runs: dict) -> tuple[dict, str]:
-    """One flex model (``sweep-flex``) against the sweep's fixed-k models, at each budget: top-1, PSNR, forward GFLOPs."""
+    """The flex models against the sweep's fixed-k models, at each budget: top-1, PSNR (of the model serving k, and of the
+    first k of its 64 Gaussians), forward GFLOPs."""
     import timm
 
     import timm_gvit  # noqa: F401
     from timm_gvit.hub.export import forward_gflops
 
     model = timm.create_model("gvit_nano", num_classes=10, budgets=list(FLEX_BUDGETS), render_backend="reference").eval()
-    flex = (runs.get("sweep-flex") or {}).get("final") if (runs.get("sweep-flex") or {}).get("finished") else None
+    finals = {label: runs[name]["final"] for label, name in FLEX_RUNS.items() if (runs.get(name) or {}).get("finished")}
     data, rows = {}, []
     for k in FLEX_BUDGETS:
         model.set_num_gaussians(k)
         fixed = [v for v in (final(runs, f"sweep-k{k}"), final(runs, f"sweep-k{k}-s1")) if v is not None]
         data[k] = {"gflops": forward_gflops(model), "fixed_top1": fixed, "fixed_psnr": final(runs, f"sweep-k{k}", "psnr"),
-                   "flex_top1": flex.get(f"top1@{k}") if flex else None, "flex_psnr": flex.get(f"psnr@{k}") if flex else None,
-                   "flex_prefix_psnr": flex.get(f"prefix_psnr@{k}") if flex else None}
-        d = data[k]
-        gap = d["flex_top1"] - statistics.mean(fixed) if d["flex_top1"] is not None and fixed else None
-        rows.append([str(k), f"{d['gflops']:.3f}", ", ".join(fmt(v) for v in fixed) or "pending", fmt(d["fixed_psnr"], 2),
-                     fmt(d["flex_top1"]), fmt(d["flex_psnr"], 2), fmt(d["flex_prefix_psnr"], 2), "pending" if gap is None else f"{gap:+.1f}"])
-    return data, table(["k", "forward GFLOPs", "fixed-k models: top-1 % (classifier seeds 0, 1)", "fixed: PSNR dB", "flex model: top-1 %",
-                        "flex: PSNR dB", "flex: PSNR of the first k of 64", "flex minus fixed (mean), points"], rows) + (
-        "\n\nThe flex model (`sweep-flex`: `--budgets 8,16,32,64`, phase 1 and the sweep protocol's classifier phase, one"
-        " budget drawn per step in proportion to k) is one set of weights served at each k; each fixed-k model"
-        " (`sweep-k8` .. `sweep-k64`) is its own phase 1 and classifier phase, the same passes over the data. The last"
-        " PSNR column renders the first k of the flex model's 64 Gaussians: the level of detail of one encoding.")
+                   **{label: {m: (finals[label].get(f"{m}@{k}") if label in finals else None) for m in ("top1", "psnr", "prefix_psnr")}
+                      for label in FLEX_RUNS}}
+        row = [str(k), f"{data[k]['gflops']:.3f}", ", ".join(fmt(v) for v in fixed) or "pending", fmt(data[k]["fixed_psnr"], 2)]
+        for label in FLEX_RUNS:
+            d = data[k][label]
+            gap = f" ({d['top1'] - statistics.mean(fixed):+.1f})" if d["top1"] is not None and fixed else ""
+            row += [fmt(d["top1"]) + gap, f"{fmt(d['psnr'], 2)} / {fmt(d['prefix_psnr'], 2)}"]
+        rows.append(row)
+    header = ["k", "forward GFLOPs", "fixed-k models: top-1 % (classifier seeds 0, 1)", "fixed: PSNR dB"]
+    for label in FLEX_RUNS:
+        header += [f"{label}: top-1 % (minus fixed)", f"{label}: PSNR dB serving k / of the first k of 64"]
+    return data, table(header, rows) + (
+        "\n\nEach flex model (`sweep-flex`; `sweep-flex-prefix` with `--prefix-loss`: `--budgets 8,16,32,64`, phase 1 and"
+        " the sweep protocol's classifier phase, one budget drawn per step in proportion to k) is one set of weights served"
+        " at each k; each fixed-k model (`sweep-k8` .. `sweep-k64`) is its own phase 1 and classifier phase, the same passes"
+        " over the data. The PSNR of the first k of 64 renders a prefix of one encoding at k = 64: its level of detail.")
 
 
 def flex_figure(flex_data: dict) -> None:
@@ -604,7 +613,7 @@ def flex_figure(flex_data: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ks = [k for k in FLEX_BUDGETS if flex_data[k]["fixed_top1"] or flex_data[k]["flex_top1"] is not None]
+    ks = [k for k in FLEX_BUDGETS if flex_data[k]["fixed_top1"]]
     if not ks:
         return
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -613,9 +622,10 @@ def flex_figure(flex_data: dict) -> None:
             ax.scatter(flex_data[k]["gflops"], value, color="tab:gray", zorder=3)
         ax.annotate(f"k={k}", (flex_data[k]["gflops"], min(flex_data[k]["fixed_top1"] or [0])), textcoords="offset points",
                     xytext=(4, -12), fontsize=8)
-    curve = [(flex_data[k]["gflops"], flex_data[k]["flex_top1"]) for k in ks if flex_data[k]["flex_top1"] is not None]
-    if curve:
-        ax.plot(*zip(*curve), "o-", color="tab:blue", label="one flex model, served at each k")
+    for (label, color) in zip(FLEX_RUNS, ("tab:blue", "tab:orange")):
+        curve = [(flex_data[k]["gflops"], flex_data[k][label]["top1"]) for k in ks if flex_data[k][label]["top1"] is not None]
+        if curve:
+            ax.plot(*zip(*curve), "o-", color=color, label=f"one {label} model, served at each k")
     ax.scatter([], [], color="tab:gray", label="fixed-k models (one per k, 2 seeds)")
     ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
     ax.set_ylabel("Imagenette val top-1 %")
