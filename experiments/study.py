@@ -38,7 +38,8 @@ Protocols (epochs of the 6,000 training images, batch 64):
 - flex = one flex model (``--budgets 8,16,32,64``: one Gaussian budget drawn per step, docs/flex.md) through phase 1
           ("encoder-flex") and the sweep protocol's classifier phase ("sweep-flex"), the same passes over the data as
           each fixed-k model of the sweep ("sweep-k8" .. "sweep-k64"); validation reports it at every budget.
-          "*-flex-prefix": the same with --prefix-loss (each step also reconstructs from a shorter budget's prefix).
+          "*-flex-prefix": the same with --prefix-loss (each step also reconstructs from a shorter budget's prefix);
+          "sweep-flex-uniform": encoder-flex's classifier phase again, every budget drawn equally often.
 - final = phase 1 and 6 more epochs of reconstruction (run "encoder-k64-long"), then 14 epochs of
           classifier training and 2 joint (guided at gamma > 0): the runs behind the weights shipped until
           2026-11-27 (those shipped now are final-k64-g0's and the dose: run "shipped-dose-g0.1").
@@ -207,6 +208,9 @@ def all_runs() -> list[Run]:
     flex_encoder = Run("encoder-flex", "flex", [*PHASE1, *budgets], about=flex_about)
     flex = [flex_encoder, Run("sweep-flex", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets], after=flex_encoder.name,
                               about={**flex_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})]
+    # the classifier phase with every budget drawn equally often: is the small budgets' deficit their share of the steps?
+    flex.append(Run("sweep-flex-uniform", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, "--budget-sampling", "uniform"],
+                    after=flex_encoder.name, about={**flex_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "budget_sampling": "uniform"}))
     # the same with --prefix-loss: every prefix of one encoding an image (the level of detail), at what cost in top-1?
     prefix_about = {**flex_about, "prefix_loss": True}
     prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, "--prefix-loss"], about=prefix_about)
