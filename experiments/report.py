@@ -571,7 +571,7 @@ FLEX_BUDGETS = (8, 16, 32, 64)
 
 
 #: the flex models of the study: label -> run (experiments/study.py's flex group)
-FLEX_RUNS = {"flex": "sweep-flex", "flex + prefix loss": "sweep-flex-prefix"}
+FLEX_RUNS = {"flex": "sweep-flex", "flex, classifier drawn uniformly": "sweep-flex-uniform", "flex + prefix loss": "sweep-flex-prefix"}
 
 
 def flex_budgets(runs: dict) -> tuple[dict, str]:
@@ -602,7 +602,8 @@ def flex_budgets(runs: dict) -> tuple[dict, str]:
         header += [f"{label}: top-1 % (minus fixed)", f"{label}: PSNR dB serving k / of the first k of 64"]
     return data, table(header, rows) + (
         "\n\nEach flex model (`sweep-flex`; `sweep-flex-prefix` with `--prefix-loss`: `--budgets 8,16,32,64`, phase 1 and"
-        " the sweep protocol's classifier phase, one budget drawn per step in proportion to k) is one set of weights served"
+        " the sweep protocol's classifier phase, one budget drawn per step in proportion to k; `sweep-flex-uniform`: the"
+        " classifier phase of `sweep-flex` again from the same encoder, every budget drawn equally often) is one set of weights served"
         " at each k; each fixed-k model (`sweep-k8` .. `sweep-k64`) is its own phase 1 and classifier phase, the same passes"
         " over the data. The PSNR of the first k of 64 renders a prefix of one encoding at k = 64: its level of detail.")
 
@@ -622,7 +623,7 @@ def flex_figure(flex_data: dict) -> None:
             ax.scatter(flex_data[k]["gflops"], value, color="tab:gray", zorder=3)
         ax.annotate(f"k={k}", (flex_data[k]["gflops"], min(flex_data[k]["fixed_top1"] or [0])), textcoords="offset points",
                     xytext=(4, -12), fontsize=8)
-    for (label, color) in zip(FLEX_RUNS, ("tab:blue", "tab:orange")):
+    for (label, color) in zip(FLEX_RUNS, ("tab:blue", "tab:green", "tab:orange")):
         curve = [(flex_data[k]["gflops"], flex_data[k][label]["top1"]) for k in ks if flex_data[k][label]["top1"] is not None]
         if curve:
             ax.plot(*zip(*curve), "o-", color=color, label=f"one {label} model, served at each k")
