@@ -67,28 +67,18 @@ def save_panels(panels: list[tuple[str, Image.Image]], path: str | Path, height:
 def save_reconstruction_grid(originals: Tensor, reconstructions: Tensor, gaussians: Tensor, path: str | Path, max_images: int = 4, cell: int = 160) -> Path:
     """One row per image (up to ``max_images``): original, reconstruction, 2-sigma ellipses.
     Images ``[B, 3, H, W]`` in [0, 1], Gaussians ``[B, k, 9]``."""
-    n = min(max_images, originals.shape[0])
-    title_h, gap = 18, 4
-    canvas = Image.new("RGB", (3 * cell + 2 * gap, n * (cell + gap) + title_h), "white")
-    draw = ImageDraw.Draw(canvas)
-    for col, title in enumerate(("original", "reconstruction", "2-sigma ellipses")):
-        draw.text((col * (cell + gap) + 2, 3), title, fill="black")
-    for row in range(n):
-        tiles = (to_pil(originals[row]), to_pil(reconstructions[row]), draw_ellipses(originals[row], gaussians[row]))
-        for col, tile in enumerate(tiles):
-            canvas.paste(tile.resize((cell, cell), Image.Resampling.NEAREST), (col * (cell + gap), title_h + row * (cell + gap)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    rows = range(min(max_images, originals.shape[0]))
+    return save_columns([("original", [to_pil(originals[i]) for i in rows]), ("reconstruction", [to_pil(reconstructions[i]) for i in rows]),
+                         ("2-sigma ellipses", [draw_ellipses(originals[i], gaussians[i]) for i in rows])], [], path, cell)
 
 
 def save_columns(columns: list[tuple[str, list[Image.Image | None]]], row_names: list[str], path: str | Path, cell: int = 160) -> Path:
     """Titled columns of images, top to bottom, each resized to ``cell`` x ``cell`` (None: left
-    blank), with ``row_names`` down the left, as one PNG."""
-    title_h, gap, name_w = 18, 4, 8 * max(len(name) for name in row_names) + 8
+    blank), with ``row_names`` (if any) down the left, as one PNG."""
+    title_h, gap = 18, 4
+    name_w = 8 * max(len(name) for name in row_names) + 8 if row_names else 0
     rows = max(len(images) for _, images in columns)
-    canvas = Image.new("RGB", (name_w + len(columns) * (cell + gap), title_h + rows * (cell + gap)), "white")
+    canvas = Image.new("RGB", (name_w + len(columns) * (cell + gap) - gap, title_h + rows * (cell + gap)), "white")
     draw = ImageDraw.Draw(canvas)
     for row, name in enumerate(row_names):
         draw.text((2, title_h + row * (cell + gap) + cell // 2), name, fill="black")

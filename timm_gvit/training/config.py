@@ -697,7 +697,7 @@ def _announce_preset(preset: dict, explicit: dict, origin: dict) -> None:
         return
     kept = " ".join(f"{_flag(k)} {v}" for k, v in preset.items() if k not in explicit)
     replaced = " ".join(dict.fromkeys(origin.get(k) or f"{_flag(k)} {explicit[k]}" for k in preset if k in explicit))
-    print(f"train_gvit.py: no --dataset: the built-in run on scikit-learn's 8x8 digits sets {kept or 'nothing'}"
+    print(f"{program()}: no --dataset: the built-in run on scikit-learn's 8x8 digits sets {kept or 'nothing'}"
           f"{f' (yours: {replaced})' if replaced else ''}; flags and --config win over these", file=sys.stderr)
 
 
