@@ -60,11 +60,18 @@ def encode_gaussians(gaussians: Tensor, scale_bound: float = 1.0, eps: float = 1
     )
 
 
+def grid_shape(num_gaussians: int, height: int = 1, width: int = 1) -> tuple[int, int]:
+    """(columns, rows) of the near-regular grid of k cells over an ``height`` x ``width`` image:
+    :func:`grid_layout`'s, and the cells :func:`nested_layout` orders. (sample_initial_gaussians
+    repeats it in TorchScript.)"""
+    cols = max(1, math.ceil(math.sqrt(num_gaussians * width / height)))
+    return cols, math.ceil(num_gaussians / cols)
+
+
 def grid_layout(num_gaussians: int, height: int = 1, width: int = 1) -> tuple[Tensor, Tensor]:
     """Centres ``[k, 2]`` of a near-regular grid over an ``height`` x ``width`` image, row by row,
     and the grid spacing ``[2]`` (x, y) in normalised units."""
-    cols = max(1, math.ceil(math.sqrt(num_gaussians * width / height)))
-    rows = math.ceil(num_gaussians / cols)
+    cols, rows = grid_shape(num_gaussians, height, width)
     xs = (torch.arange(cols) + 0.5) / cols * 2 - 1
     ys = (torch.arange(rows) + 0.5) / rows * 2 - 1
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
@@ -138,8 +145,7 @@ def nested_layout(num_slots: int, order: str) -> Tensor:
     elif order == "halton":
         unit = torch.stack([_radical_inverse(index + 1, 2), _radical_inverse(index + 1, 3)], dim=-1)
     else:
-        cols = max(1, math.ceil(math.sqrt(num_slots)))
-        rows = math.ceil(num_slots / cols)
+        cols, rows = grid_shape(num_slots)
         cell = torch.arange(cols * rows)
         col, row = cell % cols, cell // cols
         bits = max(1, math.ceil(math.log2(max(cols, rows))))
