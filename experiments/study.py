@@ -211,6 +211,9 @@ def all_runs() -> list[Run]:
     # the classifier phase with every budget drawn equally often: is the small budgets' deficit their share of the steps?
     flex.append(Run("sweep-flex-uniform", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, "--budget-sampling", "uniform"],
                     after=flex_encoder.name, about={**flex_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "budget_sampling": "uniform"}))
+    # the flex encoder's Gaussians classified at k = 64 only: is the gap to the fixed models the encoder or the shared classifier?
+    flex.append(Run("sweep-flex-at64", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", "--budgets", "64"], after=flex_encoder.name,
+                    about={**flex_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "classifier_budgets": "64"}))
     # the same with --prefix-loss: every prefix of one encoding an image (the level of detail), at what cost in top-1?
     prefix_about = {**flex_about, "prefix_loss": True}
     prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, "--prefix-loss"], about=prefix_about)
