@@ -16,9 +16,10 @@ from safetensors.torch import load_file
 import timm_gvit  # noqa: F401
 import train_gvit
 from timm_gvit.gaussians import NESTED_LAYOUTS, decode_gaussians, grid_layout, nested_layout
-from timm_gvit.training.budgets import draw_budget, parse_budgets
+from timm_gvit.training.budgets import draw_budget, parse_budgets, step_budgets
 from timm_gvit.training.config import parse_config
 from timm_gvit.training.guidance import guidance_step
+from timm_gvit.training.objective import GViTObjective
 
 from test_training import SHORT, TINY, assert_same_run, one_thread, resume
 
@@ -203,6 +204,54 @@ def test_budgets_parse_as_lists_and_ranges_and_are_drawn_per_step_from_the_seed(
     assert all(p is None for _, p in (draw_budget(budgets, 0, step, prefix=False) for step in range(50)))
 
 
+def test_every_budget_every_step_trains_each_budget_with_its_own_prefix():
+    budgets = [8, 16, 32, 64]
+    for step in range(20):
+        assert step_budgets(budgets, 0, step, prefix=False) == [draw_budget(budgets, 0, step, prefix=False)]  # one drawn
+        everything = step_budgets(budgets, 0, step, prefix=True, sampling="all")
+        assert [k for k, _ in everything] == budgets and everything == step_budgets(budgets, 0, step, prefix=True, sampling="all")
+        assert everything[0][1] is None and all(p in budgets and p < k for k, p in everything[1:])
+        assert step_budgets(budgets, 0, step, prefix=False, sampling="all") == [(k, None) for k in budgets]
+    prefixes = [tuple(p for _, p in step_budgets(budgets, 0, step, prefix=True, sampling="all")) for step in range(30)]
+    assert len(set(prefixes)) > 5  # drawn per step, not fixed
+
+
+@pytest.mark.parametrize("phase", ["reconstruction", "classifier", "joint"])
+def test_a_step_over_several_budgets_is_the_mean_of_each_budgets_loss_and_gradient(phase):
+    """The objective over (k, prefix) pairs against the same model stepped at each k on its own."""
+    with one_thread():
+        torch.manual_seed(0)
+        model = flex().train()
+        objective = GViTObjective(model)
+        images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        targets, labels = (images * 0.2 + 0.5).clamp(0, 1), torch.tensor([1, 3])
+        pairs = [(8, None), (16, 8), (64, 32)]
+
+        def run(pairs):
+            model.zero_grad()
+            torch.manual_seed(1)  # the denoising g0 of each budget, drawn in the same order
+            loss, parts = objective(images, targets, labels, phase, True, pairs)
+            loss.backward()
+            return loss.detach(), parts, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        together, parts, grads = run(pairs)
+        torch.manual_seed(1)
+        alone = []
+        for pair in pairs:
+            model.zero_grad()
+            loss, part = objective(images, targets, labels, phase, True, [pair])
+            loss.backward()
+            alone.append((loss.detach(), part, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert model.num_gaussians == 64  # left at the last budget; the trainer restores the one it serves
+    assert torch.allclose(together, torch.stack([a[0] for a in alone]).mean(), atol=1e-6)
+    assert len({round(a[0].item(), 4) for a in alone}) == 3  # the budgets' losses differ: the mean is not trivial
+    for name in parts:
+        assert torch.allclose(parts[name], torch.stack([a[1][name] for a in alone]).mean(), atol=1e-6)
+    assert grads.keys() == alone[0][2].keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grad, sum(a[2][name] for a in alone) / 3, atol=1e-5, rtol=1e-4), name
+
+
 def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them():
     config = parse_config(["--budgets", "2,4,8,16"])  # the digits preset: its k=16 gives way to the budgets'
     assert config.num_gaussians is None and config.model_create_kwargs()["budgets"] == [2, 4, 8, 16]
@@ -262,8 +311,9 @@ def test_a_fixed_k_checkpoint_refuses_another_k_when_loaded():
         timm.create_model("gvit_nano.imagenette_64_v2", pretrained=True, num_gaussians=16)
 
 
-def test_a_resumed_flex_run_draws_the_same_budgets_and_ends_bit_exact(tmp_path):
-    args = [*SHORT, "--workers", "0", "--budgets", "2,4,8", "--report-to", "none"]
+@pytest.mark.parametrize("sampling", ["linear", "all"])
+def test_a_resumed_flex_run_draws_the_same_budgets_and_ends_bit_exact(tmp_path, sampling):
+    args = [*SHORT, "--workers", "0", "--budgets", "2,4,8", "--budget-sampling", sampling, "--report-to", "none"]
     reference, run = tmp_path / "reference", tmp_path / "run"
     with one_thread():
         assert train_gvit.main([*args, "--output-dir", str(reference), "--checkpoint-every", "3", "--keep-checkpoints", "0"]) == 0

@@ -40,7 +40,7 @@ import timm_gvit  # noqa: F401  (registers the models)
 from timm_gvit.data_utils import normalize, rgb_targets
 from timm_gvit.fitting import psnr
 from timm_gvit.hub import PushError, export_model, push_folder
-from timm_gvit.training.budgets import draw_budget
+from timm_gvit.training.budgets import draw_budget, step_budgets
 from timm_gvit.training.checkpoints import (DiskFull, RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
                                             pause_point, recover_checkpoints, resolve_resume, save_checkpoint, write_atomically)
 from timm_gvit.training.config import Refusal, TrainConfig, parse_config, save_config
@@ -385,13 +385,12 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             accelerator.print(f"step {step}: phase '{run.phase}'")
             accelerator.log({"phase": PHASES.index(run.phase)}, step=step)
         targets = rgb_targets(images, run.mean, run.std)  # [B, 3, H, W] in [0, 1]; grey images as grey RGB
-        prefix = None
-        if run.budgets:  # the step's budget, for the encoder and the classifier alike, until its guidance step is done
-            budget, prefix = draw_budget(run.budgets, config.seed, step, config.prefix_loss, config.budget_sampling)
-            model.set_num_gaussians(budget)
+        budgets = None  # a flex model's: the step's (k, prefix) pairs, for the encoder and the classifier alike
+        if run.budgets:
+            budgets = step_budgets(run.budgets, config.seed, step, config.prefix_loss, config.budget_sampling)
         with accelerator.accumulate(objective):
             with accelerator.autocast():
-                loss, parts = objective(images, targets, labels, run.phase, schedule.dssim_on(step), prefix)
+                loss, parts = objective(images, targets, labels, run.phase, schedule.dssim_on(step), budgets)
             finite = accelerator.gather(torch.isfinite(loss.detach())[None]).all()
             step_finite = finite if step_finite is None else step_finite & finite  # over the accumulated batches
             accelerator.backward(loss)
@@ -409,6 +408,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         if run.ema is not None:
             run.ema.update(model, step=step)
         if schedule.guidance_due(step - 1):
+            if run.budgets:  # one budget, the step's (with every budget trained, one drawn in proportion to k)
+                model.set_num_gaussians(draw_budget(run.budgets, config.seed, step - 1, False, config.budget_sampling)[0])
             guided = guidance_step(model, optimizer, images, targets, labels, gamma=schedule.gamma, label_smoothing=config.label_smoothing,
                                    accelerator=accelerator, encode=plain.encode, classify=plain.classification,
                                    reconstruction=lambda r, t: plain.reconstruction(r, t, schedule.dssim_on(step - 1)))

@@ -23,17 +23,19 @@ def parse_budgets(text: str) -> list[int]:
     return sorted(budgets)
 
 
-#: How a step's budget is drawn: 'linear', each budget's chance proportional to its k (the default:
-#: on the digits warm-up, 0.9 dB better at the largest k and 0.4 dB better over all k than
-#: 'uniform', docs/flex.md), or 'uniform'.
-BUDGET_SAMPLINGS = ("linear", "uniform")
+#: How a step's budgets are chosen: 'linear', one budget drawn per step, each budget's chance
+#: proportional to its k (on the digits warm-up, 0.9 dB better at the largest k and 0.4 dB better
+#: over all k than 'uniform', docs/flex.md); 'uniform', one budget per step, every budget equally
+#: often; or 'all', every budget at every step (Matryoshka-style: the step's loss is the mean of
+#: each budget's, about sum(budgets) / max(budgets) times a step's compute).
+BUDGET_SAMPLINGS = ("linear", "uniform", "all")
 
 
 def draw_budget(budgets: list[int], seed: int, step: int, prefix: bool, sampling: str = "linear") -> tuple[int, int | None]:
     """The budget k that optimiser step ``step`` trains, drawn from ``budgets`` as ``sampling``
-    says (:data:`BUDGET_SAMPLINGS`), and with ``prefix`` a shorter budget, uniform over those
-    below k, whose prefix of the step's Gaussians is also reconstructed (None for the smallest k,
-    or without ``prefix``).
+    says ('linear' or 'uniform'; 'all' draws as 'linear', for the guidance step), and with
+    ``prefix`` a shorter budget, uniform over those below k, whose prefix of the step's Gaussians
+    is also reconstructed (None for the smallest k, or without ``prefix``).
 
     A function of (seed, step) alone, the same on every process and for every micro-batch of the
     step: a resumed run draws what the uninterrupted one drew, and the global random state stays
@@ -42,6 +44,17 @@ def draw_budget(budgets: list[int], seed: int, step: int, prefix: bool, sampling
     if sampling not in BUDGET_SAMPLINGS:
         raise ValueError(f"sampling must be one of {BUDGET_SAMPLINGS}, got {sampling!r}")
     rng = random.Random(f"{seed}:{step}")
-    k = rng.choices(budgets, weights=budgets if sampling == "linear" else None)[0]
+    k = rng.choices(budgets, weights=None if sampling == "uniform" else budgets)[0]
     shorter = [b for b in budgets if b < k]
     return k, (rng.choice(shorter) if prefix and shorter else None)
+
+
+def step_budgets(budgets: list[int], seed: int, step: int, prefix: bool, sampling: str = "linear") -> list[tuple[int, int | None]]:
+    """The (k, prefix) pairs optimiser step ``step`` trains, the step's loss being their mean:
+    one pair drawn by :func:`draw_budget`, or with ``sampling='all'`` every budget in increasing
+    order, each with its prefix (a shorter budget, uniform over those below it; None without
+    ``prefix``) drawn from (seed, step) as :func:`draw_budget` draws one."""
+    if sampling != "all":
+        return [draw_budget(budgets, seed, step, prefix, sampling)]
+    rng = random.Random(f"{seed}:{step}:all")
+    return [(k, rng.choice(shorter) if prefix and (shorter := [b for b in budgets if b < k]) else None) for k in budgets]

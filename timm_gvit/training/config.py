@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .budgets import parse_budgets
+from .budgets import BUDGET_SAMPLINGS, parse_budgets
 
 
 def _opt(default, help: str, **kwargs):
@@ -58,7 +58,7 @@ class TrainConfig:
     patch_size: int | None = _opt(None, "encoder patch size (default: the model's: 16, gvit_nano's 8)", type=int)
     num_gaussians: int | None = _opt(None, "Gaussians per image, k (default: the model's: 256, gvit_nano's 64; with --budgets the largest budget)", type=int)
     budgets: str | None = _opt(None, "train one flex model for several Gaussian budgets: a list (8,16,32,64) or a range (8-64: every k from 8 to 64); each step draws one budget for the encoder and the classifier, validation reports each budget, and the model serves any k from the smallest to the largest (docs/flex.md; default: one k, --num-gaussians)", type=str)
-    budget_sampling: str = _opt("linear", "with --budgets, how each step's budget is drawn: linear (a budget's chance proportional to its k: measured better at every k but the smallest) or uniform (docs/flex.md)", choices=("linear", "uniform"))
+    budget_sampling: str = _opt("linear", "with --budgets, which budgets a step trains: linear (one drawn per step, a budget's chance proportional to its k: measured better at every k but the smallest than uniform), uniform (one per step, each equally often) or all (every budget every step, the loss their mean, as Matryoshka representations train; about sum/max of the budgets times the compute per step) (docs/flex.md)", choices=BUDGET_SAMPLINGS)
     prefix_loss: bool = _opt(False, "with --budgets, each step also reconstructs the image from a shorter budget's prefix of its Gaussians (the mean of the two losses), so that every prefix of one encoding renders a coarse image; on digits it made the smallest prefixes 3-4 dB better and cost a third of the top-1 at the largest k (docs/flex.md)")
     model_kwargs: dict = _opt(dict, "further create_model kwargs as KEY=VALUE, e.g. scale_bound=0.75 gaussian_init=queries", nargs="*", metavar="KEY=VALUE")
     init_from: str | None = _opt(None, "start the whole model (encoder and classifier) from another run's export folder, .safetensors/.pth file or checkpoint, e.g. to run joint-phase variants from one classifier-phase run (default: a random initialisation)", type=str)

@@ -26,8 +26,10 @@ class GViTObjective(nn.Module):
 
     ``images`` are normalised, ``targets`` the same images in [0, 1]; ``parts`` are detached
     0-d tensors for logging (nothing here waits for the device). The model serves its
-    ``num_gaussians`` (a flex model: the step's budget); with ``prefix`` (a smaller k, docs/flex.md)
-    the reconstruction loss is the mean of the k Gaussians' and of their first ``prefix``'s.
+    ``num_gaussians``; a flex model's step names its ``budgets``, (k, prefix) pairs
+    (:func:`~timm_gvit.training.budgets.step_budgets`): the loss and parts are the mean of each
+    budget's, the model left at the last k. With a ``prefix`` (a smaller k, docs/flex.md) a
+    budget's reconstruction loss is the mean of the k Gaussians' and of their first ``prefix``'s.
 
     The step runs through three functions, :attr:`encode`, :attr:`classification` and
     :attr:`reconstruction`, which :meth:`compile_regions` replaces with compiled ones: everything
@@ -93,7 +95,21 @@ class GViTObjective(nn.Module):
         encoder.train(was_training)
         return gaussians
 
-    def forward(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool, prefix: int | None = None):
+    def forward(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool,
+                budgets: list[tuple[int, int | None]] | None = None):
+        if not budgets:
+            return self._step(images, targets, labels, phase, with_dssim, None)
+        losses, parts = [], []
+        for k, prefix in budgets:  # a flex model: each budget's loss, the step's their mean (one backward: DDP's contract)
+            self.model.set_num_gaussians(k)
+            loss, part = self._step(images, targets, labels, phase, with_dssim, prefix)
+            losses.append(loss)
+            parts.append(part)
+        if len(losses) == 1:
+            return losses[0], parts[0]
+        return torch.stack(losses).mean(), {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
+
+    def _step(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool, prefix: int | None):
         if phase == "reconstruction":
             rec = self._reconstruction(self.encode(images), targets, with_dssim, prefix)
             return rec, {"rec_loss": rec.detach()}
