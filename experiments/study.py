@@ -214,6 +214,15 @@ def all_runs() -> list[Run]:
     # the flex encoder's Gaussians classified at k = 64 only: is the gap to the fixed models the encoder or the shared classifier?
     flex.append(Run("sweep-flex-at64", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", "--budgets", "64"], after=flex_encoder.name,
                     about={**flex_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "classifier_budgets": "64"}))
+    # every budget at every step (--budget-sampling all, Matryoshka-style): the classifier phase alone on encoder-flex,
+    # then both phases
+    every = ["--budget-sampling", "all"]
+    all_about = {**flex_about, "budget_sampling": "all"}
+    flex.append(Run("sweep-flex-classall", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every], after=flex_encoder.name,
+                    about={**flex_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "classifier_budget_sampling": "all"}))
+    all_encoder = Run("encoder-flex-all", "flex", [*PHASE1, *budgets, *every], about=all_about)
+    flex += [all_encoder, Run("sweep-flex-all", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every],
+                              after=all_encoder.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})]
     # the same with --prefix-loss: every prefix of one encoding an image (the level of detail), at what cost in top-1?
     prefix_about = {**flex_about, "prefix_loss": True}
     prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, "--prefix-loss"], about=prefix_about)
