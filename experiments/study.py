@@ -223,6 +223,16 @@ def all_runs() -> list[Run]:
     all_encoder = Run("encoder-flex-all", "flex", [*PHASE1, *budgets, *every], about=all_about)
     flex += [all_encoder, Run("sweep-flex-all", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every],
                               after=all_encoder.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})]
+    # the flex tag that ships (gvit_nano.imagenette_64_flex): the recipe of gvit_nano.imagenette_64_v2 (phase 1, 6 more
+    # reconstruction epochs, the final protocol without guidance, the 400-step guidance dose) with every budget at every
+    # step, the dose excepted (one budget per step, drawn in proportion to k: the dose's cost stays the fixed model's)
+    ship_long = Run("encoder-flex-all-long", "ship-flex", [*MORE_RECON, *budgets, *every, "--eval-every", "6"], after=all_encoder.name,
+                    about=all_about)
+    ship_final = Run("final-flex-g0", "ship-flex", [*FINAL, "--gamma", "0.0", "--seed", "0", *budgets, *every, "--eval-every", "6"],
+                     after=ship_long.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "final"})
+    ship_dose = Run("shipped-flex-dose-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets], after=ship_final.name,
+                    init="model", about={**flex_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
+    flex += [ship_long, ship_final, ship_dose]
     # the same with --prefix-loss: every prefix of one encoding an image (the level of detail), at what cost in top-1?
     prefix_about = {**flex_about, "prefix_loss": True}
     prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, "--prefix-loss"], about=prefix_about)
@@ -283,7 +293,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, ship-flex.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out these runs")
