@@ -285,6 +285,10 @@ def test_a_flex_run_reports_every_budget_and_exports_a_checkpoint_that_serves_ea
     exported = json.loads((flex_run / "export" / "config.json").read_text())
     assert exported["model_args"]["budgets"] == [2, 4, 8] and exported["model_args"]["num_gaussians"] == 8
     assert exported["model_args"]["g0_layout"] == "morton" and exported["pretrained_cfg"]["budgets"] == [2, 4, 8]
+    card = (flex_run / "export" / "README.md").read_text()  # the card lists each budget's accuracy, as validation measured it
+    assert "## Gaussian budgets" in card and "num_gaussians=k" in card
+    for k in (2, 4, 8):
+        assert re.search(rf"\| {k} \| {metrics['final'][f'top1@{k}']:.2f} % \| {metrics['final'][f'psnr@{k}']:.2f} dB \| 0\.\d+ \|", card), k
 
     full = timm.create_model(f"local-dir:{flex_run / 'export'}", pretrained=True).eval()
     assert full.num_gaussians == 8 and full.pretrained_cfg["budgets"] == [2, 4, 8]

@@ -114,11 +114,37 @@ def model_card_values(model, run: dict, repo_name: str) -> dict:
         "top1": f"{metrics['top1']:.2f}",
         "top5": f"{metrics['top5']:.2f}",
         "psnr": f"{metrics['psnr']:.2f}",
+        "budgets_section": budgets_section(model, metrics),
         "create_model": f'timm.create_model("hf-hub:{repo_name}", pretrained=True).eval()   # or "local-dir:PATH"',
         "licence_text": (f"The code is Apache-2.0. These weights were trained on {dataset} and inherit its terms of use:\n"
                          "check them before you use the model. Weights trained on ImageNet or its subsets (such as\n"
                          "Imagenette) are for non-commercial research and education only."),
     }
+
+
+def budgets_section(model, metrics: dict) -> str:
+    """A flex model's card section: the budgets it serves and, where ``metrics`` has them
+    (``top1@k``, ``psnr@k``), its accuracy at each; empty for a model of one k."""
+    if not model.budgets:
+        return ""
+    low, high = model.budgets[0], model.budgets[-1]
+    lines = ["", "## Gaussian budgets", "",
+             f"One set of weights for every number of Gaussians from {low} to {high} (trained at "
+             f"{', '.join(map(str, model.budgets))}): choose k when you load it, "
+             f"`timm.create_model(..., pretrained=True, num_gaussians=k)`, or later, `model.set_num_gaussians(k)`. "
+             f"A smaller k costs less: the encoder runs over the patches and k Gaussian tokens, the classifier over k.", ""]
+    measured = [k for k in model.budgets if f"top1@{k}" in metrics]
+    if measured:
+        serving = model.num_gaussians
+        rows = []
+        try:
+            for k in measured:
+                model.set_num_gaussians(k)
+                rows.append(f"| {k} | {metrics[f'top1@{k}']:.2f} % | {metrics[f'psnr@{k}']:.2f} dB | {forward_gflops(model):.3f} |")
+        finally:
+            model.set_num_gaussians(serving)
+        lines += ["| k | top-1 | reconstruction PSNR | forward GFLOPs / image |", "| --- | --- | --- | --- |", *rows, ""]
+    return "\n".join(lines) + "\n"
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
