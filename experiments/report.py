@@ -570,8 +570,20 @@ def dose_evidence(dose_data: dict, models: dict) -> str:
 FLEX_BUDGETS = (8, 16, 32, 64)
 
 
-#: the flex models of the study: label -> run (experiments/study.py's flex group)
-FLEX_RUNS = {"flex": "sweep-flex", "flex, classifier drawn uniformly": "sweep-flex-uniform", "flex + prefix loss": "sweep-flex-prefix"}
+#: the flex models of the study, label -> runs (seeds) of experiments/study.py's flex group; the last is a diagnostic
+FLEX_RUNS = {
+    "one budget per step, drawn in proportion to k": ("sweep-flex",),
+    "the same, classifier phase drawn uniformly": ("sweep-flex-uniform",),
+    "the same, + prefix loss (both phases)": ("sweep-flex-prefix",),
+    "classifier phase: every budget every step": ("sweep-flex-classall",),
+    "every budget every step, both phases": ("sweep-flex-all", "sweep-flex-all-s1"),
+    "one budget per step's encoder, classifier trained at k = 64 alone": ("sweep-flex-at64",),
+}
+#: the flex models whose encoder is the first one's (the PSNR table leaves them out)
+FLEX_SHARED_ENCODER = ("the same, classifier phase drawn uniformly", "classifier phase: every budget every step",
+                       "one budget per step's encoder, classifier trained at k = 64 alone")
+#: the flex models drawn as curves in the figure (the others are in the tables)
+FLEX_CURVES = ("one budget per step, drawn in proportion to k", "classifier phase: every budget every step", "every budget every step, both phases")
 
 
 def flex_budgets(runs: dict) -> tuple[dict, str]:
@@ -583,33 +595,41 @@ def flex_budgets(runs: dict) -> tuple[dict, str]:
     from timm_gvit.hub.export import forward_gflops
 
     model = timm.create_model("gvit_nano", num_classes=10, budgets=list(FLEX_BUDGETS), render_backend="reference").eval()
-    finals = {label: runs[name]["final"] for label, name in FLEX_RUNS.items() if (runs.get(name) or {}).get("finished")}
-    data, rows = {}, []
+    data = {}
     for k in FLEX_BUDGETS:
         model.set_num_gaussians(k)
         fixed = [v for v in (final(runs, f"sweep-k{k}"), final(runs, f"sweep-k{k}-s1")) if v is not None]
-        data[k] = {"gflops": forward_gflops(model), "fixed_top1": fixed, "fixed_psnr": final(runs, f"sweep-k{k}", "psnr"),
-                   **{label: {m: (finals[label].get(f"{m}@{k}") if label in finals else None) for m in ("top1", "psnr", "prefix_psnr")}
-                      for label in FLEX_RUNS}}
-        row = [str(k), f"{data[k]['gflops']:.3f}", ", ".join(fmt(v) for v in fixed) or "pending", fmt(data[k]["fixed_psnr"], 2)]
-        for label in FLEX_RUNS:
-            d = data[k][label]
-            gap = f" ({d['top1'] - statistics.mean(fixed):+.1f})" if d["top1"] is not None and fixed else ""
-            row += [fmt(d["top1"]) + gap, f"{fmt(d['psnr'], 2)} / {fmt(d['prefix_psnr'], 2)}"]
-        rows.append(row)
-    header = ["k", "forward GFLOPs", "fixed-k models: top-1 % (classifier seeds 0, 1)", "fixed: PSNR dB"]
+        data[k] = {"gflops": forward_gflops(model), "fixed_top1": fixed, "fixed_psnr": final(runs, f"sweep-k{k}", "psnr")}
+        for label, names in FLEX_RUNS.items():
+            finals = [runs[n]["final"] for n in names if (runs.get(n) or {}).get("finished")]
+            data[k][label] = {m: [f[f"{m}@{k}"] for f in finals if f.get(f"{m}@{k}") is not None] for m in ("top1", "psnr", "prefix_psnr")}
+    top1 = [["forward GFLOPs / image", *(f"{data[k]['gflops']:.3f}" for k in FLEX_BUDGETS)],
+            ["fixed-k models, one per k (classifier seeds 0, 1)", *(", ".join(fmt(v) for v in data[k]["fixed_top1"]) or "pending" for k in FLEX_BUDGETS)]]
+    quality = [["fixed-k models, one per k", *(fmt(data[k]["fixed_psnr"], 2) for k in FLEX_BUDGETS)]]
     for label in FLEX_RUNS:
-        header += [f"{label}: top-1 % (minus fixed)", f"{label}: PSNR dB serving k / of the first k of 64"]
-    return data, table(header, rows) + (
-        "\n\nEach flex model (`sweep-flex`; `sweep-flex-prefix` with `--prefix-loss`: `--budgets 8,16,32,64`, phase 1 and"
-        " the sweep protocol's classifier phase, one budget drawn per step in proportion to k; `sweep-flex-uniform`: the"
-        " classifier phase of `sweep-flex` again from the same encoder, every budget drawn equally often) is one set of weights served"
-        " at each k; each fixed-k model (`sweep-k8` .. `sweep-k64`) is its own phase 1 and classifier phase, the same passes"
-        " over the data. The PSNR of the first k of 64 renders a prefix of one encoding at k = 64: its level of detail.")
+        cells, psnrs = [], []
+        for k in FLEX_BUDGETS:
+            d, fixed = data[k][label], data[k]["fixed_top1"]
+            gap = f" ({statistics.mean(d['top1']) - statistics.mean(fixed):+.1f})" if d["top1"] and fixed else ""
+            cells.append(", ".join(fmt(v) for v in d["top1"]) + gap if d["top1"] else "-")
+            psnrs.append(f"{fmt(d['psnr'][0], 2)} / {fmt(d['prefix_psnr'][0], 2)}" if d["psnr"] else "-")
+        top1.append([label, *cells])
+        if label not in FLEX_SHARED_ENCODER:
+            quality.append([label, *psnrs])
+    header = ["top-1 % (minus the fixed models' mean)", *(f"k = {k}" for k in FLEX_BUDGETS)]
+    return data, table(header, top1) + "\n\n" + table(["PSNR dB: serving k / the first k of one encoding at 64", *(f"k = {k}" for k in FLEX_BUDGETS)], quality) + (
+        "\n\nEach flex model is one set of weights (`--budgets 8,16,32,64`: phase 1 and the sweep protocol's classifier phase) served"
+        " at each k; each fixed-k model (`sweep-k8` .. `sweep-k64`) is its own phase 1 and classifier phase, the same passes over"
+        " the data. Runs: `sweep-flex` (one budget per step, drawn in proportion to k), `sweep-flex-uniform` (its encoder, the"
+        " classifier phase drawn uniformly), `sweep-flex-prefix` (`--prefix-loss`), `sweep-flex-classall` (`sweep-flex`'s encoder,"
+        " the classifier phase with `--budget-sampling all`), `sweep-flex-all` (`--budget-sampling all` in both phases; `-s1`: a"
+        " second classifier seed), `sweep-flex-at64` (`sweep-flex`'s encoder, a classifier trained at k = 64 alone: what the"
+        " encoder costs, without the shared classifier). The PSNR of the first k of 64 renders a prefix of one encoding at"
+        " k = 64: its level of detail.")
 
 
 def flex_figure(flex_data: dict) -> None:
-    """Top-1 against forward GFLOPs: fixed-k models as points, the flex model as one curve."""
+    """Top-1 against forward GFLOPs: fixed-k models as points, each flex model of FLEX_CURVES as one curve."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -617,20 +637,20 @@ def flex_figure(flex_data: dict) -> None:
     ks = [k for k in FLEX_BUDGETS if flex_data[k]["fixed_top1"]]
     if not ks:
         return
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for k in ks:
         for value in flex_data[k]["fixed_top1"]:
             ax.scatter(flex_data[k]["gflops"], value, color="tab:gray", zorder=3)
         ax.annotate(f"k={k}", (flex_data[k]["gflops"], min(flex_data[k]["fixed_top1"] or [0])), textcoords="offset points",
                     xytext=(4, -12), fontsize=8)
-    for (label, color) in zip(FLEX_RUNS, ("tab:blue", "tab:green", "tab:orange")):
-        curve = [(flex_data[k]["gflops"], flex_data[k][label]["top1"]) for k in ks if flex_data[k][label]["top1"] is not None]
+    for label, color in zip(FLEX_CURVES, ("tab:orange", "tab:green", "tab:blue")):
+        curve = [(flex_data[k]["gflops"], statistics.mean(flex_data[k][label]["top1"])) for k in ks if flex_data[k][label]["top1"]]
         if curve:
-            ax.plot(*zip(*curve), "o-", color=color, label=f"one {label} model, served at each k")
+            ax.plot(*zip(*curve), "o-", color=color, label=f"one flex model: {label}")
     ax.scatter([], [], color="tab:gray", label="fixed-k models (one per k, 2 seeds)")
     ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
     ax.set_ylabel("Imagenette val top-1 %")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     FIGURES.mkdir(parents=True, exist_ok=True)

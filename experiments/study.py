@@ -221,8 +221,8 @@ def all_runs() -> list[Run]:
     flex.append(Run("sweep-flex-classall", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every], after=flex_encoder.name,
                     about={**flex_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "classifier_budget_sampling": "all"}))
     all_encoder = Run("encoder-flex-all", "flex", [*PHASE1, *budgets, *every], about=all_about)
-    flex += [all_encoder, Run("sweep-flex-all", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every],
-                              after=all_encoder.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})]
+    flex += [all_encoder, *[Run(f"sweep-flex-all{f'-s{seed}' if seed else ''}", "flex", [*SWEEP, "--gamma", "0.0", "--seed", str(seed), *budgets, *every],
+                                after=all_encoder.name, about={**all_about, "gamma": 0.0, "seed": seed, "protocol": "sweep"}) for seed in (0, 1)]]
     # the flex tag that ships (gvit_nano.imagenette_64_flex): the recipe of gvit_nano.imagenette_64_v2 (phase 1, 6 more
     # reconstruction epochs, the final protocol without guidance, the 400-step guidance dose) with every budget at every
     # step, the dose excepted (one budget per step, drawn in proportion to k: the dose's cost stays the fixed model's)
