@@ -81,7 +81,7 @@ def coverage(num_slots: int = 64, prefixes=(4, 8, 16, 32, 64), resolution: int =
 def layouts(seeds) -> dict:
     from timm_gvit.gaussians import NESTED_LAYOUTS
 
-    flex = ["--budgets", ",".join(map(str, BUDGETS))]
+    flex = ["--budgets", ",".join(map(str, BUDGETS)), "--budget-sampling", "linear"]  # as measured, before 'all' was the default
     runs = {layout: [train([*RECON_ONLY, *flex, "--seed", str(seed), "--model-kwargs", f"g0_layout={layout}"]) for seed in seeds]
             for layout in NESTED_LAYOUTS}
     summary = {layout: {f"{metric}@{k}": round(sum(r[f"{metric}@{k}"] for r in rows) / len(rows), 2)
@@ -108,7 +108,7 @@ def mean_of(runs: dict) -> dict:
 
 
 def training(seeds) -> dict:
-    flex = ["--budgets", ",".join(map(str, BUDGETS))]
+    flex = ["--budgets", ",".join(map(str, BUDGETS)), "--budget-sampling", "linear"]  # as measured, before 'all' was the default
     runs = {"flex, prefix loss": [train([*flex, "--prefix-loss", "--seed", str(s)]) for s in seeds],
             "flex, no prefix loss": [train([*flex, "--no-prefix-loss", "--seed", str(s)]) for s in seeds]}
     for k in BUDGETS:

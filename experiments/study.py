@@ -205,8 +205,9 @@ def all_runs() -> list[Run]:
     # issue 30: one model for every Gaussian budget, against the sweep's fixed-k models
     budgets = ["--budgets", ",".join(map(str, FLEX_BUDGETS))]
     flex_about = dict(k="flex " + ",".join(map(str, FLEX_BUDGETS)), loss="bce+dssim", init="denoise")
-    flex_encoder = Run("encoder-flex", "flex", [*PHASE1, *budgets], about=flex_about)
-    flex = [flex_encoder, Run("sweep-flex", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets], after=flex_encoder.name,
+    linear = ["--budget-sampling", "linear"]  # one budget per step, in proportion to k (the default until 'all' measured better)
+    flex_encoder = Run("encoder-flex", "flex", [*PHASE1, *budgets, *linear], about=flex_about)
+    flex = [flex_encoder, Run("sweep-flex", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *linear], after=flex_encoder.name,
                               about={**flex_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})]
     # the classifier phase with every budget drawn equally often: is the small budgets' deficit their share of the steps?
     flex.append(Run("sweep-flex-uniform", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, "--budget-sampling", "uniform"],
@@ -230,13 +231,13 @@ def all_runs() -> list[Run]:
                     about=all_about)
     ship_final = Run("final-flex-g0", "ship-flex", [*FINAL, "--gamma", "0.0", "--seed", "0", *budgets, *every, "--eval-every", "6"],
                      after=ship_long.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "final"})
-    ship_dose = Run("shipped-flex-dose-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets], after=ship_final.name,
+    ship_dose = Run("shipped-flex-dose-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *linear], after=ship_final.name,
                     init="model", about={**flex_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
     flex += [ship_long, ship_final, ship_dose]
     # the same with --prefix-loss: every prefix of one encoding an image (the level of detail), at what cost in top-1?
     prefix_about = {**flex_about, "prefix_loss": True}
-    prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, "--prefix-loss"], about=prefix_about)
-    flex += [prefix_encoder, Run("sweep-flex-prefix", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, "--prefix-loss"],
+    prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, *linear, "--prefix-loss"], about=prefix_about)
+    flex += [prefix_encoder, Run("sweep-flex-prefix", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *linear, "--prefix-loss"],
                                  after=prefix_encoder.name, about={**prefix_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the

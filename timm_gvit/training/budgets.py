@@ -23,11 +23,11 @@ def parse_budgets(text: str) -> list[int]:
     return sorted(budgets)
 
 
-#: How a step's budgets are chosen: 'linear', one budget drawn per step, each budget's chance
+#: How a step's budgets are chosen: 'all', every budget at every step (Matryoshka-style: the
+#: step's loss is the mean of each budget's; the trainer's default, the best at every k on
+#: Imagenette, docs/flex.md); 'linear', one budget drawn per step, each budget's chance
 #: proportional to its k (on the digits warm-up, 0.9 dB better at the largest k and 0.4 dB better
-#: over all k than 'uniform', docs/flex.md); 'uniform', one budget per step, every budget equally
-#: often; or 'all', every budget at every step (Matryoshka-style: the step's loss is the mean of
-#: each budget's, about sum(budgets) / max(budgets) times a step's compute).
+#: over all k than 'uniform'); or 'uniform', one budget per step, every budget equally often.
 BUDGET_SAMPLINGS = ("linear", "uniform", "all")
 
 
