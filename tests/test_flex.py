@@ -256,12 +256,14 @@ def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them()
     config = parse_config(["--budgets", "2,4,8,16"])  # the digits preset: its k=16 gives way to the budgets'
     assert config.num_gaussians is None and config.model_create_kwargs()["budgets"] == [2, 4, 8, 16]
     assert config.model_create_kwargs()["num_gaussians"] == 16
-    assert parse_config(["--budgets", "2-16", "--num-gaussians", "8"]).model_create_kwargs()["num_gaussians"] == 8
+    assert parse_config(["--budgets", "2-16", "--num-gaussians", "8", "--budget-sampling", "linear"]).model_create_kwargs()["num_gaussians"] == 8
+    assert parse_config(["--budgets", "8-64", "--budget-sampling", "uniform"]).budget_sampling == "uniform"  # a range: drawn per step
     study = parse_config(["--config", str(ROOT / "experiments" / "configs" / "imagenette_nano.yaml"), "--budgets", "8,16,32,64"])
     assert study.model_create_kwargs() == {"budgets": [8, 16, 32, 64], "num_gaussians": 64}
     for flags, message in ((["--budgets", "4,8", "--num-gaussians", "16"], "--num-gaussians must be within --budgets"),
                            (["--budgets", "8,x"], "'x' is not a Gaussian count"),
-                           (["--model-kwargs", "budgets=(4,8)"], "give --budgets")):
+                           (["--model-kwargs", "budgets=(4,8)"], "give --budgets"),
+                           (["--budgets", "8-64"], "57 budgets, and --budget-sampling all (the default) would train every one")):
         with pytest.raises(ValueError, match=re.escape(message)):  # the trainer's Refusal, one line on stderr
             parse_config(flags)
 

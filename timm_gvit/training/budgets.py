@@ -29,6 +29,9 @@ def parse_budgets(text: str) -> list[int]:
 #: proportional to its k (on the digits warm-up, 0.9 dB better at the largest k and 0.4 dB better
 #: over all k than 'uniform'); or 'uniform', one budget per step, every budget equally often.
 BUDGET_SAMPLINGS = ("linear", "uniform", "all")
+#: The most budgets --budget-sampling all trains at every step; a range (8-64: 57 budgets) is
+#: refused with it, as it would cost tens of steps' compute per step: draw from it instead
+MAX_BUDGETS_EVERY_STEP = 8
 
 
 def draw_budget(budgets: list[int], seed: int, step: int, prefix: bool, sampling: str = "linear") -> tuple[int, int | None]:

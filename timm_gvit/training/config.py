@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .budgets import BUDGET_SAMPLINGS, parse_budgets
+from .budgets import BUDGET_SAMPLINGS, MAX_BUDGETS_EVERY_STEP, parse_budgets
 
 
 def _opt(default, help: str, **kwargs):
@@ -57,7 +57,7 @@ class TrainConfig:
     img_size: int | None = _opt(None, "training resolution in pixels (default: the model's, 224)", type=int)
     patch_size: int | None = _opt(None, "encoder patch size (default: the model's: 16, gvit_nano's 8)", type=int)
     num_gaussians: int | None = _opt(None, "Gaussians per image, k (default: the model's: 256, gvit_nano's 64; with --budgets the largest budget)", type=int)
-    budgets: str | None = _opt(None, "train one flex model for several Gaussian budgets: a list (8,16,32,64) or a range (8-64: every k from 8 to 64); each step draws one budget for the encoder and the classifier, validation reports each budget, and the model serves any k from the smallest to the largest (docs/flex.md; default: one k, --num-gaussians)", type=str)
+    budgets: str | None = _opt(None, "train one flex model for several Gaussian budgets: a list (8,16,32,64) or a range (8-64: every k from 8 to 64, for --budget-sampling linear or uniform); each step trains the encoder and the classifier at the budgets --budget-sampling says, validation reports each budget, and the model serves any k from the smallest to the largest (docs/flex.md; default: one k, --num-gaussians)", type=str)
     budget_sampling: str = _opt("all", "with --budgets, which budgets a step trains: all (every budget every step, the loss their mean, as Matryoshka representations train: on Imagenette 3.5 to 8 points of top-1 better at each k than linear, for 1.3x (phase 1) and 1.6x (classifier phase) the CPU time), linear (one drawn per step, a budget's chance proportional to its k) or uniform (one per step, each equally often) (docs/flex.md)", choices=BUDGET_SAMPLINGS)
     prefix_loss: bool = _opt(False, "with --budgets, each step also reconstructs the image from a shorter budget's prefix of its Gaussians (the mean of the two losses), so that every prefix of one encoding renders a coarse image; on digits it made the smallest prefixes 3-4 dB better and cost a third of the top-1 at the largest k (docs/flex.md)")
     model_kwargs: dict = _opt(dict, "further create_model kwargs as KEY=VALUE, e.g. scale_bound=0.75 gaussian_init=queries", nargs="*", metavar="KEY=VALUE")
@@ -157,7 +157,7 @@ TRAINER_OWNED_KWARGS = {
     **dict.fromkeys(("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "pretrained_strict", "cache_dir"),
                     "the trainer builds a new model; start from trained weights with --init-from or --init-encoder-from"),
     **dict.fromkeys(("features_only", "out_indices", "scriptable", "exportable", "no_jit"), "the trainer needs the plain classifier"),
-    "budgets": "give --budgets (e.g. 8,16,32,64 or 8-64): the trainer draws a budget per step",
+    "budgets": "give --budgets (e.g. 8,16,32,64): the trainer trains every budget at every step (--budget-sampling)",
 }
 
 
@@ -521,6 +521,10 @@ def validate(config: TrainConfig) -> TrainConfig:
             _fail(str(exc))
         check("num_gaussians", config.num_gaussians is None or budgets[0] <= config.num_gaussians <= budgets[-1],
               f"within --budgets ({budgets[0]} to {budgets[-1]}: the k the flex model serves by default), or left out (the largest)")
+        if config.budget_sampling == "all" and len(budgets) > MAX_BUDGETS_EVERY_STEP:
+            _fail(f"--budgets {config.budgets} gives {len(budgets)} budgets, and --budget-sampling all (the default) would train every one "
+                  f"at every step, about {sum(budgets) / budgets[-1]:.0f}x a step's compute: list at most {MAX_BUDGETS_EVERY_STEP} "
+                  "(e.g. 8,16,32,64), or draw one per step from a range with --budget-sampling linear or uniform")
     check("joint_epochs", config.recon_epochs + config.classifier_epochs + config.joint_epochs > 0,
           "> 0 if --recon-epochs and --classifier-epochs are 0 (the schedule has no steps)")
     if config.streaming and config.decode_on_device:
