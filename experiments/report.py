@@ -971,7 +971,20 @@ def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
         "shipped_compute": (f"{sum(runs[n]['wall_seconds'] for n in SHIPPED_CHAIN) / 3600:.1f} h of wall time on 2 cores in the"
                             f" {len(SHIPPED_CHAIN)} runs behind them"),
         "study_compute": f"{len(all_runs)} trainer runs, whose recorded wall times add up to {sum(timed) / 3600:.0f} h",
+        "flex_gap": flex_gap(summary["flex_budgets"]),
     }
+
+
+def flex_gap(flex_data: dict) -> str:
+    """The flex model trained on every budget at every step against the fixed-k models, in words."""
+    label = "every budget every step, both phases"
+    gaps = [statistics.mean(flex_data[k][label]["top1"]) - statistics.mean(flex_data[k]["fixed_top1"]) for k in FLEX_BUDGETS
+            if flex_data[k][label]["top1"] and flex_data[k]["fixed_top1"]]
+    if len(gaps) < len(FLEX_BUDGETS):
+        return "pending"
+    seeds = min(len(flex_data[k][label]["top1"]) for k in FLEX_BUDGETS)
+    return (f"{min(gaps):+.1f} to {max(gaps):+.1f} points of top-1 against the fixed-k models at k = {FLEX_BUDGETS[0]} to"
+            f" {FLEX_BUDGETS[-1]} ({'one seed' if seeds == 1 else f'{seeds} seeds'})")
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
