@@ -52,7 +52,7 @@ RESULTS = {TAG: ROOT / "experiments" / "results" / "shipped_weights.json",
 FIGURES = ROOT / "docs" / "results"
 PREVIOUS = Path("experiments/checkpoints/final-k64-g0")  # the weights the tag shipped before the guidance dose
 EXPLAINED = ("n03028079", "n03888257", "n02102040")  # church, parachute, English springer
-LOD_PHOTO = "n03028079"  # the flex tag's level-of-detail figure: a church
+LOD_PHOTO = "n03888257"  # the flex tag's level-of-detail figure: a parachute, the photo of the README's snippet
 
 
 @torch.no_grad()
