@@ -628,6 +628,37 @@ def flex_budgets(runs: dict) -> tuple[dict, str]:
         " k = 64: its level of detail.")
 
 
+#: the runs the flex tag comes from: phase 1, more reconstruction, classifier and joint phases, the dose
+FLEX_SHIPPED_CHAIN = ("encoder-flex-all", "encoder-flex-all-long", "final-flex-g0", "shipped-flex-dose-g0.1")
+
+
+def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict | None, str]:
+    """The flex tag at each budget (experiments/results/shipped_flex_weights.json, which ship_weights.py --tag
+    gvit_nano.imagenette_64_flex writes), beside gvit_nano.imagenette_64_v2 and the sweep's fixed models."""
+    path = RESULTS / "shipped_flex_weights.json"
+    if not path.is_file():
+        return None, "Pending: `python experiments/ship_weights.py --tag gvit_nano.imagenette_64_flex`."
+    data = json.loads(path.read_text())
+    by_k = data["val_by_budget"]
+    rows = [[str(k), f"{flex_data[int(k)]['gflops']:.3f}", f"{v['top1']:.2f}", f"{v['top5']:.2f}", f"{v['psnr']:.2f}",
+             f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-",
+             ", ".join(fmt(t) for t in flex_data[int(k)]["fixed_top1"]) or "-"] for k, v in by_k.items()]
+    chain = [n for n in FLEX_SHIPPED_CHAIN if n in runs]
+    md = table(["k", "forward GFLOPs", "`gvit_nano.imagenette_64_flex`: top-1 %", "top-5 %", "PSNR dB",
+                "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", "fixed-k models, sweep protocol: top-1 %"], rows) + (
+        f"\n\nThe flex tag's weights come from the run `{data['run']}` (float16, {data['megabytes']} MB; chain: "
+        + " -> ".join(f"`{n}`" for n in chain) + "), measured on the full validation split at each k as a user loads it,"
+        " `timm.create_model('gvit_nano.imagenette_64_flex', pretrained=True, num_gaussians=k)`. The v2 tag was trained with"
+        " the same recipe at k = 64 alone; the fixed-k models of the sweep protocol (8 classifier epochs, no joint phase, no"
+        " dose) are the only fixed models at k = 8 to 32, so they are a shorter recipe than the flex tag's.")
+    before, fixed = final(runs, "final-flex-g0", "top1@64"), final(runs, "final-k64-g0")
+    if before is not None and fixed is not None:
+        md += (f" Before the dose, at the end of the final protocol, the flex model (`final-flex-g0`) reached {before:.2f} % at"
+               f" k = 64 against {fixed:.2f} % for the same protocol trained at k = 64 alone (`final-k64-g0`, one seed each): "
+               + ", ".join(f"{final(runs, 'final-flex-g0', f'top1@{k}'):.1f} % at k = {k}" for k in FLEX_BUDGETS[:-1]) + ".")
+    return data, md
+
+
 def flex_figure(flex_data: dict) -> None:
     """Top-1 against forward GFLOPs: fixed-k models as points, each flex model of FLEX_CURVES as one curve."""
     import matplotlib
@@ -928,15 +959,17 @@ def build() -> tuple[dict, dict[str, str], dict[str, str]]:
     adapt_data, adapt_md = adaptivity()
     lever_data, lever_md = levers(runs, adapt_data)
     shipped_data, shipped_md = shipped({**runs_v2, **runs_v3, **runs})  # the shipped tag may come from any recipe
+    shipped_flex_data, shipped_flex_md = shipped_flex(runs, flex_data, shipped_data)
     summary = {"guidance": guided, "num_gaussians": k_data, "losses": loss_data, "fitting": fit_data, "leakage": leak_data,
                "patch_baseline": base_data, "variants": variant_data, "encoder_ablation": ablation_data, "encoder_ablation_gpu": ablation_gpu_data,
                "classifier_ablation": cls_ablation_data, "guidance_dose": dose_data, "dose_starting_models": models_data,
-               "pixels_per_gaussian": pixel_data, "flex_budgets": flex_data, "adaptivity": adapt_data, "adaptivity_levers": lever_data, "shipped_weights": shipped_data}
+               "pixels_per_gaussian": pixel_data, "flex_budgets": flex_data, "adaptivity": adapt_data, "adaptivity_levers": lever_data, "shipped_weights": shipped_data,
+               "shipped_flex_weights": shipped_flex_data}
     all_runs = {**runs_v1, **{f"{n} (batch-64 recipe)": r for n, r in runs_v2.items()},
                 **{f"{n} (joint recipe)": r for n, r in runs_v3.items()}, **{f"{n} (current recipe)": r for n, r in runs.items()}}
     sections = {"guidance": guidance_md, "gaussians": k_md, "losses": loss_md, "fitting": fit_md, "leakage": leak_md,
                 "baseline": base_md, "variants": variant_md, "encoder_ablation": ablation_md, "encoder_ablation_gpu": ablation_gpu_md,
-                "classifier_ablation": cls_ablation_md, "shipped": shipped_md, "explain": explain_figures(),
+                "classifier_ablation": cls_ablation_md, "shipped": shipped_md, "shipped_flex": shipped_flex_md, "explain": explain_figures(),
                 "dose": dose_md, "starting_models": models_md, "flex": flex_md, "pixels": pixel_md, "adaptivity": adapt_md, "levers": lever_md,
                 "compute": compute(all_runs, study),
                 "headline": headline(guided, k_data, loss_data, fit_data, leak_data, base_data, dose_data, pixel_data)}
@@ -972,7 +1005,17 @@ def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
                             f" {len(SHIPPED_CHAIN)} runs behind them"),
         "study_compute": f"{len(all_runs)} trainer runs, whose recorded wall times add up to {sum(timed) / 3600:.0f} h",
         "flex_gap": flex_gap(summary["flex_budgets"]),
+        "flex_shipped": flex_shipped(summary["shipped_flex_weights"], shipped_val),
     }
+
+
+def flex_shipped(data: dict | None, v2: dict) -> str:
+    """The flex tag's top-1 at each budget, in words, beside the v2 tag's."""
+    if data is None:
+        return "pending"
+    by_k = data["val_by_budget"]
+    return (" / ".join(f"{by_k[k]['top1']:.1f}" for k in by_k) + f" % top-1 at k = {' / '.join(by_k)}"
+            f" (`gvit_nano.imagenette_64_v2`, k = 64 alone: {v2['top1']:.1f} %)")
 
 
 def flex_gap(flex_data: dict) -> str:

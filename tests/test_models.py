@@ -534,7 +534,7 @@ def test_list_pretrained_names_only_weights_that_exist():
 
 def test_pretrained_cfgs_are_static():
     """No environment variable changes the tags: a fresh interpreter with TIMM_GVIT_HUB_ORG set
-    (which older versions read) lists the same one tag, whose cfg carries the shipped weights'
+    (which older versions read) lists the same two tags, whose cfgs carry the shipped weights'
     data config."""
     import os
     import subprocess
@@ -543,7 +543,7 @@ def test_pretrained_cfgs_are_static():
     code = "import timm, timm_gvit; print(timm.list_pretrained('gvit*'))"
     env = dict(os.environ, TIMM_GVIT_HUB_ORG="my-lab")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['gvit_nano.imagenette_64_v2']"
+    assert out.strip() == "['gvit_nano.imagenette_64_flex', 'gvit_nano.imagenette_64_v2']"
     cfg = timm.models.get_pretrained_cfg("gvit_nano.imagenette_64_v2")
     assert cfg.num_classes == 10 and cfg.input_size == (3, 64, 64) and cfg.label_names[0] == "tench" and cfg.license == "other"
     assert not timm.models.get_pretrained_cfg("gvit_small").has_weights

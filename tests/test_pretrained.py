@@ -90,3 +90,47 @@ def test_explain_command_uses_the_shipped_weights_and_class_names(tmp_path, caps
     top = re.search(r"top classes: ([^(]+) \((\d+\.\d)%\)", printed)  # the predicted class first, with its probability
     assert top and top.group(1) == "parachute" and float(top.group(2)) > 90, printed
     assert Image.open(out).width > 5 * 256
+
+
+# ------------------------------------------------------------------ the flex tag: one model for k = 8 to 64
+FLEX_TAG = "gvit_nano.imagenette_64_flex"
+
+
+@pytest.fixture(scope="module")
+def shipped_flex(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("empty-hf-home")))
+        return timm.create_model(FLEX_TAG, pretrained=True).eval()
+
+
+def test_the_flex_tag_loads_offline_and_serves_each_budget(shipped_flex):
+    assert shipped_flex.budgets == (8, 16, 32, 64) and shipped_flex.num_gaussians == 64
+    assert shipped_flex.pretrained_cfg["budgets"] == [8, 16, 32, 64] and shipped_flex.pretrained_cfg["tag"] == "imagenette_64_flex"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for k in (8, 16, 32, 64):
+            served = timm.create_model(FLEX_TAG, pretrained=True, num_gaussians=k).eval()
+            shipped_flex.set_num_gaussians(k)
+            assert served.encode(x).shape == (2, k, 9) and torch.equal(served(x), shipped_flex(x))
+        shipped_flex.set_num_gaussians(64)
+    with pytest.raises(ValueError, match="outside the budgets"):
+        timm.create_model(FLEX_TAG, pretrained=True, num_gaussians=4)
+
+
+def test_the_flex_card_and_results_agree_with_the_weights(shipped_flex):
+    import json
+
+    measured = json.loads((ROOT / "experiments" / "results" / "shipped_flex_weights.json").read_text())
+    card = (Path(shipped_flex.pretrained_cfg["file"]).parent / "README.md").read_text()
+    assert f'timm.create_model("{FLEX_TAG}", pretrained=True)' in card and "## Gaussian budgets" in card
+    for k, values in measured["val_by_budget"].items():
+        assert re.search(rf"\| {k} \| {values['top1']:.2f} % \| {values['psnr']:.2f} dB \|", card), k
+    assert measured["val_by_budget"]["64"]["top1"] == measured["val"]["top1"]
+    # the bundled validation images, classified at k = 64 as the results file says
+    config = resolve_model_data_config(shipped_flex)
+    images = ImageFolder(str(BUNDLED), transform=create_transform(**config))
+    batch, labels = torch.stack([images[i][0] for i in range(len(images))]), torch.tensor(images.targets)
+    with torch.no_grad():
+        correct = (shipped_flex(batch).argmax(1) == labels).sum().item()
+    assert correct == measured["bundled"]["correct"] and correct / len(images) >= 0.2

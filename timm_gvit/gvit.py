@@ -9,8 +9,9 @@ registers them, after which they behave like any timm model::
     gaussians = model.encode(images)        # [B, k, 9] decoded Gaussians
     picture = model.render(gaussians)       # [B, 3, H, W] in [0, 1]
 
-The pretrained cfgs are static: the one pretrained tag, ``gvit_nano.imagenette_64_v2``, loads the
-weights that ship in ``timm_gvit/weights/``; ``timm.list_pretrained('gvit*')`` lists exactly that.
+The pretrained cfgs are static: the pretrained tags, ``gvit_nano.imagenette_64_v2`` and the flex
+``gvit_nano.imagenette_64_flex`` (any k from 8 to 64), load the weights that ship in
+``timm_gvit/weights/``; ``timm.list_pretrained('gvit*')`` lists exactly those.
 Weights you trained and pushed load through timm's own ``hf-hub:ORG/NAME`` (or ``local-dir:PATH``).
 """
 
@@ -765,11 +766,20 @@ IMAGENETTE_CLASSES = ("tench", "English springer", "cassette player", "chain saw
 #: ``gvit-publish`` can upload a folder as it is.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
+#: Model arguments a tag's weights were trained with beyond its architecture's defaults (a flex
+#: tag's budgets): ``create_model(tag)`` builds the model with them unless the call gives others.
+TAG_MODEL_ARGS = {"gvit_nano.imagenette_64_flex": dict(budgets=[8, 16, 32, 64], g0_layout="morton")}
+
 default_cfgs = generate_default_cfgs({
     # trained on Imagenette's images (an ImageNet subset): the weights come under ImageNet's
     # terms of access (non-commercial research and education), hence license 'other'
     "gvit_nano.imagenette_64_v2": _cfg(
         file=str(WEIGHTS_DIR / "gvit_nano.imagenette_64_v2" / "model.safetensors"), num_classes=10,
+        input_size=(3, 64, 64), crop_mode="center", label_names=IMAGENETTE_CLASSES, license="other",
+    ),
+    # one model for k = 8 to 64 Gaussians (docs/flex.md): create_model(..., num_gaussians=k) chooses k
+    "gvit_nano.imagenette_64_flex": _cfg(
+        file=str(WEIGHTS_DIR / "gvit_nano.imagenette_64_flex" / "model.safetensors"), num_classes=10,
         input_size=(3, 64, 64), crop_mode="center", label_names=IMAGENETTE_CLASSES, license="other",
     ),
     # no weights published: create_model(..., pretrained=True) says how to get some
@@ -792,6 +802,9 @@ def _has_weights_source(variant: str, kwargs: dict) -> bool:
 
 
 def _create_gvit(variant: str, pretrained: bool = False, **kwargs) -> GViT:
+    if isinstance(kwargs.get("pretrained_cfg"), str):  # a tag: the model arguments its weights need
+        for key, value in TAG_MODEL_ARGS.get(f"{variant}.{kwargs['pretrained_cfg']}", {}).items():
+            kwargs.setdefault(key, value)
     if isinstance(kwargs.get("pretrained_cfg"), dict):  # an export's: its budgets are the model's (model_args), not a timm field
         kwargs["pretrained_cfg"] = {k: v for k, v in kwargs["pretrained_cfg"].items() if k != "budgets"}
     if pretrained and not _has_weights_source(variant, kwargs):
