@@ -5,7 +5,7 @@
 
 Reads experiments/results/{trainer_runs,gaussian_study}.json and writes
 experiments/results/summary.json, docs/results/*.png, and the tables between the
-``<!-- results:NAME -->`` / ``<!-- /results:NAME -->`` markers and the ``<!-- fact:NAME -->`` figures of README.md, MODEL_CARD.md and docs/study.md (DOCUMENTS),
+``<!-- results:NAME -->`` / ``<!-- /results:NAME -->`` markers and the ``<!-- fact:NAME -->`` figures of README.md, MODEL_CARD.md, docs/study.md and docs/flex.md (DOCUMENTS),
 so that no number in them is copied by hand. Needs matplotlib (``pip install -e ".[experiments]"``).
 """
 
@@ -928,7 +928,7 @@ def figures(k_data: dict, guided: dict) -> None:
 
 
 #: the documents that report.py writes into, and that tests/test_docs.py checks against the results
-DOCUMENTS = ("README.md", "MODEL_CARD.md", "docs/study.md")
+DOCUMENTS = ("README.md", "MODEL_CARD.md", "docs/study.md", "docs/flex.md")
 BLOCK = r"(<!-- results:{name} -->)\n(?:.*?\n)?(<!-- /results:{name} -->)"
 FACT = re.compile(r"<!-- fact:([\w.]+) -->(.*?)<!-- /fact -->", re.S)
 
