@@ -597,9 +597,8 @@ def flex_budgets(runs: dict) -> tuple[dict, str]:
     model = timm.create_model("gvit_nano", num_classes=10, budgets=list(FLEX_BUDGETS), render_backend="reference").eval()
     data = {}
     for k in FLEX_BUDGETS:
-        model.set_num_gaussians(k)
         fixed = [v for v in (final(runs, f"sweep-k{k}"), final(runs, f"sweep-k{k}-s1")) if v is not None]
-        data[k] = {"gflops": forward_gflops(model), "fixed_top1": fixed, "fixed_psnr": final(runs, f"sweep-k{k}", "psnr")}
+        data[k] = {"gflops": forward_gflops(model, k), "fixed_top1": fixed, "fixed_psnr": final(runs, f"sweep-k{k}", "psnr")}
         for label, names in FLEX_RUNS.items():
             finals = [runs[n]["final"] for n in names if (runs.get(n) or {}).get("finished")]
             data[k][label] = {m: [f[f"{m}@{k}"] for f in finals if f.get(f"{m}@{k}") is not None] for m in ("top1", "psnr", "prefix_psnr")}

@@ -143,6 +143,10 @@ def packaged_card(model, run: dict, name: str, runs: dict, shipped: dict, tag: s
             f"{before['top1']:.2f} % top-1 and {before['psnr']:.2f} dB; timm-gvit keeps them in `{PREVIOUS}`. Their "
             f"training is not counted in the steps above; these {steps} guided steps took them to {guided:.2f} %, and "
             f"the same {steps} steps without guidance (run `{twin}`) to {unguided:.2f} %.")
+    elif run["config"].get("init_from") and runs.get(name, {}).get("starts_from") in runs:
+        origin = runs[name]["starts_from"]
+        card["encoder_origin"] = (f"The model started from the weights of run `{origin}` (`--init-from`, "
+                                  f"{runs[origin]['final']['top1']:.2f} % top-1), whose own training is not counted in the steps above.")
     by_budget = {f"{metric}@{k}": values[metric] for k, values in shipped.get("val_by_budget", {}).items() for metric in ("top1", "psnr")}
     return render_model_card({**model_card_values(model, {**run, "metrics": {**shipped["val"], **by_budget}}, tag), **card})
 
@@ -162,6 +166,9 @@ def evaluate_shipped(args, runs: dict) -> dict:
     if model.budgets:  # the flex tag at each budget, loaded as a user chooses k
         result["val_by_budget"] = {}
         for k in model.budgets:
+            if k == model.num_gaussians:  # the k it serves by default: measured above
+                result["val_by_budget"][k] = result["val"]
+                continue
             served = timm.create_model(args.tag, pretrained=True, num_gaussians=k).eval()
             result["val_by_budget"][k] = {m: v for m, v in evaluate(served, val, mean, std).items() if m != "predictions"}
         result["bundled"] = evaluate(model, ImageFolder(str(BUNDLED), transform=transform), mean, std)

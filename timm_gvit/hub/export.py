@@ -29,16 +29,22 @@ def render_model_card(values: dict) -> str:
     return Template(TEMPLATE.read_text()).substitute({k: str(v) for k, v in values.items()})
 
 
-def forward_gflops(model) -> float:
-    """FLOPs of one forward pass on one image of the model's input size, in billions."""
+def forward_gflops(model, num_gaussians: int | None = None) -> float:
+    """FLOPs of one forward pass on one image of the model's input size, in billions; a flex
+    model's at ``num_gaussians`` (default: the k it serves, which it serves again afterwards)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     param = next(model.parameters())
-    was_training = model.training
+    was_training, serving = model.training, model.num_gaussians
     model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, model.in_chans, *model.img_size, device=param.device, dtype=param.dtype))
-    model.train(was_training)
+    try:
+        if num_gaussians is not None:
+            model.set_num_gaussians(num_gaussians)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, model.in_chans, *model.img_size, device=param.device, dtype=param.dtype))
+    finally:
+        model.set_num_gaussians(serving)
+        model.train(was_training)
     return counter.get_total_flops() / 1e9
 
 
@@ -133,16 +139,9 @@ def budgets_section(model, metrics: dict) -> str:
              f"{', '.join(map(str, model.budgets))}): choose k when you load it, "
              f"`timm.create_model(..., pretrained=True, num_gaussians=k)`, or later, `model.set_num_gaussians(k)`. "
              f"A smaller k costs less: the encoder runs over the patches and k Gaussian tokens, the classifier over k.", ""]
-    measured = [k for k in model.budgets if f"top1@{k}" in metrics]
-    if measured:
-        serving = model.num_gaussians
-        rows = []
-        try:
-            for k in measured:
-                model.set_num_gaussians(k)
-                rows.append(f"| {k} | {metrics[f'top1@{k}']:.2f} % | {metrics[f'psnr@{k}']:.2f} dB | {forward_gflops(model):.3f} |")
-        finally:
-            model.set_num_gaussians(serving)
+    rows = [f"| {k} | {metrics[f'top1@{k}']:.2f} % | {metrics[f'psnr@{k}']:.2f} dB | {forward_gflops(model, k):.3f} |"
+            for k in model.budgets if f"top1@{k}" in metrics]
+    if rows:
         lines += ["| k | top-1 | reconstruction PSNR | forward GFLOPs / image |", "| --- | --- | --- | --- |", *rows, ""]
     return "\n".join(lines) + "\n"
 
