@@ -233,7 +233,11 @@ def all_runs() -> list[Run]:
                      after=ship_long.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "final"})
     ship_dose = Run("shipped-flex-dose-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *linear], after=ship_final.name,
                     init="model", about={**flex_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
-    flex += [ship_long, ship_final, ship_dose]
+    # the dose with every budget at every step (its guidance step still at one budget, drawn in proportion to k):
+    # does the dose's one budget per step cost the flex tag its 1.6 points to v2 at k = 64?
+    ship_dose_all = Run("shipped-flex-dose-all-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every],
+                        after=ship_final.name, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
+    flex += [ship_long, ship_final, ship_dose, ship_dose_all]
     # the same with --prefix-loss: every prefix of one encoding an image (the level of detail), at what cost in top-1?
     prefix_about = {**flex_about, "prefix_loss": True}
     prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, *linear, "--prefix-loss"], about=prefix_about)
