@@ -3,6 +3,7 @@ trainer's built-in preset (gvit_nano, 16 px, patch 4; budgets 2, 4, 8 and 16 Gau
 
     OMP_NUM_THREADS=1 python benchmarks/flex_digits.py layouts    # -> benchmarks/reference/flex_layouts.json
     OMP_NUM_THREADS=1 python benchmarks/flex_digits.py training   # -> benchmarks/reference/flex_training.json
+    OMP_NUM_THREADS=1 python benchmarks/flex_digits.py order      # -> benchmarks/reference/flex_order.json
 
 - ``layouts``: which nested g0 order reconstructs best. First how evenly each order's first k
   slots cover the image (no training: the largest and the mean distance from a pixel to its
@@ -15,6 +16,10 @@ trainer's built-in preset (gvit_nano, 16 px, patch 4; budgets 2, 4, 8 and 16 Gau
 - ``training``: the full preset schedule (reconstruction, classifier, joint with guidance) of a
   flex model with and without the prefix reconstruction loss (--prefix-loss), beside the fixed-k
   models the old way (grid g0, one k each) with the same steps: top-1, PSNR and prefix PSNR at each k.
+- ``order``: the level of detail. The reconstruction warm-up with every budget at every step, with
+  and without the prefix loss, compositing slot 0 in front (the paper's order) or each slot over
+  those before it (``render_order=last_in_front``): does a prefix become a coarse image without
+  flattening the full one?
 
 Each run is the trainer in this process, one after another, in a scratch folder; the JSON keeps
 the commands, the figures, the wall time and the load average.
@@ -116,16 +121,24 @@ def training(seeds) -> dict:
     return {"seeds": list(seeds), "runs": runs, "mean": mean_of(runs)}
 
 
+def order(seeds) -> dict:
+    flex = ["--budgets", ",".join(map(str, BUDGETS)), "--budget-sampling", "all"]
+    runs = {f"{order}, {'prefix loss' if prefix else 'no prefix loss'}":
+            [train([*RECON_ONLY, *flex, f"--{'' if prefix else 'no-'}prefix-loss", "--seed", str(seed), "--model-kwargs", f"render_order={order}"])
+             for seed in seeds] for order in ("first_in_front", "last_in_front") for prefix in (False, True)}
+    return {"seeds": list(seeds), "runs": runs, "mean": mean_of(runs)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=("layouts", "training"))
+    parser.add_argument("study", choices=("layouts", "training", "order"))
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "reference")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     seeds = [int(s) for s in args.seeds.split(",")]
     load_before, started = os.getloadavg(), time.perf_counter()
-    result = layouts(seeds) if args.study == "layouts" else training(seeds)
+    result = {"layouts": layouts, "training": training, "order": order}[args.study](seeds)
     record = {"command": f"OMP_NUM_THREADS={torch.get_num_threads()} python benchmarks/flex_digits.py {args.study} --seeds {args.seeds}",
               "preset": "train_gvit.py's built-in digits run (gvit_nano, 16 px, patch 4, batch 32)", "budgets": list(BUDGETS),
               **result, "wall_s": round(time.perf_counter() - started, 1), "cpu_count": os.cpu_count(),

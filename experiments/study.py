@@ -243,6 +243,21 @@ def all_runs() -> list[Run]:
     prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, *linear, "--prefix-loss"], about=prefix_about)
     flex += [prefix_encoder, Run("sweep-flex-prefix", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *linear, "--prefix-loss"],
                                  after=prefix_encoder.name, about={**prefix_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})]
+    # the level of detail: the prefix loss with every budget at every step, each slot composited over those before it
+    # (render_order=last_in_front), so that a prefix is the coarse image later slots refine instead of hiding them;
+    # then v2's recipe on it, the prefix loss kept throughout
+    lod = ["--prefix-loss", "--model-kwargs", "render_order=last_in_front"]
+    lod_about = {**all_about, "prefix_loss": True, "render_order": "last_in_front"}
+    lod_encoder = Run("encoder-flex-lod", "lod", [*PHASE1, *budgets, *every, *lod], about=lod_about)
+    lod_long = Run("encoder-flex-lod-long", "lod", [*MORE_RECON, *budgets, *every, *lod, "--eval-every", "6"], after=lod_encoder.name,
+                   about=lod_about)
+    lod_final = Run("final-flex-lod-g0", "lod", [*FINAL, "--gamma", "0.0", "--seed", "0", *budgets, *every, *lod, "--eval-every", "6"],
+                    after=lod_long.name, about={**lod_about, "gamma": 0.0, "seed": 0, "protocol": "final"})
+    lod_dose = Run("shipped-flex-lod-dose-g0.1", "lod", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, *lod],
+                   after=lod_final.name, init="model", about={**lod_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
+    lod_sweep = Run("sweep-flex-lod", "lod", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every, *lod], after=lod_encoder.name,
+                    about={**lod_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})
+    flex += [lod_encoder, lod_long, lod_final, lod_dose, lod_sweep]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
@@ -298,7 +313,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, ship-flex.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, ship-flex, lod.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out these runs")

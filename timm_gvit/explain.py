@@ -100,7 +100,8 @@ def explain(model, images: Tensor, targets: Tensor | None = None) -> dict[str, T
         gaussians = model.encode(images)
         probs = model.classify(gaussians).softmax(-1)
         reconstruction = model.render(gaussians, (H, W))
-        det = determinant_map(gaussians, (H, W), model.render_backend)
+        in_front_last = gaussians.flip(1) if model.render_order == "last_in_front" else gaussians
+        det = determinant_map(in_front_last, (H, W), model.render_backend)  # determinant_map puts slot 0 in front
     scores, targets = cdam_scores(model, gaussians, targets)
     return dict(gaussians=gaussians, reconstruction=reconstruction, det_map=det, cdam=cdam_grid(gaussians, scores), target=targets, probs=probs)
 

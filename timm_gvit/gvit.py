@@ -65,6 +65,10 @@ def _check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -
 #: The nested layout a flex model (``budgets``) gets unless it names one: the best prefixes of
 #: those measured (docs/flex.md, benchmarks/reference/flex_layouts.json).
 DEFAULT_NESTED_LAYOUT = "morton"
+#: Which of overlapping Gaussians is seen (docs/flex.md, "Level of detail"): 'first_in_front', slot
+#: 0 in front as the paper composites; 'last_in_front', later slots painted over earlier ones, so
+#: that a flex model's first slots can be the coarse background its later slots refine.
+RENDER_ORDERS = ("first_in_front", "last_in_front")
 
 
 def _check_budgets(budgets, num_gaussians: int, g0_layout: Optional[str]) -> Tuple[Optional[Tuple[int, ...]], str]:
@@ -222,6 +226,9 @@ class GViT(nn.Module):
         dynamic_img_size: bool; accept any image size that is a multiple of ``patch_size``; the
             encoder resamples its position embeddings, reconstructions are rendered at the input's size.
         render_backend: str; the backend of :meth:`render` (see :func:`timm_gvit.render_gaussians`).
+        render_order: 'first_in_front' (slot 0 composited in front, the paper's) or
+            'last_in_front' (each slot painted over those before it: a flex model trained with the
+            prefix loss then refines its coarse first slots with later ones, docs/flex.md).
         centre_features: bool; add the sine-cosine features of each Gaussian's centre to its
             classifier token (the default; False is the paper's plain linear embedding, MODEL_CARD.md).
         pos_embed: 'learn' (a learned embedding per Gaussian slot) or 'none' (the classifier's
@@ -277,6 +284,7 @@ class GViT(nn.Module):
         patch_drop_rate: float = 0.0,
         dynamic_img_size: bool = False,
         render_backend: str = "auto",
+        render_order: str = "first_in_front",
         centre_features: bool = True,
         pos_embed: str = "learn",
         shape_features: bool = False,
@@ -297,6 +305,9 @@ class GViT(nn.Module):
             dynamic_img_size=dynamic_img_size, render_backend=render_backend,
         )
         self.budgets, g0_layout = _check_budgets(budgets, num_gaussians, g0_layout)
+        if render_order not in RENDER_ORDERS:
+            raise ValueError(f"render_order must be one of {RENDER_ORDERS}, got {render_order!r}")
+        self.render_order = render_order
         num_slots = self.budgets[-1] if self.budgets else num_gaussians
         self.img_size = img_size
         self.patch_size = patch_size
@@ -400,6 +411,8 @@ class GViT(nn.Module):
                     shape_features=clf.shape_features, mlp_embed=isinstance(clf.gaussian_embed, Mlp))
         if self.budgets or enc.g0_layout != "grid":  # a fixed-k grid model's config stays as it was
             args.update(budgets=list(self.budgets) if self.budgets else None, g0_layout=enc.g0_layout)
+        if self.render_order != "first_in_front":  # as above: the configs of models in the paper's order stay as they were
+            args["render_order"] = self.render_order
         for name in ("norm_layer", "act_layer"):
             value = self._layer_args[name]
             if value is not None and not isinstance(value, str):
@@ -529,7 +542,7 @@ class GViT(nn.Module):
 
     @torch.jit.ignore
     def render(self, gaussians: Tensor, size: int | tuple[int, int] | None = None, background=None) -> Tensor:
-        """Draw Gaussians, with the model's ``render_backend``.
+        """Draw Gaussians, with the model's ``render_backend``, composited in its ``render_order``.
 
         Args:
             gaussians: ``[B, k, 9]`` float, decoded (float16/bfloat16 are rendered in float32).
@@ -542,7 +555,10 @@ class GViT(nn.Module):
         H, W = to_2tuple(size) if size is not None else self.img_size
         with torch.autocast(gaussians.device.type, enabled=False):  # the renderers work in float32
             half = gaussians.dtype in (torch.float16, torch.bfloat16)
-            return render_gaussians(gaussians.float() if half else gaussians, H, W, background, backend=self.render_backend)
+            gaussians = gaussians.float() if half else gaussians
+            if self.render_order == "last_in_front":  # the renderers put slot 0 in front
+                gaussians = gaussians.flip(1)
+            return render_gaussians(gaussians, H, W, background, backend=self.render_backend)
 
     @torch.jit.ignore
     def forward_train(self, images: Tensor, detach_gaussians: bool = False) -> GViTOutput:

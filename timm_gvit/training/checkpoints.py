@@ -393,6 +393,7 @@ def _load_part(model, source: str | Path, part: str | None, flag: str) -> int:
     for prefix in ("module.", "model."):  # DDP, and the trainer's objective wrapper
         if any(k.startswith(prefix) for k in state):
             state = {k.removeprefix(prefix): v for k, v in state.items()}
+    _check_render_order(model, path.parent / "config.json", flag, source)
     state = checkpoint_filter_fn(state, model)
     if part is not None:
         state = {k: v for k, v in state.items() if k.startswith(f"{part}.")}
@@ -407,3 +408,17 @@ def _load_part(model, source: str | Path, part: str | None, flag: str) -> int:
     except RuntimeError as exc:
         raise ValueError(f"{flag} {source}: its {part or 'model'} does not fit this model's ({exc})") from exc
     return len(state)
+
+
+def _check_render_order(model, config_path: Path, flag: str, source) -> None:
+    """Refuse weights exported from a model that composites its Gaussians in the other order
+    (``render_order``): its encoder placed them for that order, and would reconstruct wrongly."""
+    try:
+        args = json.loads(config_path.read_text()).get("model_args", {})
+        theirs = args.get("render_order", "first_in_front") if isinstance(args, dict) else None
+    except (OSError, ValueError, AttributeError):  # no config (a bare weights file, a checkpoint): nothing to check
+        return
+    ours = getattr(model, "render_order", "first_in_front")
+    if isinstance(theirs, str) and theirs != ours:
+        raise ValueError(f"{flag} {source}: those weights composite Gaussians with render_order={theirs!r} and this model "
+                         f"with {ours!r}; give the same order (--model-kwargs render_order={theirs})")
