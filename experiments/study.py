@@ -315,6 +315,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, ship-flex, lod.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
+    parser.add_argument("--threads", type=int, help="threads per run (default: cores // jobs); a paused run still counts as one of --jobs")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out these runs")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
@@ -341,7 +342,7 @@ def main() -> None:
         for r in todo:
             print(" ".join(r.command()))
         return
-    threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     failed: set[str] = set()
