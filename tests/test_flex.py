@@ -136,6 +136,41 @@ def test_a_prefix_of_one_encoding_renders_and_classifies():
         fixed.classify(fixed.encode(x)[:, :16])
 
 
+def test_render_order_decides_which_of_overlapping_gaussians_is_seen():
+    """Eight opaque discs in one place, slot i coloured i/7 in red: the paper's order shows slot 0,
+    last_in_front slot 7, and a prefix of last_in_front shows its own last slot."""
+    gaussians = torch.zeros(1, 8, 9)
+    gaussians[..., 2:4] = 0.5  # sigma: a disc over the centre
+    gaussians[..., 5] = torch.arange(8) / 7  # red
+    gaussians[..., 8] = 0.99  # opacity
+    paper, painter = flex(render_order="first_in_front"), flex(render_order="last_in_front")
+    centre = lambda image: image[0, 0, 16, 16].item()  # noqa: E731
+    assert centre(paper.render(gaussians)) == pytest.approx(0.99 * 0 / 7 + 0.01 * 0.99 * 1 / 7, abs=2e-3)
+    assert centre(painter.render(gaussians)) == pytest.approx(0.99 * 7 / 7 + 0.01 * 0.99 * 6 / 7, abs=2e-3)
+    assert centre(painter.render(gaussians[:, :3])) == pytest.approx(0.99 * 2 / 7 + 0.01 * 0.99 * 1 / 7, abs=2e-3)
+    assert torch.equal(painter.render(gaussians), paper.render(gaussians.flip(1)))
+    with pytest.raises(ValueError, match="render_order must be one of"):
+        flex(render_order="back_to_front")
+
+
+def test_render_order_travels_with_the_weights_and_init_from_refuses_the_other_order(tmp_path):
+    from timm.models import save_for_hf
+
+    from timm_gvit.training.checkpoints import load_encoder_weights, load_model_weights
+
+    painter = flex(render_order="last_in_front").eval()
+    save_for_hf(painter, tmp_path, safe_serialization=True)
+    assert json.loads((tmp_path / "config.json").read_text())["model_args"]["render_order"] == "last_in_front"
+    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert loaded.render_order == "last_in_front" and torch.equal(loaded.forward_train(x).reconstruction, painter.forward_train(x).reconstruction)
+    assert "render_order" not in flex().architecture_args()  # a model in the paper's order writes the config it always did
+    for load in (load_encoder_weights, load_model_weights):
+        with pytest.raises(ValueError, match=r"render_order='last_in_front'.*--model-kwargs render_order=last_in_front"):
+            load(flex(), tmp_path)
+        assert load(flex(render_order="last_in_front"), tmp_path) > 0
+
+
 def test_budgets_the_model_was_not_trained_for_are_refused_with_the_reason():
     model = flex()
     for k in (4, 65):

@@ -388,6 +388,10 @@ def test_init_encoder_from_another_run(digits_run, tmp_path):
     encoder_keys = [k for k in source if k.startswith("encoder.")]
     assert encoder_keys and all(torch.equal(source[k], trained[k]) for k in encoder_keys)  # frozen in the classifier phase
     assert not torch.equal(source["classifier.head.weight"], trained["classifier.head.weight"])
+    # the export names the run its encoder came from, not just 'export', and no local path
+    origin = f"`{digits_run.name}/export` (`--init-encoder-from`)"
+    assert origin in (tmp_path / "export" / "README.md").read_text() and str(digits_run.parent) not in (tmp_path / "export" / "README.md").read_text()
+    assert yaml.safe_load((tmp_path / "export" / "train_config.yaml").read_text())["init_encoder_from"] == f"{digits_run.name}/export"
 
 
 def test_init_from_takes_the_whole_model_of_another_run(digits_run, tmp_path):

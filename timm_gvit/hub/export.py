@@ -188,13 +188,28 @@ def _public_dataset(dataset: str) -> str:
     return f"{Path(dataset).name} (a local folder)" if Path(dataset).exists() else dataset
 
 
+#: Folder and file names the trainer gives every run alike: a path ending in them is published
+#: with the name of the run folder above them (``final-k64/export``, not ``export``)
+RUN_PARTS = ("export", "checkpoints", "model.safetensors")
+
+
+def _public_path(value: str) -> str:
+    """A local path cut to what names it: its last part, or from its run folder on (``runs/a/export``
+    -> ``a/export``; ``runs/a/checkpoints/step-00000100`` -> ``a/checkpoints/step-00000100``)."""
+    parts = Path(value).parts[1:] if Path(value).anchor else Path(value).parts
+    keep = 1
+    while keep < len(parts) and (parts[-keep] in RUN_PARTS or parts[-keep].startswith("step-")):
+        keep += 1
+    return "/".join(parts[-keep:])
+
+
 def _without_local_paths(config: dict) -> dict:
-    """The run's options as an export publishes them: local paths cut to their last part."""
+    """The run's options as an export publishes them: local paths cut to the part that names them."""
     public = dict(config)
     for key in LOCAL_PATH_OPTIONS:
         value = public.get(key)
         if isinstance(value, str) and (key != "dataset" or Path(value).exists()):
-            public[key] = Path(value).name
+            public[key] = _public_path(value)
     return public
 
 
