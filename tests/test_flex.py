@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import timm_gvit  # noqa: F401
 import train_gvit
 from timm_gvit.gaussians import NESTED_LAYOUTS, decode_gaussians, grid_layout, nested_layout
-from timm_gvit.training.budgets import draw_budget, parse_budgets, step_budgets
+from timm_gvit.training.budgets import draw_budget, eval_budgets, parse_budgets, step_budgets
 from timm_gvit.training.config import parse_config
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.objective import GViTObjective
@@ -298,9 +298,29 @@ def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them()
     for flags, message in ((["--budgets", "4,8", "--num-gaussians", "16"], "--num-gaussians must be within --budgets"),
                            (["--budgets", "8,x"], "'x' is not a Gaussian count"),
                            (["--model-kwargs", "budgets=(4,8)"], "give --budgets"),
-                           (["--budgets", "8-64"], "57 budgets, and --budget-sampling all (the default) would train every one")):
+                           (["--budgets", "8-64"], "57 budgets, and --budget-sampling all (the default) would train every one"),
+                           (["--budgets", "8-64", "--budget-sampling", "linear", "--eval-budgets", "4,8"], "[4] outside --budgets, which serve 8 to 64"),
+                           (["--eval-budgets", "8"], "--eval-budgets 8 needs --budgets")):
         with pytest.raises(ValueError, match=re.escape(message)):  # the trainer's Refusal, one line on stderr
             parse_config(flags)
+
+
+def test_validation_reports_a_few_budgets_of_a_range():
+    """Every budget of a list; of a range (57 budgets: 57 validation passes), 8 spread in log k, or those --eval-budgets names."""
+    assert eval_budgets([8, 16, 32, 64]) == [8, 16, 32, 64]
+    assert eval_budgets(list(range(8, 65))) == [8, 11, 15, 20, 26, 35, 48, 64]
+    assert eval_budgets(list(range(8, 65)), "12,16-18") == [12, 16, 17, 18]
+    assert eval_budgets([8, 16, 32, 64], "24") == [24]  # any k the model serves, trained at or not
+
+
+def test_a_flex_run_over_a_range_validates_the_budgets_it_is_told(tmp_path):
+    with one_thread():
+        assert train_gvit.main([*TINY, "--budgets", "2-8", "--budget-sampling", "linear", "--eval-budgets", "3,8", "--output-dir", str(tmp_path),
+                                "--recon-epochs", "1", "--classifier-epochs", "1", "--joint-epochs", "0", "--guidance-epochs", "0"]) == 0
+    final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+    assert sorted(k for k in final if k.startswith("top1@")) == ["top1@3", "top1@8"]
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "trained at every k from 2 to 8" in card and re.search(r"^\| 3 \| [\d.]+ % \|", card, re.M) and not re.search(r"^\| 5 \|", card, re.M)
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ import timm_gvit  # noqa: F401  (registers the models)
 from timm_gvit.data_utils import normalize, rgb_targets
 from timm_gvit.fitting import psnr
 from timm_gvit.hub import PushError, export_model, push_folder
-from timm_gvit.training.budgets import draw_budget, step_budgets
+from timm_gvit.training.budgets import draw_budget, eval_budgets, step_budgets
 from timm_gvit.training.checkpoints import (DiskFull, RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
                                             pause_point, recover_checkpoints, resolve_resume, save_checkpoint, write_atomically)
 from timm_gvit.training.config import Refusal, TrainConfig, parse_config, save_config
@@ -121,6 +121,7 @@ class Run:
     state: dict
     monitor: StepMonitor
     budgets: list[int] | None = None  # a flex model's (--budgets): each step trains one of them
+    eval_budgets: list[int] | None = None  # those of them validation reports (--eval-budgets)
     phase: str | None = None
 
     @property
@@ -257,7 +258,8 @@ def setup(config: TrainConfig) -> Run:
                mean=torch.tensor(data_config["mean"], device=accelerator.device),  # one value per input channel
                std=torch.tensor(data_config["std"], device=accelerator.device),
                run_info=run_info, state=state, monitor=StepMonitor(state, config.max_nonfinite),
-               budgets=list(model.budgets) if model.budgets else None)
+               budgets=list(model.budgets) if model.budgets else None,
+               eval_budgets=eval_budgets(list(model.budgets), config.eval_budgets) if model.budgets else None)
 
 
 def make_loaders(config: TrainConfig, accelerator, data_config: dict, in_chans: int, info: DataInfo, train_data, val_data):
@@ -450,13 +452,13 @@ def validate(run: Run) -> dict[str, float]:
     """Validation top-1/top-5 and PSNR of the model (its EMA where there is one), printed and logged;
     a flex model's at each of its budgets too."""
     results = evaluate(run.eval_model, run.val_loader, run.accelerator, run.mean, run.std, run.note_bad_images, run.config.streaming,
-                       budgets=run.budgets)
+                       budgets=run.eval_budgets)
     run.accelerator.print(f"epoch {run.state['epoch']}: top-1 {results['top1']:.2f}%, top-5 {results['top5']:.2f}%, "
                           f"PSNR {results['psnr']:.2f} dB")
     if run.budgets:
         run.accelerator.print(f"epoch {run.state['epoch']} by budget k: " + "; ".join(
             f"{k}: {results[f'top1@{k}']:.2f}%, {results[f'psnr@{k}']:.2f} dB (prefix {results[f'prefix_psnr@{k}']:.2f} dB)"
-            for k in run.budgets))
+            for k in run.eval_budgets))
     run.accelerator.log({f"val/{k}": v for k, v in results.items()}, step=run.state["step"])
     return results
 

@@ -134,9 +134,11 @@ def budgets_section(model, metrics: dict) -> str:
     if not model.budgets:
         return ""
     low, high = model.budgets[0], model.budgets[-1]
+    contiguous = len(model.budgets) > 4 and list(model.budgets) == list(range(low, high + 1))
+    trained_at = f"every k from {low} to {high}" if contiguous else ", ".join(map(str, model.budgets))
     lines = ["", "## Gaussian budgets", "",
              f"One set of weights for every number of Gaussians from {low} to {high} (trained at "
-             f"{', '.join(map(str, model.budgets))}): choose k when you load it, "
+             f"{trained_at}): choose k when you load it, "
              f"`timm.create_model(..., pretrained=True, num_gaussians=k)`, or later, `model.set_num_gaussians(k)`. "
              f"A smaller k costs less: the encoder runs over the patches and k Gaussian tokens, the classifier over k.", ""]
     rows = [f"| {k} | {metrics[f'top1@{k}']:.2f} % | {metrics[f'psnr@{k}']:.2f} dB | {forward_gflops(model, k):.3f} |"

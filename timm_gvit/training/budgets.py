@@ -3,6 +3,7 @@ which one each step trains."""
 
 from __future__ import annotations
 
+import math
 import random
 
 
@@ -61,3 +62,25 @@ def step_budgets(budgets: list[int], seed: int, step: int, prefix: bool, samplin
         return [draw_budget(budgets, seed, step, prefix, sampling)]
     rng = random.Random(f"{seed}:{step}:all")
     return [(k, rng.choice(shorter) if prefix and (shorter := [b for b in budgets if b < k]) else None) for k in budgets]
+
+
+#: The most budgets validation reports unless --eval-budgets names them: each costs a validation pass
+MAX_EVAL_BUDGETS = 8
+
+
+def eval_budgets(budgets: list[int], text: str | None = None) -> list[int]:
+    """The budgets validation reports for a flex model trained at ``budgets``: ``text`` parsed as
+    :func:`parse_budgets` (each within ``[min(budgets), max(budgets)]``, the k the model serves),
+    else every budget when there are at most :data:`MAX_EVAL_BUDGETS`, else that many spread
+    evenly in log k, the smallest and the largest included (``8-64``: 8, 11, 15, 20, 26, 35, 48, 64)."""
+    low, high = budgets[0], budgets[-1]
+    if text is not None:
+        chosen = parse_budgets(text)
+        outside = [k for k in chosen if not low <= k <= high]
+        if outside:
+            raise ValueError(f"--eval-budgets {text}: {outside} outside --budgets, which serve {low} to {high} Gaussians")
+        return chosen
+    if len(budgets) <= MAX_EVAL_BUDGETS:
+        return list(budgets)
+    steps = MAX_EVAL_BUDGETS - 1
+    return sorted({min(budgets, key=lambda b: abs(math.log(b) - (math.log(low) + i / steps * math.log(high / low)))) for i in range(steps + 1)})

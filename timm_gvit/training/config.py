@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .budgets import BUDGET_SAMPLINGS, MAX_BUDGETS_EVERY_STEP, parse_budgets
+from .budgets import BUDGET_SAMPLINGS, MAX_BUDGETS_EVERY_STEP, eval_budgets, parse_budgets
 
 
 def _opt(default, help: str, **kwargs):
@@ -59,6 +59,7 @@ class TrainConfig:
     num_gaussians: int | None = _opt(None, "Gaussians per image, k (default: the model's: 256, gvit_nano's 64; with --budgets the largest budget)", type=int)
     budgets: str | None = _opt(None, "train one flex model for several Gaussian budgets: a list (8,16,32,64) or a range (8-64: every k from 8 to 64, for --budget-sampling linear or uniform); each step trains the encoder and the classifier at the budgets --budget-sampling says, validation reports each budget, and the model serves any k from the smallest to the largest (docs/flex.md; default: one k, --num-gaussians)", type=str)
     budget_sampling: str = _opt("all", "with --budgets, which budgets a step trains: all (every budget every step, the loss their mean, as Matryoshka representations train: on Imagenette 3.5 to 8 points of top-1 better at each k than linear, for 1.3x (phase 1) and 1.6x (classifier phase) the CPU time), linear (one drawn per step, a budget's chance proportional to its k) or uniform (one per step, each equally often) (docs/flex.md)", choices=BUDGET_SAMPLINGS)
+    eval_budgets: str | None = _opt(None, "with --budgets, the budgets validation reports (top1@k, psnr@k, prefix_psnr@k; a validation pass each): a list or a range within --budgets (default: every budget when there are at most 8, else 8 of them spread evenly in log k, the smallest and the largest included)", type=str)
     prefix_loss: bool = _opt(False, "with --budgets, each step also reconstructs the image from a shorter budget's prefix of its Gaussians (the mean of the two losses), so that every prefix of one encoding renders a coarse image; on digits it made the smallest prefixes 3-4 dB better and cost a third of the top-1 at the largest k (docs/flex.md)")
     model_kwargs: dict = _opt(dict, "further create_model kwargs as KEY=VALUE, e.g. scale_bound=0.75 gaussian_init=queries", nargs="*", metavar="KEY=VALUE")
     init_from: str | None = _opt(None, "start the whole model (encoder and classifier) from another run's export folder, .safetensors/.pth file or checkpoint, e.g. to run joint-phase variants from one classifier-phase run (default: a random initialisation)", type=str)
@@ -514,6 +515,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     check("clip_grad", config.clip_grad is None or config.clip_grad > 0, "> 0 (or left out)")
     check("betas", all(0 <= b < 1 for b in config.betas), "two numbers in [0, 1)")
     check("guidance_epochs", config.guidance_epochs <= config.joint_epochs, f"<= --joint-epochs ({config.joint_epochs})")
+    if config.eval_budgets is not None and config.budgets is None:
+        _fail(f"--eval-budgets {config.eval_budgets} needs --budgets: a model of one k is validated at that k")
     if config.budgets is not None:
         try:
             budgets = parse_budgets(config.budgets)
@@ -521,6 +524,10 @@ def validate(config: TrainConfig) -> TrainConfig:
             _fail(str(exc))
         check("num_gaussians", config.num_gaussians is None or budgets[0] <= config.num_gaussians <= budgets[-1],
               f"within --budgets ({budgets[0]} to {budgets[-1]}: the k the flex model serves by default), or left out (the largest)")
+        try:
+            eval_budgets(budgets, config.eval_budgets)
+        except ValueError as exc:
+            _fail(str(exc))
         if config.budget_sampling == "all" and len(budgets) > MAX_BUDGETS_EVERY_STEP:
             _fail(f"--budgets {config.budgets} gives {len(budgets)} budgets, and --budget-sampling all (the default) would train every one "
                   f"at every step, about {sum(budgets) / budgets[-1]:.0f}x a step's compute: list at most {MAX_BUDGETS_EVERY_STEP} "
