@@ -56,9 +56,12 @@ LOD_PHOTO = "n03888257"  # the flex tag's level-of-detail figure: a parachute, t
 
 
 @torch.no_grad()
-def evaluate(model, folder: ImageFolder, mean: torch.Tensor, std: torch.Tensor) -> dict:
+def evaluate(model, folder: ImageFolder, mean: torch.Tensor, std: torch.Tensor, prefixes=()) -> dict:
+    """Top-1, top-5 and PSNR over ``folder``, and for each k of ``prefixes`` the PSNR of the first k of the
+    model's Gaussians (``prefix_psnr@k``: a flex model's level of detail)."""
     loader = torch.utils.data.DataLoader(folder, batch_size=128)
     correct = correct5 = quality = 0.0
+    prefix_quality = dict.fromkeys(prefixes, 0.0)
     predictions = []
     for images, labels in tqdm(loader, desc=f"evaluating on {len(folder)} images"):
         gaussians = model.encode(images)
@@ -67,10 +70,13 @@ def evaluate(model, folder: ImageFolder, mean: torch.Tensor, std: torch.Tensor) 
         predictions += top5[:, 0].tolist()
         correct += (top5[:, 0] == labels).sum().item()
         correct5 += (top5 == labels[:, None]).any(1).sum().item()
-        quality += psnr(model.render(gaussians), rgb_targets(images, mean, std)).sum().item()
+        targets = rgb_targets(images, mean, std)
+        quality += psnr(model.render(gaussians), targets).sum().item()
+        for k in prefix_quality:
+            prefix_quality[k] += psnr(model.render(gaussians[:, :k]), targets).sum().item()
     n = len(folder)
     return {"images": n, "correct": int(correct), "top1": 100 * correct / n, "top5": 100 * correct5 / n, "psnr": quality / n,
-            "predictions": predictions}
+            **{f"prefix_psnr@{k}": value / n for k, value in prefix_quality.items()}, "predictions": predictions}
 
 
 def main() -> None:
@@ -160,17 +166,19 @@ def evaluate_shipped(args, runs: dict) -> dict:
     transform = create_transform(**config)
     mean, std = config["mean"], config["std"]
     val = ImageFolder(str(Path(args.data) / "val"), transform=transform)
-    full = evaluate(model, val, mean, std)
+    full = evaluate(model, val, mean, std, prefixes=model.budgets or ())
     result = {"run": args.run, "file": str(target.relative_to(ROOT)), "megabytes": round(target.stat().st_size / 1e6, 2),
               "run_final": runs[args.run]["final"], "val": {k: v for k, v in full.items() if k != "predictions"}}
     if model.budgets:  # the flex tag at each budget, loaded as a user chooses k
         result["val_by_budget"] = {}
         for k in model.budgets:
             if k == model.num_gaussians:  # the k it serves by default: measured above
-                result["val_by_budget"][k] = result["val"]
+                result["val_by_budget"][k] = dict(result["val"])
                 continue
             served = timm.create_model(args.tag, pretrained=True, num_gaussians=k).eval()
             result["val_by_budget"][k] = {m: v for m, v in evaluate(served, val, mean, std).items() if m != "predictions"}
+        for k in model.budgets:  # the level of detail: the first k of the Gaussians at the k it serves by default
+            result["val_by_budget"][k]["prefix_psnr"] = full[f"prefix_psnr@{k}"]
         result["bundled"] = evaluate(model, ImageFolder(str(BUNDLED), transform=transform), mean, std)
         FIGURES.mkdir(parents=True, exist_ok=True)
         photo = sorted((BUNDLED / LOD_PHOTO).iterdir())[0]
@@ -195,7 +203,7 @@ def evaluate_shipped(args, runs: dict) -> dict:
     print(f"{args.tag}: val top-1 {full['top1']:.2f}% (run: {runs[args.run]['final']['top1']:.2f}%), top-5 {full['top5']:.2f}%, "
           f"PSNR {full['psnr']:.2f} dB; bundled {bundled['correct']}/{bundled['images']}")
     for k, values in result.get("val_by_budget", {}).items():
-        print(f"  k={k}: top-1 {values['top1']:.2f}%, PSNR {values['psnr']:.2f} dB")
+        print(f"  k={k}: top-1 {values['top1']:.2f}%, PSNR {values['psnr']:.2f} dB (the first {k} of one encoding: {values['prefix_psnr']:.2f} dB)")
     return result
 
 

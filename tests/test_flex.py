@@ -300,7 +300,8 @@ def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them()
                            (["--model-kwargs", "budgets=(4,8)"], "give --budgets"),
                            (["--budgets", "8-64"], "57 budgets, and --budget-sampling all (the default) would train every one"),
                            (["--budgets", "8-64", "--budget-sampling", "linear", "--eval-budgets", "4,8"], "[4] outside --budgets, which serve 8 to 64"),
-                           (["--eval-budgets", "8"], "--eval-budgets 8 needs --budgets")):
+                           (["--eval-budgets", "8"], "--eval-budgets 8 needs --budgets"),
+                           (["--prefix-loss"], "--prefix-loss needs --budgets")):
         with pytest.raises(ValueError, match=re.escape(message)):  # the trainer's Refusal, one line on stderr
             parse_config(flags)
 

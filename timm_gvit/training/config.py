@@ -60,7 +60,7 @@ class TrainConfig:
     budgets: str | None = _opt(None, "train one flex model for several Gaussian budgets: a list (8,16,32,64) or a range (8-64: every k from 8 to 64, for --budget-sampling linear or uniform); each step trains the encoder and the classifier at the budgets --budget-sampling says, validation reports each budget, and the model serves any k from the smallest to the largest (docs/flex.md; default: one k, --num-gaussians)", type=str)
     budget_sampling: str = _opt("all", "with --budgets, which budgets a step trains: all (every budget every step, the loss their mean, as Matryoshka representations train: on Imagenette 3.5 to 8 points of top-1 better at each k than linear, for 1.3x (phase 1) and 1.6x (classifier phase) the CPU time), linear (one drawn per step, a budget's chance proportional to its k) or uniform (one per step, each equally often) (docs/flex.md)", choices=BUDGET_SAMPLINGS)
     eval_budgets: str | None = _opt(None, "with --budgets, the budgets validation reports (top1@k, psnr@k, prefix_psnr@k; a validation pass each): a list or a range within --budgets (default: every budget when there are at most 8, else 8 of them spread evenly in log k, the smallest and the largest included)", type=str)
-    prefix_loss: bool = _opt(False, "with --budgets, each step also reconstructs the image from a shorter budget's prefix of its Gaussians (the mean of the two losses), so that every prefix of one encoding renders a coarse image; on digits it made the smallest prefixes 3-4 dB better and cost a third of the top-1 at the largest k (docs/flex.md)")
+    prefix_loss: bool = _opt(False, "with --budgets, each step also reconstructs the image from a shorter budget's prefix of its Gaussians (the mean of the two losses), so that every prefix of one encoding renders a coarse image (the level of detail); give it with --model-kwargs render_order=last_in_front, so that later Gaussians refine the prefix instead of hiding behind it: on Imagenette the first 8 of 64 then render at 16.3 dB instead of 7.4 and the full 64 at 18.6 instead of 19.5, where the paper's order left the full 64 at 16.5 (docs/flex.md)")
     model_kwargs: dict = _opt(dict, "further create_model kwargs as KEY=VALUE, e.g. scale_bound=0.75 gaussian_init=queries", nargs="*", metavar="KEY=VALUE")
     init_from: str | None = _opt(None, "start the whole model (encoder and classifier) from another run's export folder, .safetensors/.pth file or checkpoint, e.g. to run joint-phase variants from one classifier-phase run (default: a random initialisation)", type=str)
     init_encoder_from: str | None = _opt(None, "start the encoder from another run's export folder, .safetensors/.pth file or checkpoint (the paper starts GViT-B from GViT-S's encoder; default: a random initialisation)", type=str)
@@ -515,6 +515,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     check("clip_grad", config.clip_grad is None or config.clip_grad > 0, "> 0 (or left out)")
     check("betas", all(0 <= b < 1 for b in config.betas), "two numbers in [0, 1)")
     check("guidance_epochs", config.guidance_epochs <= config.joint_epochs, f"<= --joint-epochs ({config.joint_epochs})")
+    if config.prefix_loss and config.budgets is None:
+        _fail("--prefix-loss needs --budgets: it trains the prefixes of a flex model's Gaussians")
     if config.eval_budgets is not None and config.budgets is None:
         _fail(f"--eval-budgets {config.eval_budgets} needs --budgets: a model of one k is validated at that k")
     if config.budgets is not None:
