@@ -118,6 +118,21 @@ def test_the_flex_tag_loads_offline_and_serves_each_budget(shipped_flex):
         timm.create_model(FLEX_TAG, pretrained=True, num_gaussians=4)
 
 
+def test_each_tag_builds_the_architecture_its_weights_were_exported_with():
+    """create_model(tag) builds from the variant's defaults and the tag's TAG_MODEL_ARGS, not from the
+    bundled config.json: the two must agree (a render order or budgets that differ load the same
+    tensors and give silently wrong images)."""
+    import json
+
+    for tag in timm.list_pretrained("gvit_*"):
+        model = timm.create_model(tag, pretrained=False)
+        exported = json.loads((Path(timm.models.get_pretrained_cfg(tag).file).parent / "config.json").read_text())
+        built = {"num_classes": model.num_classes, "global_pool": model.global_pool, **model.architecture_args()}
+        differ = {key: (built.get(key), exported["model_args"].get(key)) for key in built.keys() | exported["model_args"].keys()
+                  if built.get(key) != exported["model_args"].get(key)}
+        assert not differ, (tag, differ)
+
+
 def test_the_flex_card_and_results_agree_with_the_weights(shipped_flex):
     import json
 
