@@ -665,8 +665,12 @@ def flex_lod(runs: dict) -> tuple[dict, str]:
     return data, md
 
 
-#: the runs the flex tag comes from: phase 1, more reconstruction, classifier and joint phases, the dose
-FLEX_SHIPPED_CHAIN = ("encoder-flex-all", "encoder-flex-all-long", "final-flex-g0", "shipped-flex-dose-g0.1")
+#: the runs each candidate for the flex tag comes from, by its last run: phase 1, more reconstruction, the final
+#: protocol's classifier and joint phases, the dose
+FLEX_SHIPPED_CHAINS = {
+    "shipped-flex-dose-g0.1": ("encoder-flex-all", "encoder-flex-all-long", "final-flex-g0", "shipped-flex-dose-g0.1"),
+    "shipped-flex-lod-dose-g0.1": ("encoder-flex-lod", "encoder-flex-lod-long", "final-flex-lod-g0", "shipped-flex-lod-dose-g0.1"),
+}
 
 
 def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict | None, str]:
@@ -680,7 +684,7 @@ def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict 
     rows = [[str(k), f"{flex_data[int(k)]['gflops']:.3f}", f"{v['top1']:.2f}", f"{v['top5']:.2f}", f"{v['psnr']:.2f}",
              f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-",
              ", ".join(fmt(t) for t in flex_data[int(k)]["fixed_top1"]) or "-"] for k, v in by_k.items()]
-    chain = [n for n in FLEX_SHIPPED_CHAIN if n in runs]
+    chain = [n for n in FLEX_SHIPPED_CHAINS.get(data["run"], (data["run"],)) if n in runs]
     md = table(["k", "forward GFLOPs", "`gvit_nano.imagenette_64_flex`: top-1 %", "top-5 %", "PSNR dB",
                 "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", "fixed-k models, sweep protocol: top-1 %"], rows) + (
         f"\n\nThe flex tag's weights come from the run `{data['run']}` (float16, {data['megabytes']} MB; chain: "
@@ -688,11 +692,12 @@ def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict 
         " `timm.create_model('gvit_nano.imagenette_64_flex', pretrained=True, num_gaussians=k)`. The v2 tag was trained with"
         " the same recipe at k = 64 alone; the fixed-k models of the sweep protocol (8 classifier epochs, no joint phase, no"
         " dose) are the only fixed models at k = 8 to 32, so they are a shorter recipe than the flex tag's.")
-    before, fixed = final(runs, "final-flex-g0", "top1@64"), final(runs, "final-k64-g0")
+    undosed = chain[-2] if len(chain) == 4 else None  # the final protocol's run, before the dose
+    before, fixed = final(runs, undosed, "top1@64") if undosed else None, final(runs, "final-k64-g0")
     if before is not None and fixed is not None:
-        md += (f" Before the dose, at the end of the final protocol, the flex model (`final-flex-g0`) reached {before:.2f} % at"
+        md += (f" Before the dose, at the end of the final protocol, the flex model (`{undosed}`) reached {before:.2f} % at"
                f" k = 64 against {fixed:.2f} % for the same protocol trained at k = 64 alone (`final-k64-g0`, one seed each): "
-               + ", ".join(f"{final(runs, 'final-flex-g0', f'top1@{k}'):.1f} % at k = {k}" for k in FLEX_BUDGETS[:-1]) + ".")
+               + ", ".join(f"{final(runs, undosed, f'top1@{k}'):.1f} % at k = {k}" for k in FLEX_BUDGETS[:-1]) + ".")
     return data, md
 
 
