@@ -660,8 +660,7 @@ def flex_lod(runs: dict) -> tuple[dict, str]:
     md = table(["flex model (run)", *(f"k = {k}" for k in FLEX_BUDGETS)], [fixed, *rows]) + (
         "\n\nPSNR in dB of the model serving k / of the first k of one encoding at k = 64 (its level of detail), and after the"
         " classifier phases top-1 at k first; Imagenette val, 64 px, every budget at every step. The phase-1 run in the paper's"
-        " order drew one budget per step, and so did the dose of the model without the prefix loss (the tag until the level of"
-        " detail shipped).")
+        " order drew one budget per step, and so did the dose of the model without the prefix loss (the shipped tag).")
     return data, md
 
 
