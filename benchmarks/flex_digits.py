@@ -123,9 +123,9 @@ def training(seeds) -> dict:
 
 def order(seeds) -> dict:
     flex = ["--budgets", ",".join(map(str, BUDGETS)), "--budget-sampling", "all"]
-    runs = {f"{order}, {'prefix loss' if prefix else 'no prefix loss'}":
-            [train([*RECON_ONLY, *flex, f"--{'' if prefix else 'no-'}prefix-loss", "--seed", str(seed), "--model-kwargs", f"render_order={order}"])
-             for seed in seeds] for order in ("first_in_front", "last_in_front") for prefix in (False, True)}
+    runs = {f"{render_order}, {'prefix loss' if prefix else 'no prefix loss'}":
+            [train([*RECON_ONLY, *flex, f"--{'' if prefix else 'no-'}prefix-loss", "--seed", str(seed), "--model-kwargs", f"render_order={render_order}"])
+             for seed in seeds] for render_order in ("first_in_front", "last_in_front") for prefix in (False, True)}
     return {"seeds": list(seeds), "runs": runs, "mean": mean_of(runs)}
 
 

@@ -100,8 +100,7 @@ def explain(model, images: Tensor, targets: Tensor | None = None) -> dict[str, T
         gaussians = model.encode(images)
         probs = model.classify(gaussians).softmax(-1)
         reconstruction = model.render(gaussians, (H, W))
-        in_front_last = gaussians.flip(1) if model.render_order == "last_in_front" else gaussians
-        det = determinant_map(in_front_last, (H, W), model.render_backend)  # determinant_map puts slot 0 in front
+        det = determinant_map(model.in_drawing_order(gaussians), (H, W), model.render_backend)
     scores, targets = cdam_scores(model, gaussians, targets)
     return dict(gaussians=gaussians, reconstruction=reconstruction, det_map=det, cdam=cdam_grid(gaussians, scores), target=targets, probs=probs)
 

@@ -555,10 +555,13 @@ class GViT(nn.Module):
         H, W = to_2tuple(size) if size is not None else self.img_size
         with torch.autocast(gaussians.device.type, enabled=False):  # the renderers work in float32
             half = gaussians.dtype in (torch.float16, torch.bfloat16)
-            gaussians = gaussians.float() if half else gaussians
-            if self.render_order == "last_in_front":  # the renderers put slot 0 in front
-                gaussians = gaussians.flip(1)
-            return render_gaussians(gaussians, H, W, background, backend=self.render_backend)
+            return render_gaussians(self.in_drawing_order(gaussians.float() if half else gaussians), H, W, background,
+                                    backend=self.render_backend)
+
+    def in_drawing_order(self, gaussians: Tensor) -> Tensor:
+        """``[B, k, 9]`` Gaussians reordered for the renderers, which composite slot 0 in front: as
+        given for ``render_order='first_in_front'``, reversed for ``'last_in_front'``."""
+        return gaussians.flip(1) if self.render_order == "last_in_front" else gaussians
 
     @torch.jit.ignore
     def forward_train(self, images: Tensor, detach_gaussians: bool = False) -> GViTOutput:
