@@ -633,7 +633,9 @@ FLEX_LOD_STAGES = (
     ("phase 1", "encoder-flex-all", "encoder-flex-lod", "encoder-flex-prefix"),
     ("+ 6 reconstruction epochs", "encoder-flex-all-long", "encoder-flex-lod-long", None),
     ("final protocol", "final-flex-g0", "final-flex-lod-g0", None),
-    ("guidance dose", "shipped-flex-dose-g0.1", "shipped-flex-lod-dose-g0.1", None),
+    ("guidance dose, one budget per step", "shipped-flex-dose-g0.1-r2", None, None),
+    ("guidance dose, every budget every step", "shipped-flex-dose-all-g0.1", "shipped-flex-lod-dose-g0.1", None),
+    ("the tag's first weights, from the chain's first training: guidance dose, one budget per step", "shipped-flex-dose-g0.1", None, None),
 )
 
 
@@ -650,7 +652,7 @@ def flex_lod(runs: dict) -> tuple[dict, str]:
 
     rows, data = [], {}
     for stage, plain, lod, paper in FLEX_LOD_STAGES:
-        classified = stage in ("final protocol", "guidance dose")
+        classified = stage not in ("phase 1", "+ 6 reconstruction epochs")
         for label, name in (("no prefix loss", plain), ("prefix loss, last in front", lod), ("prefix loss, paper's order", paper)):
             if name is None:
                 continue
@@ -659,15 +661,23 @@ def flex_lod(runs: dict) -> tuple[dict, str]:
     fixed = ["fixed-k encoders, one per k (`sweep-k*`)", *(fmt(final(runs, f"sweep-k{k}", "psnr"), 2) for k in FLEX_BUDGETS)]
     md = table(["flex model (run)", *(f"k = {k}" for k in FLEX_BUDGETS)], [fixed, *rows]) + (
         "\n\nPSNR in dB of the model serving k / of the first k of one encoding at k = 64 (its level of detail), and after the"
-        " classifier phases top-1 at k first; Imagenette val, 64 px, every budget at every step. The phase-1 run in the paper's"
-        " order drew one budget per step, and so did the dose of the model without the prefix loss (the shipped tag).")
-    return data, md
+        " classifier phases top-1 at k first; Imagenette val, 64 px, every budget at every step unless a row says one budget"
+        " per step (drawn in proportion to k; so did the phase-1 run in the paper's order). The chain without the prefix loss"
+        " was trained twice (the first one's folders were lost): its rows are the second training, from which both of its"
+        " doses start; the tag first shipped the first one's dose")
+    first = final(runs, "final-flex-g0-first", "top1@64")
+    if first is not None:
+        md += f", whose final protocol reached " + " / ".join(f"{final(runs, 'final-flex-g0-first', f'top1@{k}'):.1f}" for k in FLEX_BUDGETS) + " %"
+    return data, md + "."
 
 
 #: the runs each candidate for the flex tag comes from, by its last run: phase 1, more reconstruction, the final
 #: protocol's classifier and joint phases, the dose
 FLEX_SHIPPED_CHAINS = {
-    "shipped-flex-dose-g0.1": ("encoder-flex-all", "encoder-flex-all-long", "final-flex-g0", "shipped-flex-dose-g0.1"),
+    # the tag's weights: the first training of the chain (its folders were lost; the runs of the same names are the second)
+    "shipped-flex-dose-g0.1": ("encoder-flex-all-first", "encoder-flex-all-long-first", "final-flex-g0-first", "shipped-flex-dose-g0.1"),
+    "shipped-flex-dose-all-g0.1": ("encoder-flex-all", "encoder-flex-all-long", "final-flex-g0", "shipped-flex-dose-all-g0.1"),
+    "shipped-flex-dose-g0.1-r2": ("encoder-flex-all", "encoder-flex-all-long", "final-flex-g0", "shipped-flex-dose-g0.1-r2"),
     "shipped-flex-lod-dose-g0.1": ("encoder-flex-lod", "encoder-flex-lod-long", "final-flex-lod-g0", "shipped-flex-lod-dose-g0.1"),
 }
 
@@ -687,7 +697,9 @@ def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict 
     md = table(["k", "forward GFLOPs", "`gvit_nano.imagenette_64_flex`: top-1 %", "top-5 %", "PSNR dB",
                 "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", "fixed-k models, sweep protocol: top-1 %"], rows) + (
         f"\n\nThe flex tag's weights come from the run `{data['run']}` (float16, {data['megabytes']} MB; chain: "
-        + " -> ".join(f"`{n}`" for n in chain) + "), measured on the full validation split at each k as a user loads it,"
+        + " -> ".join(f"`{n}`" for n in chain)
+        + ("; `-first`: the first training of the runs of those names, whose folders were lost" if any(n.endswith("-first") for n in chain) else "")
+        + "), measured on the full validation split at each k as a user loads it,"
         " `timm.create_model('gvit_nano.imagenette_64_flex', pretrained=True, num_gaussians=k)`. The v2 tag was trained with"
         " the same recipe at k = 64 alone; the fixed-k models of the sweep protocol (8 classifier epochs, no joint phase, no"
         " dose) are the only fixed models at k = 8 to 32, so they are a shorter recipe than the flex tag's.")

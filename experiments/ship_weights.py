@@ -4,7 +4,7 @@
 
     python experiments/ship_weights.py                 # shipped-dose-g0.1, else final-k64-g0, else the best long-protocol run
     python experiments/ship_weights.py --run long-g0.1-s1
-    python experiments/ship_weights.py --tag gvit_nano.imagenette_64_flex    # shipped-flex-dose-g0.1, else final-flex-g0
+    python experiments/ship_weights.py --tag gvit_nano.imagenette_64_flex    # shipped-flex-dose-all-g0.1, else ...
 
 Writes the run's export, in the Hub folder format, to timm_gvit/weights/gvit_nano.imagenette_64_v2/
 (config.json, README.md model card, model.safetensors in float16: half the size; the model
@@ -46,7 +46,7 @@ BUNDLED = ROOT / "tests" / "data" / "imagenette-val"
 TAG = "gvit_nano.imagenette_64_v2"
 FLEX_TAG = "gvit_nano.imagenette_64_flex"
 #: The runs each tag ships, the first finished one
-SHIPPED_RUNS = {TAG: ("shipped-dose-g0.1", "final-k64-g0", "final-k64"), FLEX_TAG: ("shipped-flex-dose-g0.1", "final-flex-g0")}
+SHIPPED_RUNS = {TAG: ("shipped-dose-g0.1", "final-k64-g0", "final-k64"), FLEX_TAG: ("shipped-flex-dose-all-g0.1", "shipped-flex-dose-g0.1", "final-flex-g0")}
 RESULTS = {TAG: ROOT / "experiments" / "results" / "shipped_weights.json",
            FLEX_TAG: ROOT / "experiments" / "results" / "shipped_flex_weights.json"}
 FIGURES = ROOT / "docs" / "results"

@@ -224,20 +224,24 @@ def all_runs() -> list[Run]:
     all_encoder = Run("encoder-flex-all", "flex", [*PHASE1, *budgets, *every], about=all_about)
     flex += [all_encoder, *[Run(f"sweep-flex-all{f'-s{seed}' if seed else ''}", "flex", [*SWEEP, "--gamma", "0.0", "--seed", str(seed), *budgets, *every],
                                 after=all_encoder.name, about={**all_about, "gamma": 0.0, "seed": seed, "protocol": "sweep"}) for seed in (0, 1)]]
-    # the flex tag that ships (gvit_nano.imagenette_64_flex): the recipe of gvit_nano.imagenette_64_v2 (phase 1, 6 more
+    # the flex tag (gvit_nano.imagenette_64_flex): the recipe of gvit_nano.imagenette_64_v2 (phase 1, 6 more
     # reconstruction epochs, the final protocol without guidance, the 400-step guidance dose) with every budget at every
-    # step, the dose excepted (one budget per step, drawn in proportion to k: the dose's cost stays the fixed model's)
+    # step. The tag first shipped the dose with one budget per step (shipped-flex-dose-g0.1, drawn in proportion to k);
+    # from the same start the dose on every budget was ahead at every k, and ships now (shipped-flex-dose-all-g0.1)
     ship_long = Run("encoder-flex-all-long", "ship-flex", [*MORE_RECON, *budgets, *every, "--eval-every", "6"], after=all_encoder.name,
                     about=all_about)
     ship_final = Run("final-flex-g0", "ship-flex", [*FINAL, "--gamma", "0.0", "--seed", "0", *budgets, *every, "--eval-every", "6"],
                      after=ship_long.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "final"})
     ship_dose = Run("shipped-flex-dose-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *linear], after=ship_final.name,
                     init="model", about={**flex_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
-    # the dose with every budget at every step (its guidance step still at one budget, drawn in proportion to k):
-    # does the dose's one budget per step cost the flex tag its 1.6 points to v2 at k = 64?
+    # the dose with every budget at every step (its guidance step still at one budget, drawn in proportion to k)
     ship_dose_all = Run("shipped-flex-dose-all-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every],
                         after=ship_final.name, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
-    flex += [ship_long, ship_final, ship_dose, ship_dose_all]
+    # the tag's dose again, from final-flex-g0 trained a second time (runs/ was lost with the first): the same start as
+    # shipped-flex-dose-all-g0.1, so that the two doses differ only in --budget-sampling
+    ship_dose_again = Run("shipped-flex-dose-g0.1-r2", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *linear],
+                          after=ship_final.name, init="model", about={**flex_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
+    flex += [ship_long, ship_final, ship_dose, ship_dose_all, ship_dose_again]
     # the same with --prefix-loss: every prefix of one encoding an image (the level of detail), at what cost in top-1?
     prefix_about = {**flex_about, "prefix_loss": True}
     prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, *linear, "--prefix-loss"], about=prefix_about)
