@@ -68,8 +68,4 @@ def test_the_recorded_default_run_is_todays_default_run():
     record = json.loads((ROOT / "benchmarks" / "reference" / "default_digits_run.json").read_text())
     config = dataclasses.asdict(parse_config([]))
     config.pop("output_dir")
-    # the flex options came after the recorded run; off, they leave a run bit for bit as it was (tests/test_flex.py)
-    for name, off in (("budgets", None), ("budget_sampling", "all"), ("prefix_loss", False), ("eval_budgets", None)):
-        if name not in record["config"] and config[name] == off:
-            config.pop(name)
     assert record["config"] == json.loads(json.dumps(config)), "the default run changed: rerun benchmarks/default_run.py"
