@@ -46,6 +46,14 @@ def final(runs: dict, name: str, key: str = "top1") -> float | None:
     return run["final"][key] if run and run.get("finished") and run.get("final") else None
 
 
+def chain(runs: dict, name: str) -> list[str]:
+    """The runs that run ``name`` was trained from, first to last, ``name`` included: each entry's ``starts_from``."""
+    names = [name]
+    while (runs.get(names[-1]) or {}).get("starts_from") in runs:
+        names.append(runs[names[-1]]["starts_from"])
+    return names[::-1]
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     return "pending" if value is None else f"{value:.{digits}f}"
 
@@ -665,21 +673,10 @@ def flex_lod(runs: dict) -> tuple[dict, str]:
         " per step (drawn in proportion to k; so did the phase-1 run in the paper's order). The chain without the prefix loss"
         " was trained twice (the first one's folders were lost): its rows are the second training, from which both of its"
         " doses start; the tag first shipped the first one's dose")
-    first = final(runs, "final-flex-g0-first", "top1@64")
-    if first is not None:
-        md += f", whose final protocol reached " + " / ".join(f"{final(runs, 'final-flex-g0-first', f'top1@{k}'):.1f}" for k in FLEX_BUDGETS) + " %"
+    first = [final(runs, "final-flex-g0-first", f"top1@{k}") for k in FLEX_BUDGETS]
+    if None not in first:
+        md += ", whose final protocol reached " + " / ".join(f"{v:.1f}" for v in first) + " %"
     return data, md + "."
-
-
-#: the runs each candidate for the flex tag comes from, by its last run: phase 1, more reconstruction, the final
-#: protocol's classifier and joint phases, the dose
-FLEX_SHIPPED_CHAINS = {
-    # the tag's weights: the first training of the chain (its folders were lost; the runs of the same names are the second)
-    "shipped-flex-dose-g0.1": ("encoder-flex-all-first", "encoder-flex-all-long-first", "final-flex-g0-first", "shipped-flex-dose-g0.1"),
-    "shipped-flex-dose-all-g0.1": ("encoder-flex-all", "encoder-flex-all-long", "final-flex-g0", "shipped-flex-dose-all-g0.1"),
-    "shipped-flex-dose-g0.1-r2": ("encoder-flex-all", "encoder-flex-all-long", "final-flex-g0", "shipped-flex-dose-g0.1-r2"),
-    "shipped-flex-lod-dose-g0.1": ("encoder-flex-lod", "encoder-flex-lod-long", "final-flex-lod-g0", "shipped-flex-lod-dose-g0.1"),
-}
 
 
 def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict | None, str]:
@@ -693,17 +690,17 @@ def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict 
     rows = [[str(k), f"{flex_data[int(k)]['gflops']:.3f}", f"{v['top1']:.2f}", f"{v['top5']:.2f}", f"{v['psnr']:.2f}",
              f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-",
              ", ".join(fmt(t) for t in flex_data[int(k)]["fixed_top1"]) or "-"] for k, v in by_k.items()]
-    chain = [n for n in FLEX_SHIPPED_CHAINS.get(data["run"], (data["run"],)) if n in runs]
+    runs_behind = chain(runs, data["run"])
     md = table(["k", "forward GFLOPs", "`gvit_nano.imagenette_64_flex`: top-1 %", "top-5 %", "PSNR dB",
                 "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", "fixed-k models, sweep protocol: top-1 %"], rows) + (
         f"\n\nThe flex tag's weights come from the run `{data['run']}` (float16, {data['megabytes']} MB; chain: "
-        + " -> ".join(f"`{n}`" for n in chain)
-        + ("; `-first`: the first training of the runs of those names, whose folders were lost" if any(n.endswith("-first") for n in chain) else "")
+        + " -> ".join(f"`{n}`" for n in runs_behind)
+        + ("; `-first`: the first training of the runs of those names, whose folders were lost" if any(n.endswith("-first") for n in runs_behind) else "")
         + "), measured on the full validation split at each k as a user loads it,"
         " `timm.create_model('gvit_nano.imagenette_64_flex', pretrained=True, num_gaussians=k)`. The v2 tag was trained with"
         " the same recipe at k = 64 alone; the fixed-k models of the sweep protocol (8 classifier epochs, no joint phase, no"
         " dose) are the only fixed models at k = 8 to 32, so they are a shorter recipe than the flex tag's.")
-    undosed = chain[-2] if len(chain) == 4 else None  # the final protocol's run, before the dose
+    undosed = runs_behind[-2] if len(runs_behind) == 4 else None  # the final protocol's run, before the dose
     before, fixed = final(runs, undosed, "top1@64") if undosed else None, final(runs, "final-k64-g0")
     if before is not None and fixed is not None:
         md += (f" Before the dose, at the end of the final protocol, the flex model (`{undosed}`) reached {before:.2f} % at"
@@ -1030,10 +1027,6 @@ def build() -> tuple[dict, dict[str, str], dict[str, str]]:
     return summary, sections, facts(summary, runs, all_runs)
 
 
-#: the runs the shipped weights come from, in order: phase 1, more reconstruction, classifier and joint phases, the dose
-SHIPPED_CHAIN = ("encoder-k64", "encoder-k64-long", "final-k64-g0", "shipped-dose-g0.1")
-
-
 def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
     """The figures that the documents' prose quotes, each as the words it appears in (``<!-- fact:NAME -->``)."""
     bench = ROOT / "benchmarks" / "reference"
@@ -1043,6 +1036,7 @@ def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
     sparse = summary["guidance"]
     sparse_half = T95[sparse["seeds_done"] - 1] * sparse["difference"][1] / sparse["seeds_done"] ** 0.5
     timed = [r["wall_seconds"] for r in all_runs.values() if r.get("wall_seconds")]
+    shipped_chain = chain(runs, summary["shipped_weights"]["run"])  # phase 1, more reconstruction, final protocol, dose
     return {
         "default_run": (f"{default_run['top1']:.1f} % top-1, {default_run['top5']:.0f} % top-5 and a reconstruction PSNR of"
                         f" {default_run['psnr_db']:.1f} dB in {default_run['wall_s']:.0f} s on a 2-core CPU"),
@@ -1055,8 +1049,8 @@ def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
         "shipped_top5": f"{shipped_val['top5']:.1f} % top-5",
         "bundled": (f"classifies {summary['shipped_weights']['bundled']['correct']} of the"
                     f" {summary['shipped_weights']['bundled']['images']} validation images bundled"),
-        "shipped_compute": (f"{sum(runs[n]['wall_seconds'] for n in SHIPPED_CHAIN) / 3600:.1f} h of wall time on 2 cores in the"
-                            f" {len(SHIPPED_CHAIN)} runs behind them"),
+        "shipped_compute": (f"{sum(runs[n]['wall_seconds'] for n in shipped_chain) / 3600:.1f} h of wall time on 2 cores in the"
+                            f" {len(shipped_chain)} runs behind them"),
         "study_compute": f"{len(all_runs)} trainer runs, whose recorded wall times add up to {sum(timed) / 3600:.0f} h",
         "flex_gap": flex_gap(summary["flex_budgets"]),
         "flex_shipped": flex_shipped(summary["shipped_flex_weights"], shipped_val),

@@ -232,16 +232,15 @@ def all_runs() -> list[Run]:
                     about=all_about)
     ship_final = Run("final-flex-g0", "ship-flex", [*FINAL, "--gamma", "0.0", "--seed", "0", *budgets, *every, "--eval-every", "6"],
                      after=ship_long.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "final"})
-    ship_dose = Run("shipped-flex-dose-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *linear], after=ship_final.name,
-                    init="model", about={**flex_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
+    # one budget per step: the tag's first dose, and the same again from final-flex-g0 trained a second time (runs/ was
+    # lost with the first), so that "-r2" and shipped-flex-dose-all-g0.1 share a start and differ only in --budget-sampling
+    ship_doses = [Run(name, "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *linear], after=ship_final.name,
+                      init="model", about={**flex_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
+                  for name in ("shipped-flex-dose-g0.1", "shipped-flex-dose-g0.1-r2")]
     # the dose with every budget at every step (its guidance step still at one budget, drawn in proportion to k)
     ship_dose_all = Run("shipped-flex-dose-all-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every],
                         after=ship_final.name, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
-    # the tag's dose again, from final-flex-g0 trained a second time (runs/ was lost with the first): the same start as
-    # shipped-flex-dose-all-g0.1, so that the two doses differ only in --budget-sampling
-    ship_dose_again = Run("shipped-flex-dose-g0.1-r2", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *linear],
-                          after=ship_final.name, init="model", about={**flex_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
-    flex += [ship_long, ship_final, ship_dose, ship_dose_all, ship_dose_again]
+    flex += [ship_long, ship_final, *ship_doses, ship_dose_all]
     # the same with --prefix-loss: every prefix of one encoding an image (the level of detail), at what cost in top-1?
     prefix_about = {**flex_about, "prefix_loss": True}
     prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, *linear, "--prefix-loss"], about=prefix_about)
