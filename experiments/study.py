@@ -240,7 +240,13 @@ def all_runs() -> list[Run]:
     # the dose with every budget at every step (its guidance step still at one budget, drawn in proportion to k)
     ship_dose_all = Run("shipped-flex-dose-all-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every],
                         after=ship_final.name, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
-    flex += [ship_long, ship_final, *ship_doses, ship_dose_all]
+    # the same dose with its guidance steps at the largest budget, or at every budget (--guidance-budgets): drawn in
+    # proportion to k, k = 64 is guided on about half of the 400 guidance steps and k = 8 on one in fifteen
+    ship_dose_guided = [Run(f"shipped-flex-dose-all-g{which}-g0.1", "ship-flex",
+                            [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, "--guidance-budgets", which],
+                            after=ship_final.name, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose", "guidance_budgets": which})
+                        for which in ("all", "largest")]
+    flex += [ship_long, ship_final, *ship_doses, ship_dose_all, *ship_dose_guided]
     # the same with --prefix-loss: every prefix of one encoding an image (the level of detail), at what cost in top-1?
     prefix_about = {**flex_about, "prefix_loss": True}
     prefix_encoder = Run("encoder-flex-prefix", "flex", [*PHASE1, *budgets, *linear, "--prefix-loss"], about=prefix_about)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import timm_gvit  # noqa: F401
 import train_gvit
 from timm_gvit.gaussians import NESTED_LAYOUTS, decode_gaussians, grid_layout, nested_layout
-from timm_gvit.training.budgets import draw_budget, eval_budgets, parse_budgets, step_budgets
+from timm_gvit.training.budgets import draw_budget, eval_budgets, guidance_budgets, parse_budgets, step_budgets
 from timm_gvit.training.config import parse_config
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.objective import GViTObjective
@@ -239,6 +239,36 @@ def test_guidance_descends_cross_entropy_at_the_step_budget():
     assert cross_entropy() < before and model.num_gaussians == 16
 
 
+def test_guidance_over_several_budgets_steps_the_encoder_by_the_mean_of_each_budgets_gradient():
+    """--guidance-budgets all: one SGD step on the mean loss moves the encoder by the mean of the steps each budget takes alone."""
+    with one_thread():
+        torch.manual_seed(0)
+        model = flex(encoder_depth=2, depth=2, num_classes=4).eval()  # fixed g0: each budget's loss is deterministic
+        torch.nn.init.normal_(model.encoder.gaussian_head.fc2.weight, std=0.05)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        images, labels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3])
+        targets = (images * 0.2 + 0.5).clamp(0, 1)
+
+        def guide(budgets):
+            model.load_state_dict(start, strict=False)
+            losses = guidance_step(model, torch.optim.SGD(model.parameters(), lr=0.1), images, targets, labels, gamma=1.0,
+                                   lambda_perc=0.0, with_dssim=False, budgets=budgets)
+            return losses, {n: p.detach() - start[n] for n, p in model.named_parameters()}
+
+        alone = [guide([k]) for k in (8, 16, 64)]
+        together, moved = guide([8, 16, 64])
+    assert model.num_gaussians == 64  # left at the last budget; the trainer restores the one it serves
+    for name in ("guidance/rec_loss", "guidance/ce_loss"):
+        assert together[name].item() == pytest.approx(sum(a[0][name].item() for a in alone) / 3, rel=1e-5)
+    assert len({round(a[0]["guidance/ce_loss"].item(), 4) for a in alone}) == 3  # the budgets' losses differ
+    for name, delta in moved.items():
+        if name.startswith("encoder."):
+            torch.testing.assert_close(delta, sum(a[1][name] for a in alone) / 3, atol=1e-6, rtol=1e-4)
+        else:
+            assert not delta.any(), name  # the classifier is frozen
+    assert any(moved[n].any() for n in moved if n.startswith("encoder."))
+
+
 # ------------------------------------------------------------------------------------------------ the trainer
 def test_budgets_parse_as_lists_and_ranges_and_are_drawn_per_step_from_the_seed():
     assert parse_budgets("8,16,32,64") == [8, 16, 32, 64] and parse_budgets("64, 8,16") == [8, 16, 64]
@@ -256,6 +286,17 @@ def test_budgets_parse_as_lists_and_ranges_and_are_drawn_per_step_from_the_seed(
     assert all(abs(uniform.count(k) - 300) < 60 for k in budgets)
     assert all(p is None if k == 8 else p in budgets and p < k for k, p in draws)
     assert all(p is None for _, p in (draw_budget(budgets, 0, step, prefix=False) for step in range(50)))
+
+
+def test_the_guidance_step_guides_the_drawn_budget_the_largest_or_every_budget():
+    budgets = [8, 16, 32, 64]
+    for step in range(30):
+        assert guidance_budgets(budgets, "drawn", 0, step, "all") == [draw_budget(budgets, 0, step, False, "linear")[0]]
+        assert guidance_budgets(budgets, "drawn", 0, step, "uniform") == [draw_budget(budgets, 0, step, False, "uniform")[0]]
+        assert guidance_budgets(budgets, "largest", 0, step) == [64] and guidance_budgets(budgets, "all", 0, step) == budgets
+    assert len({guidance_budgets(budgets, "drawn", 0, step)[0] for step in range(30)}) > 1
+    with pytest.raises(ValueError, match="guidance budgets must be one of"):
+        guidance_budgets(budgets, "every", 0, 0)
 
 
 def test_every_budget_every_step_trains_each_budget_with_its_own_prefix():
@@ -320,7 +361,10 @@ def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them()
                            (["--budgets", "8-64"], "57 budgets, and --budget-sampling all (the default) would train every one"),
                            (["--budgets", "8-64", "--budget-sampling", "linear", "--eval-budgets", "4,8"], "[4] outside --budgets, which serve 8 to 64"),
                            (["--eval-budgets", "8"], "--eval-budgets 8 needs --budgets"),
-                           (["--prefix-loss"], "--prefix-loss needs --budgets")):
+                           (["--prefix-loss"], "--prefix-loss needs --budgets"),
+                           (["--guidance-budgets", "all"], "--guidance-budgets all needs --budgets"),
+                           (["--budgets", "8-64", "--budget-sampling", "linear", "--guidance-budgets", "all"],
+                            "--guidance-budgets all would guide every one")):
         with pytest.raises(ValueError, match=re.escape(message)):  # the trainer's Refusal, one line on stderr
             parse_config(flags)
 
@@ -392,9 +436,9 @@ def test_a_fixed_k_checkpoint_refuses_another_k_when_loaded():
         timm.create_model("gvit_nano.imagenette_64_v2", pretrained=True, num_gaussians=16)
 
 
-@pytest.mark.parametrize("sampling", ["linear", "all"])
-def test_a_resumed_flex_run_draws_the_same_budgets_and_ends_bit_exact(tmp_path, sampling):
-    args = [*SHORT, "--workers", "0", "--budgets", "2,4,8", "--budget-sampling", sampling, "--report-to", "none"]
+@pytest.mark.parametrize("sampling,guided", [("linear", "drawn"), ("all", "all")])
+def test_a_resumed_flex_run_draws_the_same_budgets_and_ends_bit_exact(tmp_path, sampling, guided):
+    args = [*SHORT, "--workers", "0", "--budgets", "2,4,8", "--budget-sampling", sampling, "--guidance-budgets", guided, "--report-to", "none"]
     reference, run = tmp_path / "reference", tmp_path / "run"
     with one_thread():
         assert train_gvit.main([*args, "--output-dir", str(reference), "--checkpoint-every", "3", "--keep-checkpoints", "0"]) == 0

@@ -40,7 +40,7 @@ import timm_gvit  # noqa: F401  (registers the models)
 from timm_gvit.data_utils import normalize, rgb_targets
 from timm_gvit.fitting import psnr
 from timm_gvit.hub import PushError, export_model, push_folder
-from timm_gvit.training.budgets import draw_budget, eval_budgets, step_budgets
+from timm_gvit.training.budgets import eval_budgets, guidance_budgets, step_budgets
 from timm_gvit.training.checkpoints import (DiskFull, RunInUse, list_checkpoints, load_checkpoint, load_encoder_weights, load_model_weights, lock_run_dir,
                                             pause_point, recover_checkpoints, resolve_resume, save_checkpoint, write_atomically)
 from timm_gvit.training.config import Refusal, TrainConfig, parse_config, save_config
@@ -414,9 +414,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         if run.ema is not None:
             run.ema.update(model, step=step)
         if schedule.guidance_due(step - 1):
-            if run.budgets:  # one budget, the step's (with every budget trained, one drawn in proportion to k)
-                model.set_num_gaussians(draw_budget(run.budgets, config.seed, step - 1, False, config.budget_sampling)[0])
+            guided_at = guidance_budgets(run.budgets, config.guidance_budgets, config.seed, step - 1, config.budget_sampling) if run.budgets else None
             guided = guidance_step(model, optimizer, images, targets, labels, gamma=schedule.gamma, label_smoothing=config.label_smoothing,
+                                   budgets=guided_at,
                                    accelerator=accelerator, encode=plain.encode, classify=plain.classification,
                                    reconstruction=lambda r, t: plain.reconstruction(r, t, schedule.dssim_on(step - 1)))
             monitor.guidance(guided.pop("guidance/finite"))

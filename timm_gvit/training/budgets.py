@@ -33,6 +33,10 @@ BUDGET_SAMPLINGS = ("linear", "uniform", "all")
 #: The most budgets --budget-sampling all trains at every step; a range (8-64: 57 budgets) is
 #: refused with it, as it would cost tens of steps' compute per step: draw from it instead
 MAX_BUDGETS_EVERY_STEP = 8
+#: Which budgets a guidance step guides the encoder at: 'drawn', one budget drawn from (seed, step)
+#: as --budget-sampling draws (in proportion to k for 'all'); 'largest', the largest budget on every guidance step; or 'all', every
+#: budget, the step's loss their mean (as --budget-sampling all trains the normal steps)
+GUIDANCE_BUDGETS = ("drawn", "largest", "all")
 
 
 def draw_budget(budgets: list[int], seed: int, step: int, prefix: bool, sampling: str = "linear") -> tuple[int, int | None]:
@@ -62,6 +66,20 @@ def step_budgets(budgets: list[int], seed: int, step: int, prefix: bool, samplin
         return [draw_budget(budgets, seed, step, prefix, sampling)]
     rng = random.Random(f"{seed}:{step}:all")
     return [(k, rng.choice(shorter) if prefix and (shorter := [b for b in budgets if b < k]) else None) for k in budgets]
+
+
+def guidance_budgets(budgets: list[int], which: str, seed: int, step: int, sampling: str = "linear") -> list[int]:
+    """The budgets the guidance step after optimiser step ``step`` guides the encoder at, as
+    ``which`` (one of :data:`GUIDANCE_BUDGETS`) says: one drawn from (seed, step) as
+    :func:`draw_budget` draws with ``sampling`` (the normal steps'; 'all' draws in proportion to
+    k), the largest, or every budget in increasing order."""
+    if which not in GUIDANCE_BUDGETS:
+        raise ValueError(f"guidance budgets must be one of {GUIDANCE_BUDGETS}, got {which!r}")
+    if which == "all":
+        return list(budgets)
+    if which == "largest":
+        return [max(budgets)]
+    return [draw_budget(budgets, seed, step, False, sampling)[0]]
 
 
 #: The most budgets validation reports unless --eval-budgets names them: each costs a validation pass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .budgets import BUDGET_SAMPLINGS, MAX_BUDGETS_EVERY_STEP, eval_budgets, parse_budgets
+from .budgets import BUDGET_SAMPLINGS, GUIDANCE_BUDGETS, MAX_BUDGETS_EVERY_STEP, eval_budgets, parse_budgets
 
 
 def _opt(default, help: str, **kwargs):
@@ -59,6 +59,7 @@ class TrainConfig:
     num_gaussians: int | None = _opt(None, "Gaussians per image, k (default: the model's: 256, gvit_nano's 64; with --budgets the largest budget)", type=int)
     budgets: str | None = _opt(None, "train one flex model for several Gaussian budgets: a list (8,16,32,64) or a range (8-64: every k from 8 to 64, for --budget-sampling linear or uniform); each step trains the encoder and the classifier at the budgets --budget-sampling says, validation reports each budget, and the model serves any k from the smallest to the largest (docs/flex.md; default: one k, --num-gaussians)", type=str)
     budget_sampling: str = _opt("all", "with --budgets, which budgets a step trains: all (every budget every step, the loss their mean, as Matryoshka representations train: on Imagenette 3.5 to 8 points of top-1 better at each k than linear, for 1.3x (phase 1) and 1.6x (classifier phase) the CPU time), linear (one drawn per step, a budget's chance proportional to its k) or uniform (one per step, each equally often) (docs/flex.md)", choices=BUDGET_SAMPLINGS)
+    guidance_budgets: str = _opt("drawn", "with --budgets, the budgets a guidance step guides the encoder at: drawn (one per guidance step, drawn as --budget-sampling draws; with all, in proportion to k, so that k = 64 of 8,16,32,64 is guided on about half of them), largest (the largest budget on every guidance step) or all (every budget, the step's loss their mean; about 1.9x a guidance step's compute at 8,16,32,64) (docs/flex.md)", choices=GUIDANCE_BUDGETS)
     eval_budgets: str | None = _opt(None, "with --budgets, the budgets validation reports (top1@k, psnr@k, prefix_psnr@k; a validation pass each): a list or a range within --budgets (default: every budget when there are at most 8, else 8 of them spread evenly in log k, the smallest and the largest included)", type=str)
     prefix_loss: bool = _opt(False, "with --budgets, each step also reconstructs the image from a shorter budget's prefix of its Gaussians (the mean of the two losses), so that every prefix of one encoding renders a coarse image (the level of detail); give it with --model-kwargs render_order=last_in_front, so that later Gaussians refine the prefix instead of hiding behind it: on Imagenette the first 8 of 64 then render at 16.3 dB instead of 7.4 and the full 64 at 18.6 instead of 19.5, where the paper's order left the full 64 at 16.5 (docs/flex.md)")
     model_kwargs: dict = _opt(dict, "further create_model kwargs as KEY=VALUE, e.g. scale_bound=0.75 gaussian_init=queries", nargs="*", metavar="KEY=VALUE")
@@ -517,6 +518,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     check("guidance_epochs", config.guidance_epochs <= config.joint_epochs, f"<= --joint-epochs ({config.joint_epochs})")
     if config.prefix_loss and config.budgets is None:
         _fail("--prefix-loss needs --budgets: it trains the prefixes of a flex model's Gaussians")
+    if config.guidance_budgets != "drawn" and config.budgets is None:
+        _fail(f"--guidance-budgets {config.guidance_budgets} needs --budgets: a model of one k is guided at that k")
     if config.eval_budgets is not None and config.budgets is None:
         _fail(f"--eval-budgets {config.eval_budgets} needs --budgets: a model of one k is validated at that k")
     if config.budgets is not None:
@@ -534,6 +537,9 @@ def validate(config: TrainConfig) -> TrainConfig:
             _fail(f"--budgets {config.budgets} gives {len(budgets)} budgets, and --budget-sampling all (the default) would train every one "
                   f"at every step, about {sum(budgets) / budgets[-1]:.0f}x a step's compute: list at most {MAX_BUDGETS_EVERY_STEP} "
                   "(e.g. 8,16,32,64), or draw one per step from a range with --budget-sampling linear or uniform")
+        if config.guidance_budgets == "all" and len(budgets) > MAX_BUDGETS_EVERY_STEP:
+            _fail(f"--budgets {config.budgets} gives {len(budgets)} budgets, and --guidance-budgets all would guide every one at every "
+                  f"guidance step: list at most {MAX_BUDGETS_EVERY_STEP}, or guide one with --guidance-budgets drawn or largest")
     check("joint_epochs", config.recon_epochs + config.classifier_epochs + config.joint_epochs > 0,
           "> 0 if --recon-epochs and --classifier-epochs are 0 (the schedule has no steps)")
     if config.streaming and config.decode_on_device:

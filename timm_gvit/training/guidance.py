@@ -24,7 +24,7 @@ BUCKET_BYTES = 25 * 1024 * 1024
 
 def guidance_step(model, optimizer, images: Tensor, targets: Tensor, labels: Tensor, *, gamma: float,
                   pixel_loss: str = "bce", lambda_perc: float = 0.1, with_dssim: bool = True, label_smoothing: float = 0.0,
-                  accelerator=None, encode=None, classify=None, reconstruction=None) -> dict[str, Tensor]:
+                  accelerator=None, encode=None, classify=None, reconstruction=None, budgets: list[int] | None = None) -> dict[str, Tensor]:
     """One encoder-only optimiser step on a batch.
 
     Args:
@@ -40,6 +40,8 @@ def guidance_step(model, optimizer, images: Tensor, targets: Tensor, labels: Ten
         encode, classify, reconstruction: the trainer's (possibly compiled) ``images -> Gaussians``,
             ``(Gaussians, labels) -> (cross-entropy, accuracy)`` and ``(rendering, targets) -> loss``;
             default: the model's own and :func:`reconstruction_loss`.
+        budgets: a flex model's budgets to guide at (``--guidance-budgets``): the loss is the mean of
+            each budget's, the model left serving the last; default: the k the model serves.
 
     One backward pass of ``L_rec + gamma * L_cls`` (by linearity, the two gradients' weighted
     sum), taken with ``torch.autograd.grad`` so that no gradient reaches the classifier. A step
@@ -59,10 +61,15 @@ def guidance_step(model, optimizer, images: Tensor, targets: Tensor, labels: Ten
     if reconstruction is None:
         def reconstruction(rendered, target):
             return reconstruction_loss(rendered, target, pixel_loss, lambda_perc, with_dssim)
-    with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
-        gaussians = encode(images)
-        rec = reconstruction(model.render(gaussians, tuple(images.shape[-2:])), targets)
-        cls, _ = classify(gaussians, labels)
+    recs, clss = [], []
+    for k in budgets or [None]:
+        if k is not None:
+            model.set_num_gaussians(k)
+        with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
+            gaussians = encode(images)
+            recs.append(reconstruction(model.render(gaussians, tuple(images.shape[-2:])), targets))
+            clss.append(classify(gaussians, labels)[0])
+    rec, cls = torch.stack(recs).mean(), torch.stack(clss).mean()
     finite = torch.isfinite(rec.detach()) & torch.isfinite(cls.detach())
     grads = torch.autograd.grad(rec + gamma * cls, params, allow_unused=True)
     grads = [torch.zeros_like(p) if grad is None else grad for p, grad in zip(params, grads)]
