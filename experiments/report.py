@@ -643,6 +643,7 @@ FLEX_LOD_STAGES = (
     ("final protocol", "final-flex-g0", "final-flex-lod-g0", None),
     ("guidance dose, one budget per step", "shipped-flex-dose-g0.1-r2", None, None),
     ("guidance dose, every budget every step", "shipped-flex-dose-all-g0.1", "shipped-flex-lod-dose-g0.1", None),
+    ("guidance dose, every budget every step, each guidance step at every budget", "shipped-flex-dose-all-gall-g0.1", None, None),
     ("the tag's first weights, from the chain's first training: guidance dose, one budget per step", "shipped-flex-dose-g0.1", None, None),
 )
 
@@ -670,12 +671,16 @@ def flex_lod(runs: dict) -> tuple[dict, str]:
     md = table(["flex model (run)", *(f"k = {k}" for k in FLEX_BUDGETS)], [fixed, *rows]) + (
         "\n\nPSNR in dB of the model serving k / of the first k of one encoding at k = 64 (its level of detail), and after the"
         " classifier phases top-1 at k first; Imagenette val, 64 px, every budget at every step unless a row says one budget"
-        " per step (drawn in proportion to k; so did the phase-1 run in the paper's order). The chain without the prefix loss"
-        " was trained twice (the first one's folders were lost): its rows are the second training, from which both of its"
-        " doses start; the tag first shipped the first one's dose")
-    first = [final(runs, "final-flex-g0-first", f"top1@{k}") for k in FLEX_BUDGETS]
-    if None not in first:
-        md += ", whose final protocol reached " + " / ".join(f"{v:.1f}" for v in first) + " %"
+        " per step (drawn in proportion to k; so did the phase-1 run in the paper's order); a guidance step guides one budget,"
+        " drawn in proportion to k, unless a row says otherwise. The chain without the prefix loss was trained four times"
+        " (its folders were lost three times): the rows of its phases are the fourth training, from which the dose guided at"
+        " every budget starts. The two doses above that one start from the second and third trainings, which ended with the"
+        " same metrics to the last digit")
+    for nth, says in (("second", ", and whose final protocol reached "), ("first", "; the tag first shipped the first training's dose,"
+                                                                                    " whose final protocol reached ")):
+        top1 = [final(runs, f"final-flex-g0-{nth}", f"top1@{k}") for k in FLEX_BUDGETS]
+        if None not in top1:
+            md += says + " / ".join(f"{v:.1f}" for v in top1) + " %"
     return data, md + "."
 
 
@@ -695,7 +700,8 @@ def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict 
                 "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", "fixed-k models, sweep protocol: top-1 %"], rows) + (
         f"\n\nThe flex tag's weights come from the run `{data['run']}` (float16, {data['megabytes']} MB; chain: "
         + " -> ".join(f"`{n}`" for n in runs_behind)
-        + ("; `-first`: the first training of the runs of those names, whose folders were lost" if any(n.endswith("-first") for n in runs_behind) else "")
+        + "".join(f"; `-{nth}`: the {nth} training of the runs of those names, whose folders were lost"
+                  for nth in ("first", "second") if any(n.endswith(f"-{nth}") for n in runs_behind))
         + "), measured on the full validation split at each k as a user loads it,"
         " `timm.create_model('gvit_nano.imagenette_64_flex', pretrained=True, num_gaussians=k)`. The v2 tag was trained with"
         " the same recipe at k = 64 alone; the fixed-k models of the sweep protocol (8 classifier epochs, no joint phase, no"
