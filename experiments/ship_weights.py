@@ -46,7 +46,7 @@ BUNDLED = ROOT / "tests" / "data" / "imagenette-val"
 TAG = "gvit_nano.imagenette_64_v2"
 FLEX_TAG = "gvit_nano.imagenette_64_flex"
 #: The runs each tag ships, the first finished one
-SHIPPED_RUNS = {TAG: ("shipped-dose-g0.1", "final-k64-g0", "final-k64"), FLEX_TAG: ("shipped-flex-dose-all-g0.1", "shipped-flex-dose-g0.1", "final-flex-g0")}
+SHIPPED_RUNS = {TAG: ("shipped-dose-g0.1", "final-k64-g0", "final-k64"), FLEX_TAG: ("shipped-flex-dose-all-gall-g0.1", "shipped-flex-dose-all-g0.1", "shipped-flex-dose-g0.1", "final-flex-g0")}
 RESULTS = {TAG: ROOT / "experiments" / "results" / "shipped_weights.json",
            FLEX_TAG: ROOT / "experiments" / "results" / "shipped_flex_weights.json"}
 FIGURES = ROOT / "docs" / "results"
