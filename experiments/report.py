@@ -635,6 +635,10 @@ def flex_budgets(runs: dict) -> tuple[dict, str]:
         " k = 64: its level of detail.")
 
 
+#: suffixes of trainer_runs.json entries that keep an earlier training of a run whose folders were lost and which was trained
+#: again under its own name (encoder-flex-all-first, final-flex-g0-second, ...)
+EARLIER_TRAININGS = ("first", "second")
+
 #: the level of detail (docs/flex.md): each stage of v2's recipe, flex without the prefix loss against flex with it, painted
 #: last in front (render_order=last_in_front); the prefix loss in the paper's order was trained only through phase 1
 FLEX_LOD_STAGES = (
@@ -701,7 +705,7 @@ def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict 
         f"\n\nThe flex tag's weights come from the run `{data['run']}` (float16, {data['megabytes']} MB; chain: "
         + " -> ".join(f"`{n}`" for n in runs_behind)
         + "".join(f"; `-{nth}`: the {nth} training of the runs of those names, whose folders were lost"
-                  for nth in ("first", "second") if any(n.endswith(f"-{nth}") for n in runs_behind))
+                  for nth in EARLIER_TRAININGS if any(n.endswith(f"-{nth}") for n in runs_behind))
         + "), measured on the full validation split at each k as a user loads it,"
         " `timm.create_model('gvit_nano.imagenette_64_flex', pretrained=True, num_gaussians=k)`. The v2 tag was trained with"
         " the same recipe at k = 64 alone; the fixed-k models of the sweep protocol (8 classifier epochs, no joint phase, no"
