@@ -224,6 +224,10 @@ def all_runs() -> list[Run]:
     all_encoder = Run("encoder-flex-all", "flex", [*PHASE1, *budgets, *every], about=all_about)
     flex += [all_encoder, *[Run(f"sweep-flex-all{f'-s{seed}' if seed else ''}", "flex", [*SWEEP, "--gamma", "0.0", "--seed", str(seed), *budgets, *every],
                                 after=all_encoder.name, about={**all_about, "gamma": 0.0, "seed": seed, "protocol": "sweep"}) for seed in (0, 1)]]
+    # sweep-flex-all again, from encoder-flex-all's fourth training (sweep-flex-all and -s1 were trained on the first):
+    # the baseline that the classifier-phase levers below share a start with
+    flex.append(Run("sweep-flex-all-r2", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every], after=all_encoder.name,
+                    about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"}))
     # the flex tag (gvit_nano.imagenette_64_flex): the recipe of gvit_nano.imagenette_64_v2 (phase 1, 6 more
     # reconstruction epochs, the final protocol without guidance, the 400-step guidance dose) with every budget at every
     # step. The tag first shipped the dose with one budget per step (shipped-flex-dose-g0.1, drawn in proportion to k);
