@@ -586,10 +586,14 @@ FLEX_RUNS = {
     "classifier phase: every budget every step": ("sweep-flex-classall",),
     "every budget every step, both phases": ("sweep-flex-all", "sweep-flex-all-s1"),
     "one budget per step's encoder, classifier trained at k = 64 alone": ("sweep-flex-at64",),
+    "every budget every step, both phases: the encoder's fourth training": ("sweep-flex-all-r2",),
+    "the same, + in-place distillation, W = 0.5": ("sweep-flex-all-distill0.5",),
+    "the same, + in-place distillation, W = 1": ("sweep-flex-all-distill1",),
 }
-#: the flex models whose encoder is the first one's (the PSNR table leaves them out)
+#: the flex models whose encoder is an earlier row's (the PSNR table leaves them out)
 FLEX_SHARED_ENCODER = ("the same, classifier phase drawn uniformly", "classifier phase: every budget every step",
-                       "one budget per step's encoder, classifier trained at k = 64 alone")
+                       "one budget per step's encoder, classifier trained at k = 64 alone", "the same, + in-place distillation, W = 0.5",
+                       "the same, + in-place distillation, W = 1")
 #: the flex models drawn as curves in the figure (the others are in the tables)
 FLEX_CURVES = ("one budget per step, drawn in proportion to k", "classifier phase: every budget every step", "every budget every step, both phases")
 
@@ -631,7 +635,9 @@ def flex_budgets(runs: dict) -> tuple[dict, str]:
         " classifier phase drawn uniformly), `sweep-flex-prefix` (`--prefix-loss`), `sweep-flex-classall` (`sweep-flex`'s encoder,"
         " the classifier phase with `--budget-sampling all`), `sweep-flex-all` (`--budget-sampling all` in both phases; `-s1`: a"
         " second classifier seed), `sweep-flex-at64` (`sweep-flex`'s encoder, a classifier trained at k = 64 alone: what the"
-        " encoder costs, without the shared classifier). The PSNR of the first k of 64 renders a prefix of one encoding at"
+        " encoder costs, without the shared classifier), `sweep-flex-all-r2` (`sweep-flex-all` again, from the fourth training of"
+        " its phase 1 on another CPU), `sweep-flex-all-distill*` (its encoder, `--budget-distill W`: each smaller budget's"
+        " loss (1 - W) cross-entropy + W KL from the largest budget's predictions). The PSNR of the first k of 64 renders a prefix of one encoding at"
         " k = 64: its level of detail.")
 
 

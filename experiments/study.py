@@ -228,6 +228,10 @@ def all_runs() -> list[Run]:
     # the baseline that the classifier-phase levers below share a start with
     flex.append(Run("sweep-flex-all-r2", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every], after=all_encoder.name,
                     about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"}))
+    # in-place distillation (--budget-distill W): each smaller budget learns from the largest one's predictions as well as
+    # from the labels, as slimmable networks train their narrow widths; from sweep-flex-all-r2's start
+    flex += [Run(f"sweep-flex-all-distill{w:g}", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every, "--budget-distill", str(w)],
+                 after=all_encoder.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "budget_distill": w}) for w in (0.5, 1.0)]
     # the flex tag (gvit_nano.imagenette_64_flex): the recipe of gvit_nano.imagenette_64_v2 (phase 1, 6 more
     # reconstruction epochs, the final protocol without guidance, the 400-step guidance dose) with every budget at every
     # step. The tag first shipped the dose with one budget per step (shipped-flex-dose-g0.1, drawn in proportion to k);
@@ -245,11 +249,13 @@ def all_runs() -> list[Run]:
     ship_dose_all = Run("shipped-flex-dose-all-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every],
                         after=ship_final.name, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
     # the same dose with its guidance steps at the largest budget, or at every budget (--guidance-budgets): drawn in
-    # proportion to k, k = 64 is guided on about half of the 400 guidance steps and k = 8 on one in fifteen
+    # proportion to k, k = 64 is guided on about half of the 400 guidance steps and k = 8 on one in fifteen. "gdrawn" is
+    # shipped-flex-dose-all-g0.1 again from final-flex-g0's fourth training, the start of "gall" (the tag's weights):
+    # their control
     ship_dose_guided = [Run(f"shipped-flex-dose-all-g{which}-g0.1", "ship-flex",
                             [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, "--guidance-budgets", which],
                             after=ship_final.name, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose", "guidance_budgets": which})
-                        for which in ("all", "largest")]
+                        for which in ("all", "largest", "drawn")]
     flex += [ship_long, ship_final, *ship_doses, ship_dose_all, *ship_dose_guided]
     # the same with --prefix-loss: every prefix of one encoding an image (the level of detail), at what cost in top-1?
     prefix_about = {**flex_about, "prefix_loss": True}

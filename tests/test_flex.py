@@ -347,6 +347,55 @@ def test_a_step_over_several_budgets_is_the_mean_of_each_budgets_loss_and_gradie
         assert torch.allclose(grad, sum(a[2][name] for a in alone) / 3, atol=1e-5, rtol=1e-4), name
 
 
+@pytest.mark.parametrize("phase", ["classifier", "joint"])
+def test_in_place_distillation_teaches_the_smaller_budgets_the_largest_ones_predictions(phase):
+    """--budget-distill W: the largest budget's cross-entropy, each smaller budget's (1 - W) CE + W KL
+    from the largest's detached predictions; the step's loss and gradient their mean."""
+    w = 0.5
+    with one_thread():
+        torch.manual_seed(0)
+        model = flex().train()
+        images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        targets, labels = (images * 0.2 + 0.5).clamp(0, 1), torch.tensor([1, 3, 0, 4])
+        pairs = [(8, None), (16, None), (64, None)]
+
+        def step(objective):
+            model.zero_grad()
+            torch.manual_seed(1)
+            loss, parts = objective(images, targets, labels, phase, True, pairs)
+            loss.backward()
+            return loss.detach(), parts, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        distilled, parts, grads = step(GViTObjective(model, budget_distill=w))
+        plain, plain_parts, plain_grads = step(GViTObjective(model))
+        # by hand, from the test-time Gaussians at each k (the classifier's input in both phases)
+        model.zero_grad()
+        logits = {}
+        for k, _ in pairs:
+            model.set_num_gaussians(k)
+            model.encoder.eval()
+            with torch.no_grad():
+                gaussians = model.encode(images)
+            model.encoder.train()
+            logits[k] = model.classify(gaussians).float()
+        teacher = torch.log_softmax(logits[64].detach(), -1)
+        ce = {k: torch.nn.functional.cross_entropy(logits[k], labels) for k in logits}
+        kl = {k: (teacher.exp() * (teacher - torch.log_softmax(logits[k], -1))).sum(-1).mean() for k in (8, 16)}
+        by_hand = (ce[64] + sum((1 - w) * ce[k] + w * kl[k] for k in (8, 16))) / 3
+        by_hand.backward()
+    assert torch.allclose(parts["ce_loss"], by_hand.detach(), atol=1e-6)  # the classification loss, in both phases
+    assert torch.allclose(plain_parts["ce_loss"], sum(ce.values()).detach() / 3, atol=1e-6)
+    if phase == "classifier":  # the joint phase adds each budget's reconstruction loss, from its random (denoising) g0
+        assert torch.allclose(distilled, by_hand.detach(), atol=1e-6)
+        for name, grad in grads.items():
+            assert torch.allclose(grad, model.get_parameter(name).grad, atol=1e-5, rtol=1e-4), name
+    assert kl[8] > 1e-3 and kl[16] > 1e-3  # the budgets disagree: the term is not trivially zero
+    assert not torch.allclose(distilled, plain)
+    classifier_grads = [n for n in grads if n.startswith("classifier.")]
+    assert classifier_grads and any(not torch.allclose(grads[n], plain_grads[n]) for n in classifier_grads)
+    assert parts["train_acc"].shape == ()
+
+
 def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them():
     config = parse_config(["--budgets", "2,4,8,16"])  # the digits preset: its k=16 gives way to the budgets'
     assert config.num_gaussians is None and config.model_create_kwargs()["budgets"] == [2, 4, 8, 16]
@@ -363,6 +412,10 @@ def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them()
                            (["--eval-budgets", "8"], "--eval-budgets 8 needs --budgets"),
                            (["--prefix-loss"], "--prefix-loss needs --budgets"),
                            (["--guidance-budgets", "all"], "--guidance-budgets all needs --budgets"),
+                           (["--budget-distill", "0.5"], "--budget-distill 0.5 needs --budgets with --budget-sampling all"),
+                           (["--budgets", "8,16", "--budget-sampling", "linear", "--budget-distill", "0.5"],
+                            "--budget-distill 0.5 needs --budgets with --budget-sampling all"),
+                           (["--budgets", "8,16", "--budget-distill", "1.5"], "--budget-distill must be in [0, 1]"),
                            (["--budgets", "8-64", "--budget-sampling", "linear", "--guidance-budgets", "all"],
                             "--guidance-budgets all would guide every one")):
         with pytest.raises(ValueError, match=re.escape(message)):  # the trainer's Refusal, one line on stderr

@@ -220,7 +220,8 @@ def setup(config: TrainConfig) -> Run:
     # ---------------------------------------------------------------- optimisation
     global_batch = config.batch_size * accelerator.num_processes * config.grad_accum_steps
     lr = config.base_lr * global_batch / 256
-    objective = GViTObjective(model, config.pixel_loss, config.lambda_perc, config.cls_into_encoder, config.label_smoothing)
+    objective = GViTObjective(model, config.pixel_loss, config.lambda_perc, config.cls_into_encoder, config.label_smoothing,
+                              config.budget_distill)
     if config.compile:  # the encoder, decode, classifier and losses; the rasteriser stays eager
         objective.compile_regions()
     optimizer = create_adamw(model, lr, config.weight_decay, config.betas)

@@ -38,7 +38,7 @@ def guidance_step(model, optimizer, images: Tensor, targets: Tensor, labels: Ten
         label_smoothing: the cross-entropy's, as in normal steps.
         accelerator: Accelerate's, for autocast and, under DDP, averaging the gradients by hand.
         encode, classify, reconstruction: the trainer's (possibly compiled) ``images -> Gaussians``,
-            ``(Gaussians, labels) -> (cross-entropy, accuracy)`` and ``(rendering, targets) -> loss``;
+            ``(Gaussians, labels) -> (cross-entropy, ...)`` and ``(rendering, targets) -> loss``;
             default: the model's own and :func:`reconstruction_loss`.
         budgets: a flex model's budgets to guide at (``--guidance-budgets``): the loss is the mean of
             each budget's, the model left serving the last; default: the k the model serves.

@@ -30,6 +30,9 @@ class GViTObjective(nn.Module):
     (:func:`~timm_gvit.training.budgets.step_budgets`): the loss and parts are the mean of each
     budget's, the model left at the last k. With a ``prefix`` (a smaller k, docs/flex.md) a
     budget's reconstruction loss is the mean of the k Gaussians' and of their first ``prefix``'s.
+    With ``budget_distill`` w > 0 and several budgets in a step, the largest is classified first
+    and each smaller budget's classification loss is ``(1 - w) * CE + w * KL(p_largest || p_k)``,
+    the largest budget's predictions detached (in-place distillation, docs/flex.md).
 
     The step runs through three functions, :attr:`encode`, :attr:`classification` and
     :attr:`reconstruction`, which :meth:`compile_regions` replaces with compiled ones: everything
@@ -38,13 +41,15 @@ class GViTObjective(nn.Module):
     """
 
     def __init__(self, model: nn.Module, pixel_loss: str = "bce", lambda_perc: float = 0.1,
-                 cls_into_encoder: float = 0.0, label_smoothing: float = 0.0):
+                 cls_into_encoder: float = 0.0, label_smoothing: float = 0.0, budget_distill: float = 0.0):
         super().__init__()
+        if not 0 <= budget_distill <= 1:
+            raise ValueError(f"budget_distill is the weight of the distillation term, in [0, 1]; got {budget_distill}")
         self.model = model
         self.pixel_loss, self.lambda_perc = pixel_loss, lambda_perc
-        self.cls_into_encoder, self.label_smoothing = cls_into_encoder, label_smoothing
+        self.cls_into_encoder, self.label_smoothing, self.budget_distill = cls_into_encoder, label_smoothing, budget_distill
         self.encode: Callable[[Tensor], Tensor] = self._encode
-        self.classification: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = self._classification
+        self.classification: Callable[..., tuple[Tensor, Tensor, Tensor]] = self._classification
         self.reconstruction: Callable[[Tensor, Tensor, bool], Tensor] = self._reconstruction_loss
 
     # ----------------------------------------------------------------- the compiled regions
@@ -52,11 +57,16 @@ class GViTObjective(nn.Module):
         """Normalised images ``[B, C, H, W]`` -> decoded Gaussians ``[B, k, 9]`` (encoder + decode)."""
         return self.model.encode(images, check_values=False)  # non-finite losses are skipped, not raised
 
-    def _classification(self, gaussians: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Gaussians ``[B, k, 9]``, labels ``[B]`` -> (cross-entropy, accuracy), 0-d float32."""
-        logits = self.model.classify(gaussians, check_values=False)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-        return loss, (logits.argmax(1) == labels).float().mean()
+    def _classification(self, gaussians: Tensor, labels: Tensor, teacher: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Gaussians ``[B, k, 9]``, labels ``[B]`` -> (loss, accuracy, detached logits ``[B, classes]``),
+        float32: the loss the cross-entropy, or with a ``teacher`` (logits ``[B, classes]``)
+        ``(1 - budget_distill) * CE + budget_distill * KL(softmax(teacher) || softmax(logits))``."""
+        logits = self.model.classify(gaussians, check_values=False).float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        if teacher is not None:
+            kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
+            loss = (1 - self.budget_distill) * loss + self.budget_distill * kl
+        return loss, (logits.argmax(1) == labels).float().mean(), logits.detach()
 
     def _reconstruction_loss(self, rendered: Tensor, targets: Tensor, with_dssim: bool) -> Tensor:
         """Renderings and targets ``[B, 3, H, W]`` in [0, 1] -> L_pix (+ lambda_perc * D-SSIM)."""
@@ -98,30 +108,37 @@ class GViTObjective(nn.Module):
     def forward(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool,
                 budgets: list[tuple[int, int | None]] | None = None):
         if not budgets:
-            return self._step(images, targets, labels, phase, with_dssim, None)
-        losses, parts = [], []
+            return self._step(images, targets, labels, phase, with_dssim, None)[:2]
+        distill = self.budget_distill > 0 and len(budgets) > 1 and phase != "reconstruction"
+        if distill:  # the largest budget first: its predictions teach the others
+            budgets = sorted(budgets, key=lambda pair: -pair[0])
+        losses, parts, teacher = [], [], None
         for k, prefix in budgets:  # a flex model: each budget's loss, the step's their mean (one backward: DDP's contract)
             self.model.set_num_gaussians(k)
-            loss, part = self._step(images, targets, labels, phase, with_dssim, prefix)
+            loss, part, logits = self._step(images, targets, labels, phase, with_dssim, prefix, teacher)
+            if distill and teacher is None:
+                teacher = logits
             losses.append(loss)
             parts.append(part)
         if len(losses) == 1:
             return losses[0], parts[0]
         return torch.stack(losses).mean(), {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
 
-    def _step(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool, prefix: int | None):
+    def _step(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool, prefix: int | None,
+              teacher: Tensor | None = None):
+        """One budget's (loss, parts, detached logits or None)."""
         if phase == "reconstruction":
             rec = self._reconstruction(self.encode(images), targets, with_dssim, prefix)
-            return rec, {"rec_loss": rec.detach()}
+            return rec, {"rec_loss": rec.detach()}, None
         if phase == "classifier":
-            ce, acc = self.classification(self._test_time_gaussians(images), labels)
-            return ce, {"ce_loss": ce.detach(), "train_acc": acc}
+            ce, acc, logits = self.classification(self._test_time_gaussians(images), labels, teacher)
+            return ce, {"ce_loss": ce.detach(), "train_acc": acc}, logits
         gaussians = self.encode(images)
         w = self.cls_into_encoder
         if w == 0:
             to_classifier = self._test_time_gaussians(images)
         else:
             to_classifier = gaussians.detach() + w * (gaussians - gaussians.detach())
-        ce, acc = self.classification(to_classifier, labels)
+        ce, acc, logits = self.classification(to_classifier, labels, teacher)
         rec = self._reconstruction(gaussians, targets, with_dssim, prefix)
-        return rec + ce, {"rec_loss": rec.detach(), "ce_loss": ce.detach(), "train_acc": acc}
+        return rec + ce, {"rec_loss": rec.detach(), "ce_loss": ce.detach(), "train_acc": acc}, logits
