@@ -651,8 +651,9 @@ FLEX_LOD_STAGES = (
     ("phase 1", "encoder-flex-all", "encoder-flex-lod", "encoder-flex-prefix"),
     ("+ 6 reconstruction epochs", "encoder-flex-all-long", "encoder-flex-lod-long", None),
     ("final protocol", "final-flex-g0", "final-flex-lod-g0", None),
-    ("guidance dose, one budget per step", "shipped-flex-dose-g0.1-r2", None, None),
-    ("guidance dose, every budget every step", "shipped-flex-dose-all-g0.1", "shipped-flex-lod-dose-g0.1", None),
+    ("guidance dose from the second training, one budget per step", "shipped-flex-dose-g0.1-r2", None, None),
+    ("guidance dose from the second training, every budget every step", "shipped-flex-dose-all-g0.1", None, None),
+    ("guidance dose, every budget every step", "shipped-flex-dose-all-gdrawn-g0.1", "shipped-flex-lod-dose-g0.1", None),
     ("guidance dose, every budget every step, each guidance step at every budget", "shipped-flex-dose-all-gall-g0.1", None, None),
     ("the tag's first weights, from the chain's first training: guidance dose, one budget per step", "shipped-flex-dose-g0.1", None, None),
 )
@@ -683,9 +684,8 @@ def flex_lod(runs: dict) -> tuple[dict, str]:
         " classifier phases top-1 at k first; Imagenette val, 64 px, every budget at every step unless a row says one budget"
         " per step (drawn in proportion to k; so did the phase-1 run in the paper's order); a guidance step guides one budget,"
         " drawn in proportion to k, unless a row says otherwise. The chain without the prefix loss was trained four times"
-        " (its folders were lost three times): the rows of its phases are the fourth training, from which the dose guided at"
-        " every budget starts. The two doses above that one start from the second and third trainings, which ended with the"
-        " same metrics to the last digit")
+        " (its folders were lost three times): the rows of its phases are the fourth training, and so is the start of each"
+        " dose whose row names no other. The second and third trainings ended with the same metrics to the last digit")
     for nth, says in (("second", ", and whose final protocol reached "), ("first", "; the tag first shipped the first training's dose,"
                                                                                     " whose final protocol reached ")):
         top1 = [final(runs, f"final-flex-g0-{nth}", f"top1@{k}") for k in FLEX_BUDGETS]

@@ -245,8 +245,10 @@ def all_runs() -> list[Run]:
     ship_doses = [Run(name, "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *linear], after=ship_final.name,
                       init="model", about={**flex_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
                   for name in ("shipped-flex-dose-g0.1", "shipped-flex-dose-g0.1-r2")]
-    # the dose with every budget at every step (its guidance step still at one budget, drawn in proportion to k)
-    ship_dose_all = Run("shipped-flex-dose-all-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every],
+    # the dose with every budget at every step (its guidance step still at one budget, drawn in proportion to k: the
+    # trainer's default until the gall/gdrawn pair below measured every budget better)
+    drawn = ["--guidance-budgets", "drawn"]
+    ship_dose_all = Run("shipped-flex-dose-all-g0.1", "ship-flex", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, *drawn],
                         after=ship_final.name, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
     # the same dose with its guidance steps at the largest budget, or at every budget (--guidance-budgets): drawn in
     # proportion to k, k = 64 is guided on about half of the 400 guidance steps and k = 8 on one in fifteen. "gdrawn" is
@@ -272,7 +274,7 @@ def all_runs() -> list[Run]:
                    about=lod_about)
     lod_final = Run("final-flex-lod-g0", "lod", [*FINAL, "--gamma", "0.0", "--seed", "0", *budgets, *every, *lod, "--eval-every", "6"],
                     after=lod_long.name, about={**lod_about, "gamma": 0.0, "seed": 0, "protocol": "final"})
-    lod_dose = Run("shipped-flex-lod-dose-g0.1", "lod", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, *lod],
+    lod_dose = Run("shipped-flex-lod-dose-g0.1", "lod", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, *lod, *drawn],
                    after=lod_final.name, init="model", about={**lod_about, "gamma": 0.1, "seed": 0, "protocol": "dose"})
     lod_sweep = Run("sweep-flex-lod", "lod", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every, *lod], after=lod_encoder.name,
                     about={**lod_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})

@@ -295,6 +295,11 @@ def test_the_guidance_step_guides_the_drawn_budget_the_largest_or_every_budget()
         assert guidance_budgets(budgets, "drawn", 0, step, "uniform") == [draw_budget(budgets, 0, step, False, "uniform")[0]]
         assert guidance_budgets(budgets, "largest", 0, step) == [64] and guidance_budgets(budgets, "all", 0, step) == budgets
     assert len({guidance_budgets(budgets, "drawn", 0, step)[0] for step in range(30)}) > 1
+    for step in range(30):  # unset (the default): the budgets the normal steps train
+        assert guidance_budgets(budgets, None, 0, step, "all") == budgets
+        assert guidance_budgets(budgets, None, 0, step, "linear") == guidance_budgets(budgets, "drawn", 0, step, "linear")
+    assert parse_config(["--budgets", "8,16"]).guidance_budgets is None
+    assert parse_config(["--budgets", "8-64", "--budget-sampling", "linear"]).guidance_budgets is None  # drawn: no refusal
     with pytest.raises(ValueError, match="guidance budgets must be one of"):
         guidance_budgets(budgets, "every", 0, 0)
 
