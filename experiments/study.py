@@ -232,6 +232,21 @@ def all_runs() -> list[Run]:
     # from the labels, as slimmable networks train their narrow widths; from sweep-flex-all-r2's start
     flex += [Run(f"sweep-flex-all-distill{w:g}", "flex", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every, "--budget-distill", str(w)],
                  after=all_encoder.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "budget_distill": w}) for w in (0.5, 1.0)]
+    # the learning rate: every budget at every step averages four budgets' gradients over the same images, a less noisy
+    # step than one budget's, for which a larger lr is the usual answer (as for a larger batch). The flex model at twice
+    # the recipe's lr from sweep-flex-all-r2's start, against the fixed k = 64 model retrained on the same CPU from the
+    # kept sweep-k64's encoder at the recipe's lr and at twice it; and the all-budget encoder classified at k = 64 alone
+    # (the encoder's share of the gap at k = 64, as sweep-flex-at64 measured it for the one-budget-per-step encoder)
+    double_lr = ["--base-lr", "8e-3"]
+    fixed64 = dict(k=64, loss="bce+dssim", init="denoise", gamma=0.0, seed=0, protocol="sweep")
+    flex += [Run("sweep-flex-all-lr2", "flex-lr", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every, *double_lr],
+                 after=all_encoder.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "lr_scale": 2}),
+             Run("sweep-k64-r2", "flex-lr", [*SWEEP, "--gamma", "0.0", "--seed", "0", "--num-gaussians", "64"], after="sweep-k64",
+                 about=fixed64),
+             Run("sweep-k64-lr2", "flex-lr", [*SWEEP, "--gamma", "0.0", "--seed", "0", "--num-gaussians", "64", *double_lr],
+                 after="sweep-k64", about={**fixed64, "lr_scale": 2}),
+             Run("sweep-flex-all-at64", "flex-lr", [*SWEEP, "--gamma", "0.0", "--seed", "0", "--budgets", "64"], after=all_encoder.name,
+                 about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "classifier_budgets": "64"})]
     # the flex tag (gvit_nano.imagenette_64_flex): the recipe of gvit_nano.imagenette_64_v2 (phase 1, 6 more
     # reconstruction epochs, the final protocol without guidance, the 400-step guidance dose) with every budget at every
     # step. The tag first shipped the dose with one budget per step (shipped-flex-dose-g0.1, drawn in proportion to k);
@@ -334,7 +349,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, ship-flex, lod.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, flex-lr, ship-flex, lod.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--threads", type=int, help="threads per run (default: cores // jobs); a paused run still counts as one of --jobs")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
