@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import timm_gvit  # noqa: F401
 import train_gvit
 from timm_gvit.gaussians import NESTED_LAYOUTS, decode_gaussians, grid_layout, nested_layout
-from timm_gvit.training.budgets import draw_budget, eval_budgets, guidance_budgets, parse_budgets, step_budgets
+from timm_gvit.training.budgets import budget_loss_weights, draw_budget, eval_budgets, guidance_budgets, parse_budgets, step_budgets
 from timm_gvit.training.config import parse_config
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.objective import GViTObjective
@@ -316,13 +316,18 @@ def test_every_budget_every_step_trains_each_budget_with_its_own_prefix():
     assert len(set(prefixes)) > 5  # drawn per step, not fixed
 
 
-@pytest.mark.parametrize("phase", ["reconstruction", "classifier", "joint"])
-def test_a_step_over_several_budgets_is_the_mean_of_each_budgets_loss_and_gradient(phase):
-    """The objective over (k, prefix) pairs against the same model stepped at each k on its own."""
+@pytest.mark.parametrize("phase,weights", [("reconstruction", "equal"), ("classifier", "equal"), ("joint", "equal"),
+                                           ("reconstruction", "linear"), ("joint", "sqrt")])
+def test_a_step_over_several_budgets_is_the_weighted_mean_of_each_budgets_loss_and_gradient(phase, weights):
+    """The objective over (k, prefix) pairs against the same model stepped at each k on its own:
+    the mean (--budget-weights equal), or weighted in proportion to k or sqrt(k); the logged parts
+    stay the plain mean."""
+    w = {"equal": [1 / 3] * 3, "linear": [8 / 88, 16 / 88, 64 / 88], "sqrt": [v / (2 ** 1.5 + 4 + 8) for v in (2 ** 1.5, 4, 8)]}[weights]
+    assert budget_loss_weights([8, 16, 64], weights) == pytest.approx(w)
     with one_thread():
         torch.manual_seed(0)
         model = flex().train()
-        objective = GViTObjective(model)
+        objective = GViTObjective(model, budget_weights=weights)
         images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         targets, labels = (images * 0.2 + 0.5).clamp(0, 1), torch.tensor([1, 3])
         pairs = [(8, None), (16, 8), (64, 32)]
@@ -343,13 +348,15 @@ def test_a_step_over_several_budgets_is_the_mean_of_each_budgets_loss_and_gradie
             loss.backward()
             alone.append((loss.detach(), part, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     assert model.num_gaussians == 64  # left at the last budget; the trainer restores the one it serves
-    assert torch.allclose(together, torch.stack([a[0] for a in alone]).mean(), atol=1e-6)
-    assert len({round(a[0].item(), 4) for a in alone}) == 3  # the budgets' losses differ: the mean is not trivial
+    assert torch.allclose(together, sum(wi * a[0] for wi, a in zip(w, alone)), atol=1e-6)
+    assert len({round(a[0].item(), 4) for a in alone}) == 3  # the budgets' losses differ: the weights are not trivial
     for name in parts:
         assert torch.allclose(parts[name], torch.stack([a[1][name] for a in alone]).mean(), atol=1e-6)
     assert grads.keys() == alone[0][2].keys()
     for name, grad in grads.items():
-        assert torch.allclose(grad, sum(a[2][name] for a in alone) / 3, atol=1e-5, rtol=1e-4), name
+        assert torch.allclose(grad, sum(wi * a[2][name] for wi, a in zip(w, alone)), atol=1e-5, rtol=1e-4), name
+    with pytest.raises(ValueError, match="budget weights must be one of"):
+        GViTObjective(model, budget_weights="cubic")
 
 
 @pytest.mark.parametrize("phase", ["classifier", "joint"])
@@ -421,6 +428,9 @@ def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them()
                            (["--budgets", "8,16", "--budget-sampling", "linear", "--budget-distill", "0.5"],
                             "--budget-distill 0.5 needs --budgets with --budget-sampling all"),
                            (["--budgets", "8,16", "--budget-distill", "1.5"], "--budget-distill must be in [0, 1]"),
+                           (["--budget-weights", "linear"], "--budget-weights linear needs --budgets with --budget-sampling all"),
+                           (["--budgets", "8,16", "--budget-sampling", "uniform", "--budget-weights", "sqrt"],
+                            "--budget-weights sqrt needs --budgets with --budget-sampling all"),
                            (["--budgets", "8-64", "--budget-sampling", "linear", "--guidance-budgets", "all"],
                             "--guidance-budgets all would guide every one")):
         with pytest.raises(ValueError, match=re.escape(message)):  # the trainer's Refusal, one line on stderr

@@ -221,7 +221,7 @@ def setup(config: TrainConfig) -> Run:
     global_batch = config.batch_size * accelerator.num_processes * config.grad_accum_steps
     lr = config.base_lr * global_batch / 256
     objective = GViTObjective(model, config.pixel_loss, config.lambda_perc, config.cls_into_encoder, config.label_smoothing,
-                              config.budget_distill)
+                              config.budget_distill, config.budget_weights)
     if config.compile:  # the encoder, decode, classifier and losses; the rasteriser stays eager
         objective.compile_regions()
     optimizer = create_adamw(model, lr, config.weight_decay, config.betas)

@@ -33,6 +33,21 @@ BUDGET_SAMPLINGS = ("linear", "uniform", "all")
 #: The most budgets --budget-sampling all trains at every step; a range (8-64: 57 budgets) is
 #: refused with it, as it would cost tens of steps' compute per step: draw from it instead
 MAX_BUDGETS_EVERY_STEP = 8
+#: How each budget's loss counts in a step over several budgets (--budget-sampling all): 'equal',
+#: the mean (as Matryoshka representations train); 'sqrt' or 'linear', in proportion to sqrt(k) or k
+#: (normalised to sum to 1), which moves the shared weights' effort towards the larger budgets
+BUDGET_WEIGHTS = ("equal", "sqrt", "linear")
+
+
+def budget_loss_weights(ks: list[int], scheme: str = "equal") -> list[float]:
+    """The weight of each budget's loss in a step over the budgets ``ks``, as ``scheme`` (one of
+    :data:`BUDGET_WEIGHTS`) says; they sum to 1 (8,16,32,64 'linear': 1/15, 2/15, 4/15, 8/15)."""
+    if scheme not in BUDGET_WEIGHTS:
+        raise ValueError(f"budget weights must be one of {BUDGET_WEIGHTS}, got {scheme!r}")
+    raw = [1.0 if scheme == "equal" else math.sqrt(k) if scheme == "sqrt" else float(k) for k in ks]
+    return [w / sum(raw) for w in raw]
+
+
 #: Which budgets a guidance step guides the encoder at: 'drawn', one budget drawn from (seed, step)
 #: as --budget-sampling draws (in proportion to k for 'all'); 'largest', the largest budget on every guidance step; or 'all', every
 #: budget, the step's loss their mean (as --budget-sampling all trains the normal steps). Left unset, the budgets the normal

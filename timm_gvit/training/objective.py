@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .budgets import budget_loss_weights
 from .losses import reconstruction_loss
 
 
@@ -32,7 +33,10 @@ class GViTObjective(nn.Module):
     budget's reconstruction loss is the mean of the k Gaussians' and of their first ``prefix``'s.
     With ``budget_distill`` w > 0 and several budgets in a step, the largest is classified first
     and each smaller budget's classification loss is ``(1 - w) * CE + w * KL(p_largest || p_k)``,
-    the largest budget's predictions detached (in-place distillation, docs/flex.md).
+    the largest budget's predictions detached (in-place distillation, docs/flex.md). With
+    ``budget_weights`` 'sqrt' or 'linear' the step's loss weights each budget's in proportion to
+    sqrt(k) or k instead of taking their mean (:func:`~timm_gvit.training.budgets.budget_loss_weights`);
+    the logged parts stay each budget's mean.
 
     The step runs through three functions, :attr:`encode`, :attr:`classification` and
     :attr:`reconstruction`, which :meth:`compile_regions` replaces with compiled ones: everything
@@ -41,10 +45,13 @@ class GViTObjective(nn.Module):
     """
 
     def __init__(self, model: nn.Module, pixel_loss: str = "bce", lambda_perc: float = 0.1,
-                 cls_into_encoder: float = 0.0, label_smoothing: float = 0.0, budget_distill: float = 0.0):
+                 cls_into_encoder: float = 0.0, label_smoothing: float = 0.0, budget_distill: float = 0.0,
+                 budget_weights: str = "equal"):
         super().__init__()
         if not 0 <= budget_distill <= 1:
             raise ValueError(f"budget_distill is the weight of the distillation term, in [0, 1]; got {budget_distill}")
+        budget_loss_weights([1], budget_weights)  # refuses an unknown scheme now, not at the first step
+        self.budget_weights = budget_weights
         self.model = model
         self.pixel_loss, self.lambda_perc = pixel_loss, lambda_perc
         self.cls_into_encoder, self.label_smoothing, self.budget_distill = cls_into_encoder, label_smoothing, budget_distill
@@ -113,6 +120,7 @@ class GViTObjective(nn.Module):
         if distill:  # the largest budget first: its predictions teach the others
             budgets = sorted(budgets, key=lambda pair: -pair[0])
         losses, parts, teacher = [], [], None
+        weights = budget_loss_weights([k for k, _ in budgets], self.budget_weights)  # in the order budgets run
         for k, prefix in budgets:  # a flex model: each budget's loss, the step's their mean (one backward: DDP's contract)
             self.model.set_num_gaussians(k)
             loss, part, logits = self._step(images, targets, labels, phase, with_dssim, prefix, teacher)
@@ -122,7 +130,11 @@ class GViTObjective(nn.Module):
             parts.append(part)
         if len(losses) == 1:
             return losses[0], parts[0]
-        return torch.stack(losses).mean(), {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
+        if self.budget_weights == "equal":
+            loss = torch.stack(losses).mean()
+        else:
+            loss = sum(w * budget_loss for w, budget_loss in zip(weights, losses))
+        return loss, {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
 
     def _step(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool, prefix: int | None,
               teacher: Tensor | None = None):
