@@ -589,11 +589,23 @@ FLEX_RUNS = {
     "every budget every step, both phases: the encoder's fourth training": ("sweep-flex-all-r2",),
     "the same, + in-place distillation, W = 0.5": ("sweep-flex-all-distill0.5",),
     "the same, + in-place distillation, W = 1": ("sweep-flex-all-distill1",),
+    "the same, at twice the recipe's learning rate": ("sweep-flex-all-lr2",),
+    "the same, the classifier phase's loss weighted in proportion to k": ("sweep-flex-all-wlinear-cls",),
+    "every budget every step's fourth encoder, classifier trained at k = 64 alone": ("sweep-flex-all-at64",),
+    "every budget every step, phase 1's loss weighted in proportion to k": ("sweep-flex-all-wlinear-enc",),
+    "the same, the classifier phase's loss weighted in proportion to k too": ("sweep-flex-all-wlinear",),
+}
+#: the fixed k = 64 model trained again (its classifier phase, from the kept sweep-k64's encoder and seed): label -> run
+FIXED_RERUNS = {
+    "fixed k = 64 model, its classifier phase again on this CPU": "sweep-k64-r2",
+    "the fixed k = 64 model again, at twice the recipe's learning rate": "sweep-k64-lr2",
 }
 #: the flex models whose encoder is an earlier row's (the PSNR table leaves them out)
 FLEX_SHARED_ENCODER = ("the same, classifier phase drawn uniformly", "classifier phase: every budget every step",
                        "one budget per step's encoder, classifier trained at k = 64 alone", "the same, + in-place distillation, W = 0.5",
-                       "the same, + in-place distillation, W = 1")
+                       "the same, + in-place distillation, W = 1", "the same, at twice the recipe's learning rate",
+                       "the same, the classifier phase's loss weighted in proportion to k", "every budget every step's fourth encoder, classifier trained at k = 64 alone",
+                       "the same, the classifier phase's loss weighted in proportion to k too")
 #: the flex models drawn as curves in the figure (the others are in the tables)
 FLEX_CURVES = ("one budget per step, drawn in proportion to k", "classifier phase: every budget every step", "every budget every step, both phases")
 
@@ -627,6 +639,10 @@ def flex_budgets(runs: dict) -> tuple[dict, str]:
         top1.append([label, *cells])
         if label not in FLEX_SHARED_ENCODER:
             quality.append([label, *psnrs])
+    for label, name in FIXED_RERUNS.items():
+        value, fixed = final(runs, name), data[64]["fixed_top1"]
+        if value is not None:
+            top1.append([label, *["-"] * (len(FLEX_BUDGETS) - 1), fmt(value) + (f" ({value - statistics.mean(fixed):+.1f})" if fixed else "")])
     header = ["top-1 % (minus the fixed models' mean)", *(f"k = {k}" for k in FLEX_BUDGETS)]
     return data, table(header, top1) + "\n\n" + table(["PSNR dB: serving k / the first k of one encoding at 64", *(f"k = {k}" for k in FLEX_BUDGETS)], quality) + (
         "\n\nEach flex model is one set of weights (`--budgets 8,16,32,64`: phase 1 and the sweep protocol's classifier phase) served"
@@ -637,7 +653,11 @@ def flex_budgets(runs: dict) -> tuple[dict, str]:
         " second classifier seed), `sweep-flex-at64` (`sweep-flex`'s encoder, a classifier trained at k = 64 alone: what the"
         " encoder costs, without the shared classifier), `sweep-flex-all-r2` (`sweep-flex-all` again, from the fourth training of"
         " its phase 1 on another CPU), `sweep-flex-all-distill*` (its encoder, `--budget-distill W`: each smaller budget's"
-        " loss (1 - W) cross-entropy + W KL from the largest budget's predictions). The PSNR of the first k of 64 renders a prefix of one encoding at"
+        " loss (1 - W) cross-entropy + W KL from the largest budget's predictions), `sweep-flex-all-lr2` (its encoder, `--base-lr 8e-3`),"
+        " `sweep-flex-all-wlinear-cls` (its encoder, `--budget-weights linear` in the classifier phase), `sweep-flex-all-at64` (its"
+        " encoder, a classifier trained at k = 64 alone), `sweep-flex-all-wlinear-enc` and `sweep-flex-all-wlinear` (phase 1 with"
+        " `--budget-weights linear`; the classifier phase without and with it), `sweep-k64-r2` and `sweep-k64-lr2` (the fixed k = 64"
+        " model's classifier phase again from its kept encoder, seed 0, on the AVX2 CPU: at the recipe's lr and at twice it). The PSNR of the first k of 64 renders a prefix of one encoding at"
         " k = 64: its level of detail.")
 
 
