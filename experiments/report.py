@@ -592,8 +592,7 @@ FLEX_RUNS = {
     "the same, at twice the recipe's learning rate": ("sweep-flex-all-lr2",),
     "the same, the classifier phase's loss weighted in proportion to k": ("sweep-flex-all-wlinear-cls",),
     "every budget every step's fourth encoder, classifier trained at k = 64 alone": ("sweep-flex-all-at64",),
-    "every budget every step, phase 1's loss weighted in proportion to k": ("sweep-flex-all-wlinear-enc",),
-    "the same, the classifier phase's loss weighted in proportion to sqrt(k)": ("sweep-flex-all-wlinear-sqrt",),
+    "every budget every step, phase 1's loss weighted in proportion to k (seeds 0, 1)": ("sweep-flex-all-wlinear-enc", "sweep-flex-all-wlinear-enc-s1"),
 }
 #: the fixed k = 64 model trained again (its classifier phase, from the kept sweep-k64's encoder and seed): label -> run
 FIXED_RERUNS = {
@@ -604,8 +603,7 @@ FIXED_RERUNS = {
 FLEX_SHARED_ENCODER = ("the same, classifier phase drawn uniformly", "classifier phase: every budget every step",
                        "one budget per step's encoder, classifier trained at k = 64 alone", "the same, + in-place distillation, W = 0.5",
                        "the same, + in-place distillation, W = 1", "the same, at twice the recipe's learning rate",
-                       "the same, the classifier phase's loss weighted in proportion to k", "every budget every step's fourth encoder, classifier trained at k = 64 alone",
-                       "the same, the classifier phase's loss weighted in proportion to sqrt(k)")
+                       "the same, the classifier phase's loss weighted in proportion to k", "every budget every step's fourth encoder, classifier trained at k = 64 alone")
 #: the flex models drawn as curves in the figure (the others are in the tables)
 FLEX_CURVES = ("one budget per step, drawn in proportion to k", "classifier phase: every budget every step", "every budget every step, both phases")
 
@@ -655,8 +653,8 @@ def flex_budgets(runs: dict) -> tuple[dict, str]:
         " its phase 1 on another CPU), `sweep-flex-all-distill*` (its encoder, `--budget-distill W`: each smaller budget's"
         " loss (1 - W) cross-entropy + W KL from the largest budget's predictions), `sweep-flex-all-lr2` (its encoder, `--base-lr 8e-3`),"
         " `sweep-flex-all-wlinear-cls` (its encoder, `--budget-weights linear` in the classifier phase), `sweep-flex-all-at64` (its"
-        " encoder, a classifier trained at k = 64 alone), `sweep-flex-all-wlinear-enc` and `sweep-flex-all-wlinear-sqrt` (phase 1 with"
-        " `--budget-weights linear`; the classifier phase without weights and with `--budget-weights sqrt`), `sweep-k64-r2` and `sweep-k64-lr2` (the fixed k = 64"
+        " encoder, a classifier trained at k = 64 alone), `sweep-flex-all-wlinear-enc` (phase 1 with"
+        " `--budget-weights linear`, the classifier phase without; `-s1`: both phases from seed 1), `sweep-k64-r2` and `sweep-k64-lr2` (the fixed k = 64"
         " model's classifier phase again from its kept encoder, seed 0, on the AVX2 CPU: at the recipe's lr and at twice it). The PSNR of the first k of 64 renders a prefix of one encoding at"
         " k = 64: its level of detail.")
 

@@ -249,9 +249,8 @@ def all_runs() -> list[Run]:
                  about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "classifier_budgets": "64"})]
     # the budgets' weights in the step's loss (--budget-weights linear: in proportion to k). The all-budget encoder
     # reconstructs better than the fixed encoders at k = 8 and 16 and 0.7 dB worse at 64: weighted towards the larger
-    # budgets in phase 1 (then the classifier phase as before), in the classifier phase alone (from r2's start), and the
-    # weighted encoder with the classifier phase weighted in proportion to sqrt(k), between the two (in proportion to k,
-    # the classifier phase gained at k = 64 what it lost at k = 8)
+    # budgets in phase 1 (then the classifier phase as before), and in the classifier phase alone (from r2's start); the
+    # weighted phase 1 again from seed 1, then its classifier phase: is its gain the weights or one training's luck?
     linear_weights = ["--budget-weights", "linear"]
     weighted_about = {**all_about, "budget_weights": "linear"}
     weighted_encoder = Run("encoder-flex-all-wlinear", "flex-levers", [*PHASE1, *budgets, *every, *linear_weights], about=weighted_about)
@@ -260,8 +259,11 @@ def all_runs() -> list[Run]:
                  after=all_encoder.name, about={**all_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "classifier_budget_weights": "linear"}),
              Run("sweep-flex-all-wlinear-enc", "flex-levers", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every],
                  after=weighted_encoder.name, about={**weighted_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "classifier_budget_weights": "equal"}),
-             Run("sweep-flex-all-wlinear-sqrt", "flex-levers", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every, "--budget-weights", "sqrt"],
-                 after=weighted_encoder.name, about={**weighted_about, "gamma": 0.0, "seed": 0, "protocol": "sweep", "classifier_budget_weights": "sqrt"})]
+             Run("encoder-flex-all-wlinear-s1", "flex-levers", [*PHASE1, "--seed", "1", *budgets, *every, *linear_weights],
+                 about={**weighted_about, "seed": 1}),
+             Run("sweep-flex-all-wlinear-enc-s1", "flex-levers", [*SWEEP, "--gamma", "0.0", "--seed", "1", *budgets, *every],
+                 after="encoder-flex-all-wlinear-s1", about={**weighted_about, "gamma": 0.0, "seed": 1, "protocol": "sweep",
+                                                              "classifier_budget_weights": "equal"})]
     # the flex tag (gvit_nano.imagenette_64_flex): the recipe of gvit_nano.imagenette_64_v2 (phase 1, 6 more
     # reconstruction epochs, the final protocol without guidance, the 400-step guidance dose) with every budget at every
     # step. The tag first shipped the dose with one budget per step (shipped-flex-dose-g0.1, drawn in proportion to k);
