@@ -605,7 +605,10 @@ FLEX_SHARED_ENCODER = ("the same, classifier phase drawn uniformly", "classifier
                        "the same, + in-place distillation, W = 1", "the same, at twice the recipe's learning rate",
                        "the same, the classifier phase's loss weighted in proportion to k", "every budget every step's fourth encoder, classifier trained at k = 64 alone")
 #: the flex models drawn as curves in the figure (the others are in the tables)
-FLEX_CURVES = ("one budget per step, drawn in proportion to k", "classifier phase: every budget every step", "every budget every step, both phases")
+FLEX_CURVES = ("one budget per step, drawn in proportion to k", "classifier phase: every budget every step", "every budget every step, both phases",
+               "every budget every step, phase 1's loss weighted in proportion to k (seeds 0, 1)")
+#: the flex model of the weighted phase 1 (--budget-weights linear there), its own fact beside flex_gap's
+FLEX_WEIGHTED = "every budget every step, phase 1's loss weighted in proportion to k (seeds 0, 1)"
 
 
 def flex_budgets(runs: dict) -> tuple[dict, str]:
@@ -752,20 +755,20 @@ def flex_figure(flex_data: dict) -> None:
     ks = [k for k in FLEX_BUDGETS if flex_data[k]["fixed_top1"]]
     if not ks:
         return
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
     for k in ks:
         for value in flex_data[k]["fixed_top1"]:
             ax.scatter(flex_data[k]["gflops"], value, color="tab:gray", zorder=3)
         ax.annotate(f"k={k}", (flex_data[k]["gflops"], min(flex_data[k]["fixed_top1"] or [0])), textcoords="offset points",
                     xytext=(4, -12), fontsize=8)
-    for label, color in zip(FLEX_CURVES, ("tab:orange", "tab:green", "tab:blue")):
+    for label, color in zip(FLEX_CURVES, ("tab:orange", "tab:green", "tab:blue", "tab:red")):
         curve = [(flex_data[k]["gflops"], statistics.mean(flex_data[k][label]["top1"])) for k in ks if flex_data[k][label]["top1"]]
         if curve:
             ax.plot(*zip(*curve), "o-", color=color, label=f"one flex model: {label}")
     ax.scatter([], [], color="tab:gray", label="fixed-k models (one per k, 2 seeds)")
     ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
     ax.set_ylabel("Imagenette val top-1 %")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: the curves stay visible
     ax.grid(alpha=0.3)
     fig.tight_layout()
     FIGURES.mkdir(parents=True, exist_ok=True)
@@ -1101,17 +1104,23 @@ def flex_shipped(data: dict | None, v2: dict) -> str:
 
 
 def flex_gap(flex_data: dict) -> str:
-    """The flex model trained on every budget at every step (its runs on both trainings of its phase 1) against the
-    fixed-k models, in words."""
-    labels = ("every budget every step, both phases", "every budget every step, both phases: the encoder's fourth training")
-    top1 = {k: [v for label in labels for v in flex_data[k][label]["top1"]] for k in FLEX_BUDGETS}
-    gaps = [statistics.mean(top1[k]) - statistics.mean(flex_data[k]["fixed_top1"]) for k in FLEX_BUDGETS
-            if top1[k] and flex_data[k]["fixed_top1"]]
-    if len(gaps) < len(FLEX_BUDGETS):
+    """The flex model trained on every budget at every step (its runs on both trainings of its phase 1), and the one
+    whose phase 1 weighted the budgets by k, against the fixed-k models, in words."""
+    def gap(labels: tuple[str, ...]) -> str | None:
+        top1 = {k: [v for label in labels for v in flex_data[k][label]["top1"]] for k in FLEX_BUDGETS}
+        gaps = [statistics.mean(top1[k]) - statistics.mean(flex_data[k]["fixed_top1"]) for k in FLEX_BUDGETS
+                if top1[k] and flex_data[k]["fixed_top1"]]
+        if len(gaps) < len(FLEX_BUDGETS):
+            return None
+        runs = min(len(top1[k]) for k in FLEX_BUDGETS)
+        return f"{min(gaps):+.1f} to {max(gaps):+.1f} ({'one run' if runs == 1 else f'the mean of {runs} runs'})"
+
+    plain = gap(("every budget every step, both phases", "every budget every step, both phases: the encoder's fourth training"))
+    if plain is None:
         return "pending"
-    runs = min(len(top1[k]) for k in FLEX_BUDGETS)
-    return (f"{min(gaps):+.1f} to {max(gaps):+.1f} points of top-1 against the fixed-k models at k = {FLEX_BUDGETS[0]} to"
-            f" {FLEX_BUDGETS[-1]} ({'one run' if runs == 1 else f'the mean of {runs} runs'})")
+    weighted = gap((FLEX_WEIGHTED,))
+    return (f"{plain} points of top-1 against the fixed-k models at k = {FLEX_BUDGETS[0]} to {FLEX_BUDGETS[-1]}"
+            + (f"; {weighted} with phase 1's loss weighted in proportion to k (`--budget-weights linear`)" if weighted else ""))
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
