@@ -1106,21 +1106,22 @@ def flex_shipped(data: dict | None, v2: dict) -> str:
 def flex_gap(flex_data: dict) -> str:
     """The flex model trained on every budget at every step (its runs on both trainings of its phase 1), and the one
     whose phase 1 weighted the budgets by k, against the fixed-k models, in words."""
-    def gap(labels: tuple[str, ...]) -> str | None:
+    def gap(labels: tuple[str, ...]) -> tuple[str, str] | None:
         top1 = {k: [v for label in labels for v in flex_data[k][label]["top1"]] for k in FLEX_BUDGETS}
         gaps = [statistics.mean(top1[k]) - statistics.mean(flex_data[k]["fixed_top1"]) for k in FLEX_BUDGETS
                 if top1[k] and flex_data[k]["fixed_top1"]]
         if len(gaps) < len(FLEX_BUDGETS):
             return None
         runs = min(len(top1[k]) for k in FLEX_BUDGETS)
-        return f"{min(gaps):+.1f} to {max(gaps):+.1f} ({'one run' if runs == 1 else f'the mean of {runs} runs'})"
+        return f"{min(gaps):+.1f} to {max(gaps):+.1f}", ("one run" if runs == 1 else f"the mean of {runs} runs")
 
     plain = gap(("every budget every step, both phases", "every budget every step, both phases: the encoder's fourth training"))
     if plain is None:
         return "pending"
     weighted = gap((FLEX_WEIGHTED,))
-    return (f"{plain} points of top-1 against the fixed-k models at k = {FLEX_BUDGETS[0]} to {FLEX_BUDGETS[-1]}"
-            + (f"; {weighted} with phase 1's loss weighted in proportion to k (`--budget-weights linear`)" if weighted else ""))
+    return (f"{plain[0]} points of top-1 ({plain[1]})"
+            + (f", and {weighted[0]} with phase 1's loss weighted in proportion to k (`--budget-weights linear`, {weighted[1]})," if weighted else "")
+            + f" against the fixed-k models at k = {FLEX_BUDGETS[0]} to {FLEX_BUDGETS[-1]}")
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
