@@ -578,6 +578,8 @@ def dose_evidence(dose_data: dict, models: dict) -> str:
 FLEX_BUDGETS = (8, 16, 32, 64)
 
 
+#: the flex model of the weighted phase 1 (--budget-weights linear there), its own fact beside flex_gap's
+FLEX_WEIGHTED = "every budget every step, phase 1's loss weighted in proportion to k (seeds 0, 1)"
 #: the flex models of the study, label -> runs (seeds) of experiments/study.py's flex group; the last is a diagnostic
 FLEX_RUNS = {
     "one budget per step, drawn in proportion to k": ("sweep-flex",),
@@ -592,7 +594,7 @@ FLEX_RUNS = {
     "the same, at twice the recipe's learning rate": ("sweep-flex-all-lr2",),
     "the same, the classifier phase's loss weighted in proportion to k": ("sweep-flex-all-wlinear-cls",),
     "every budget every step's fourth encoder, classifier trained at k = 64 alone": ("sweep-flex-all-at64",),
-    "every budget every step, phase 1's loss weighted in proportion to k (seeds 0, 1)": ("sweep-flex-all-wlinear-enc", "sweep-flex-all-wlinear-enc-s1"),
+    FLEX_WEIGHTED: ("sweep-flex-all-wlinear-enc", "sweep-flex-all-wlinear-enc-s1"),
 }
 #: the fixed k = 64 model trained again (its classifier phase, from the kept sweep-k64's encoder and seed): label -> run
 FIXED_RERUNS = {
@@ -606,9 +608,7 @@ FLEX_SHARED_ENCODER = ("the same, classifier phase drawn uniformly", "classifier
                        "the same, the classifier phase's loss weighted in proportion to k", "every budget every step's fourth encoder, classifier trained at k = 64 alone")
 #: the flex models drawn as curves in the figure (the others are in the tables)
 FLEX_CURVES = ("one budget per step, drawn in proportion to k", "classifier phase: every budget every step", "every budget every step, both phases",
-               "every budget every step, phase 1's loss weighted in proportion to k (seeds 0, 1)")
-#: the flex model of the weighted phase 1 (--budget-weights linear there), its own fact beside flex_gap's
-FLEX_WEIGHTED = "every budget every step, phase 1's loss weighted in proportion to k (seeds 0, 1)"
+               FLEX_WEIGHTED)
 
 
 def flex_budgets(runs: dict) -> tuple[dict, str]:

@@ -120,8 +120,7 @@ class GViTObjective(nn.Module):
         if distill:  # the largest budget first: its predictions teach the others
             budgets = sorted(budgets, key=lambda pair: -pair[0])
         losses, parts, teacher = [], [], None
-        weights = budget_loss_weights([k for k, _ in budgets], self.budget_weights)  # in the order budgets run
-        for k, prefix in budgets:  # a flex model: each budget's loss, the step's their mean (one backward: DDP's contract)
+        for k, prefix in budgets:  # a flex model: each budget's loss, the step's their (weighted) mean (one backward: DDP's contract)
             self.model.set_num_gaussians(k)
             loss, part, logits = self._step(images, targets, labels, phase, with_dssim, prefix, teacher)
             if distill and teacher is None:
@@ -133,6 +132,7 @@ class GViTObjective(nn.Module):
         if self.budget_weights == "equal":
             loss = torch.stack(losses).mean()
         else:
+            weights = budget_loss_weights([k for k, _ in budgets], self.budget_weights)  # in the order budgets ran
             loss = sum(w * budget_loss for w, budget_loss in zip(weights, losses))
         return loss, {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
 
