@@ -311,6 +311,17 @@ def all_runs() -> list[Run]:
     lod_sweep = Run("sweep-flex-lod", "lod", [*SWEEP, "--gamma", "0.0", "--seed", "0", *budgets, *every, *lod], after=lod_encoder.name,
                     about={**lod_about, "gamma": 0.0, "seed": 0, "protocol": "sweep"})
     flex += [lod_encoder, lod_long, lod_final, lod_dose, lod_sweep]
+    # fixed-k models at k = 16, 32 and 8 through the flex tag's recipe up to the dose (phase 1, 6 more reconstruction
+    # epochs, the final protocol), to set final-flex-g0 against fixed models of its own recipe at every k, as
+    # final-k64-g0 is at k = 64: is the flex model's gap in the sweep protocol (8 classifier epochs) the short recipe?
+    # Phase 1 is the sweep's encoder-k{k} again (its folder was lost), on the CPU that trained final-flex-g0; validated
+    # every 6 epochs after it, as the flex chain was
+    for k in (16, 32, 8):
+        phase1 = dataclasses.replace(encoder(f"encoder-k{k}-r2", k=k), group="flex-final")
+        longer_k = Run(f"encoder-k{k}-long", "flex-final", [*MORE_RECON, "--num-gaussians", str(k), "--eval-every", "6"],
+                       after=phase1.name, about=phase1.about)
+        final_k = heads(f"final-k{k}-g0", "flex-final", longer_k.name, FINAL, 0.0, 0, phase1)
+        flex += [phase1, longer_k, dataclasses.replace(final_k, flags=[*final_k.flags, "--eval-every", "6"])]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
@@ -366,7 +377,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, flex-levers, ship-flex, lod.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, flex-levers, ship-flex, lod, flex-final.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--threads", type=int, help="threads per run (default: cores // jobs); a paused run still counts as one of --jobs")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
