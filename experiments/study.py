@@ -322,6 +322,15 @@ def all_runs() -> list[Run]:
                        after=phase1.name, about=phase1.about)
         final_k = heads(f"final-k{k}-g0", "flex-final", longer_k.name, FINAL, 0.0, 0, phase1)
         flex += [phase1, longer_k, dataclasses.replace(final_k, flags=[*final_k.flags, "--eval-every", "6"])]
+    # phase 1 weighted by k through the same recipe: the weighted encoder's 6 more reconstruction epochs weighted too,
+    # then the final protocol with the reconstruction losses of its joint phase weighted and every classification loss
+    # the mean (--budget-weights linear,equal), against final-flex-g0 (unweighted) and the fixed models above
+    weighted_long = Run("encoder-flex-all-wlinear-long", "flex-final", [*MORE_RECON, *budgets, *every, *linear_weights, "--eval-every", "6"],
+                        after=weighted_encoder.name, about=weighted_about)
+    flex += [weighted_long, Run("final-flex-wlinear-g0", "flex-final", [*FINAL, "--gamma", "0.0", "--seed", "0", *budgets, *every,
+                                                                       "--budget-weights", "linear,equal", "--eval-every", "6"],
+                                after=weighted_long.name, about={**weighted_about, "budget_weights": "linear,equal", "gamma": 0.0, "seed": 0,
+                                                                 "protocol": "final"})]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import timm_gvit  # noqa: F401
 import train_gvit
 from timm_gvit.gaussians import NESTED_LAYOUTS, decode_gaussians, grid_layout, nested_layout
-from timm_gvit.training.budgets import budget_loss_weights, draw_budget, eval_budgets, guidance_budgets, parse_budgets, step_budgets
+from timm_gvit.training.budgets import budget_loss_weights, draw_budget, parse_budget_weights, eval_budgets, guidance_budgets, parse_budgets, step_budgets
 from timm_gvit.training.config import parse_config
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.objective import GViTObjective
@@ -359,6 +359,47 @@ def test_a_step_over_several_budgets_is_the_weighted_mean_of_each_budgets_loss_a
         GViTObjective(model, budget_weights="cubic")
 
 
+def test_two_schemes_weight_each_budgets_reconstruction_and_classification_loss_each_its_own():
+    """--budget-weights linear,equal: in a joint step the reconstruction losses weighted in proportion
+    to k and the classification losses their mean; in phase 1 it is 'linear', in the classifier phase
+    'equal' (so one run weights phase 1 and not the classifier phase)."""
+    assert parse_budget_weights("linear,equal") == ("linear", "equal") and parse_budget_weights("sqrt") == ("sqrt", "sqrt")
+    pairs, w = [(8, None), (16, 8), (64, 32)], [8 / 88, 16 / 88, 64 / 88]
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    targets, labels = (images * 0.2 + 0.5).clamp(0, 1), torch.tensor([1, 3])
+    with one_thread():
+        torch.manual_seed(0)
+        model = flex().train()
+        objective = GViTObjective(model, budget_weights="linear,equal")
+
+        def gradients(loss):
+            model.zero_grad()
+            loss.backward()
+            return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        torch.manual_seed(1)
+        loss, _ = objective(images, targets, labels, "joint", True, pairs)
+        grads = gradients(loss)
+        torch.manual_seed(1)  # each budget's losses with their graphs, the denoising g0 drawn in the same order
+        recs, ces = [], []
+        for k, prefix in pairs:
+            model.set_num_gaussians(k)
+            rec, ce, _, _ = objective._step(images, targets, labels, "joint", True, prefix)
+            recs.append(rec)
+            ces.append(ce)
+        expected = sum(wi * rec for wi, rec in zip(w, recs)) + torch.stack(ces).mean()
+        assert torch.allclose(loss.detach(), expected.detach(), atol=1e-6)
+        assert not torch.allclose(loss.detach(), sum(wi * (r + c) for wi, r, c in zip(w, recs, ces)).detach(), atol=1e-4)  # not 'linear'
+        for name, grad in gradients(expected).items():
+            assert torch.allclose(grads[name], grad, atol=1e-5, rtol=1e-4), name
+        for phase, same_as in (("reconstruction", "linear"), ("classifier", "equal")):
+            losses = []
+            for weights in ("linear,equal", same_as):
+                torch.manual_seed(1)
+                losses.append(GViTObjective(model, budget_weights=weights)(images, targets, labels, phase, True, pairs)[0].detach())
+            assert torch.equal(*losses), phase
+
+
 @pytest.mark.parametrize("phase", ["classifier", "joint"])
 def test_in_place_distillation_teaches_the_smaller_budgets_the_largest_ones_predictions(phase):
     """--budget-distill W: the largest budget's cross-entropy, each smaller budget's (1 - W) CE + W KL
@@ -431,6 +472,9 @@ def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them()
                            (["--budget-weights", "linear"], "--budget-weights linear needs --budgets with --budget-sampling all"),
                            (["--budgets", "8,16", "--budget-sampling", "uniform", "--budget-weights", "sqrt"],
                             "--budget-weights sqrt needs --budgets with --budget-sampling all"),
+                           (["--budget-weights", "linear,equal"], "--budget-weights linear,equal needs --budgets with --budget-sampling all"),
+                           (["--budgets", "8,16", "--budget-weights", "linear,cubic"], "--budget-weights: budget weights must be one of"),
+                           (["--budgets", "8,16", "--budget-weights", "linear,equal,sqrt"], "two of them as RECONSTRUCTION,CLASSIFICATION"),
                            (["--budgets", "8-64", "--budget-sampling", "linear", "--guidance-budgets", "all"],
                             "--guidance-budgets all would guide every one")):
         with pytest.raises(ValueError, match=re.escape(message)):  # the trainer's Refusal, one line on stderr

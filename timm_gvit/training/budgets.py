@@ -39,6 +39,18 @@ MAX_BUDGETS_EVERY_STEP = 8
 BUDGET_WEIGHTS = ("equal", "sqrt", "linear")
 
 
+def parse_budget_weights(spec: str) -> tuple[str, str]:
+    """``--budget-weights`` -> (the scheme of the reconstruction losses, that of the classification
+    losses): one of :data:`BUDGET_WEIGHTS` weights both, two as ``RECONSTRUCTION,CLASSIFICATION``
+    each its own ('linear,equal': the reconstruction loss in proportion to k, the classification
+    loss the mean)."""
+    schemes = spec.split(",")
+    if len(schemes) > 2 or any(scheme not in BUDGET_WEIGHTS for scheme in schemes):
+        raise ValueError(f"budget weights must be one of {BUDGET_WEIGHTS}, or two of them as RECONSTRUCTION,CLASSIFICATION "
+                         f"(e.g. linear,equal), got {spec!r}")
+    return schemes[0], schemes[-1]
+
+
 def budget_loss_weights(ks: list[int], scheme: str = "equal") -> list[float]:
     """The weight of each budget's loss in a step over the budgets ``ks``, as ``scheme`` (one of
     :data:`BUDGET_WEIGHTS`) says; they sum to 1 (8,16,32,64 'linear': 1/15, 2/15, 4/15, 8/15)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .budgets import BUDGET_SAMPLINGS, BUDGET_WEIGHTS, GUIDANCE_BUDGETS, MAX_BUDGETS_EVERY_STEP, eval_budgets, parse_budgets
+from .budgets import BUDGET_SAMPLINGS, GUIDANCE_BUDGETS, MAX_BUDGETS_EVERY_STEP, eval_budgets, parse_budget_weights, parse_budgets
 
 
 def _opt(default, help: str, **kwargs):
@@ -60,7 +60,7 @@ class TrainConfig:
     budgets: str | None = _opt(None, "train one flex model for several Gaussian budgets: a list (8,16,32,64) or a range (8-64: every k from 8 to 64, for --budget-sampling linear or uniform); each step trains the encoder and the classifier at the budgets --budget-sampling says, validation reports each budget, and the model serves any k from the smallest to the largest (docs/flex.md; default: one k, --num-gaussians)", type=str)
     budget_sampling: str = _opt("all", "with --budgets, which budgets a step trains: all (every budget every step, the loss their mean, as Matryoshka representations train: on Imagenette 3.5 to 8 points of top-1 better at each k than linear, for 1.3x (phase 1) and 1.6x (classifier phase) the CPU time), linear (one drawn per step, a budget's chance proportional to its k) or uniform (one per step, each equally often) (docs/flex.md)", choices=BUDGET_SAMPLINGS)
     guidance_budgets: str | None = _opt(None, "with --budgets, the budgets a guidance step guides the encoder at: drawn (one per guidance step, drawn as --budget-sampling draws; with all, in proportion to k, so that k = 64 of 8,16,32,64 is guided on about half of them), largest (the largest budget on every guidance step) or all (every budget, the step's loss their mean; about 1.9x a guidance step's compute at 8,16,32,64); on Imagenette, after the flex tag's 400-step dose, all was 1.4 to 3.8 points of top-1 ahead of drawn at every k, for the same wall time on the CPU (docs/flex.md; default: the budgets the normal steps train, all under --budget-sampling all, drawn under linear or uniform)", type=str, choices=GUIDANCE_BUDGETS)
-    budget_weights: str = _opt("equal", "with --budgets and --budget-sampling all, how each budget's loss counts in the step's loss: equal (their mean, as Matryoshka representations train), sqrt or linear (in proportion to sqrt(k) or to k, normalised to sum to 1: 8,16,32,64 linear is 1/15, 2/15, 4/15, 8/15), which moves the shared weights' effort towards the larger budgets; guidance steps keep the mean. On Imagenette, linear in phase 1 only (the classifier phase unweighted) left the flex model 0.9-1.6 points of top-1 behind fixed-k models (two runs; unweighted, 1.9-3.3 over three); linear in the classifier phase lost 4.1 points at k = 8 for 1.6 at 64 (docs/flex.md)", choices=BUDGET_WEIGHTS)
+    budget_weights: str = _opt("equal", "with --budgets and --budget-sampling all, how each budget's loss counts in the step's loss: equal (their mean, as Matryoshka representations train), sqrt or linear (in proportion to sqrt(k) or to k, normalised to sum to 1: 8,16,32,64 linear is 1/15, 2/15, 4/15, 8/15), which moves the shared weights' effort towards the larger budgets; or two, RECONSTRUCTION,CLASSIFICATION, each for its own loss (linear,equal: the reconstruction loss in proportion to k in every phase, the classification loss the mean); guidance steps keep the mean. On Imagenette, linear in phase 1 only (the classifier phase unweighted) left the flex model 0.9-1.6 points of top-1 behind fixed-k models (two runs; unweighted, 1.9-3.3 over three); linear in the classifier phase lost 4.1 points at k = 8 for 1.6 at 64 (docs/flex.md)", type=str, metavar="SCHEME[,SCHEME]")
     budget_distill: float = _opt(0.0, "with --budgets and --budget-sampling all, in-place distillation in the classifier and joint phases: the largest budget is classified first and each smaller budget's classification loss is (1 - W) * cross-entropy + W * KL from the largest budget's predictions (detached), as slimmable networks train their narrow widths; 0 is cross-entropy alone. On Imagenette's 8-epoch classifier phase, trained from scratch, W = 0.5 cost 0.7 to 2.4 points of top-1 and W = 1 6.7 to 10 (docs/flex.md)", type=float, metavar="W")
     eval_budgets: str | None = _opt(None, "with --budgets, the budgets validation reports (top1@k, psnr@k, prefix_psnr@k; a validation pass each): a list or a range within --budgets (default: every budget when there are at most 8, else 8 of them spread evenly in log k, the smallest and the largest included)", type=str)
     prefix_loss: bool = _opt(False, "with --budgets, each step also reconstructs the image from a shorter budget's prefix of its Gaussians (the mean of the two losses), so that every prefix of one encoding renders a coarse image (the level of detail); give it with --model-kwargs render_order=last_in_front, so that later Gaussians refine the prefix instead of hiding behind it: on Imagenette the first 8 of 64 then render at 16.3 dB instead of 7.4 and the full 64 at 18.6 instead of 19.5, where the paper's order left the full 64 at 16.5 (docs/flex.md)")
@@ -526,7 +526,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.budget_distill > 0 and (config.budgets is None or config.budget_sampling != "all"):
         _fail(f"--budget-distill {config.budget_distill} needs --budgets with --budget-sampling all: the smaller budgets learn from the "
               "largest one's predictions in the same step, which a step of one budget does not have")
-    if config.budget_weights != "equal" and (config.budgets is None or config.budget_sampling != "all"):
+    try:
+        weighted = parse_budget_weights(config.budget_weights) != ("equal", "equal")
+    except ValueError as err:
+        _fail(f"--budget-weights: {err}")
+    if weighted and (config.budgets is None or config.budget_sampling != "all"):
         _fail(f"--budget-weights {config.budget_weights} needs --budgets with --budget-sampling all: it weights the budgets of one step, "
               "and a step of one budget has no others")
     if config.eval_budgets is not None and config.budgets is None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .budgets import budget_loss_weights
+from .budgets import budget_loss_weights, parse_budget_weights
 from .losses import reconstruction_loss
 
 
@@ -36,7 +36,8 @@ class GViTObjective(nn.Module):
     the largest budget's predictions detached (in-place distillation, docs/flex.md). With
     ``budget_weights`` 'sqrt' or 'linear' the step's loss weights each budget's in proportion to
     sqrt(k) or k instead of taking their mean (:func:`~timm_gvit.training.budgets.budget_loss_weights`);
-    the logged parts stay each budget's mean.
+    two schemes, ``'RECONSTRUCTION,CLASSIFICATION'`` ('linear,equal'), weight each budget's
+    reconstruction and classification losses each by its own. The logged parts stay each budget's mean.
 
     The step runs through three functions, :attr:`encode`, :attr:`classification` and
     :attr:`reconstruction`, which :meth:`compile_regions` replaces with compiled ones: everything
@@ -50,8 +51,7 @@ class GViTObjective(nn.Module):
         super().__init__()
         if not 0 <= budget_distill <= 1:
             raise ValueError(f"budget_distill is the weight of the distillation term, in [0, 1]; got {budget_distill}")
-        budget_loss_weights([1], budget_weights)  # refuses an unknown scheme now, not at the first step
-        self.budget_weights = budget_weights
+        self.rec_weights, self.cls_weights = parse_budget_weights(budget_weights)  # refuses an unknown scheme now
         self.model = model
         self.pixel_loss, self.lambda_perc = pixel_loss, lambda_perc
         self.cls_into_encoder, self.label_smoothing, self.budget_distill = cls_into_encoder, label_smoothing, budget_distill
@@ -115,36 +115,38 @@ class GViTObjective(nn.Module):
     def forward(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool,
                 budgets: list[tuple[int, int | None]] | None = None):
         if not budgets:
-            return self._step(images, targets, labels, phase, with_dssim, None)[:2]
+            rec, ce, parts, _ = self._step(images, targets, labels, phase, with_dssim, None)
+            return _total(rec, ce), parts
         distill = self.budget_distill > 0 and len(budgets) > 1 and phase != "reconstruction"
         if distill:  # the largest budget first: its predictions teach the others
             budgets = sorted(budgets, key=lambda pair: -pair[0])
-        losses, parts, teacher = [], [], None
+        recs, ces, parts, teacher = [], [], [], None
         for k, prefix in budgets:  # a flex model: each budget's loss, the step's their (weighted) mean (one backward: DDP's contract)
             self.model.set_num_gaussians(k)
-            loss, part, logits = self._step(images, targets, labels, phase, with_dssim, prefix, teacher)
+            rec, ce, part, logits = self._step(images, targets, labels, phase, with_dssim, prefix, teacher)
             if distill and teacher is None:
                 teacher = logits
-            losses.append(loss)
+            recs.append(rec)
+            ces.append(ce)
             parts.append(part)
-        if len(losses) == 1:
-            return losses[0], parts[0]
-        if self.budget_weights == "equal":
-            loss = torch.stack(losses).mean()
-        else:
-            weights = budget_loss_weights([k for k, _ in budgets], self.budget_weights)  # in the order budgets ran
-            loss = sum(w * budget_loss for w, budget_loss in zip(weights, losses))
-        return loss, {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
+        part_means = {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
+        if len(parts) == 1:
+            return _total(recs[0], ces[0]), parts[0]
+        ks = [k for k, _ in budgets]  # in the order the budgets ran
+        if self.rec_weights == self.cls_weights:  # one scheme: each budget's whole loss weighted (or their plain mean)
+            return _weighted([_total(rec, ce) for rec, ce in zip(recs, ces)], ks, self.rec_weights), part_means
+        terms = [_weighted(losses, ks, scheme) for losses, scheme in ((recs, self.rec_weights), (ces, self.cls_weights)) if losses[0] is not None]
+        return sum(terms[1:], terms[0]), part_means
 
     def _step(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool, prefix: int | None,
               teacher: Tensor | None = None):
-        """One budget's (loss, parts, detached logits or None)."""
+        """One budget's (reconstruction loss or None, classification loss or None, parts, detached logits or None)."""
         if phase == "reconstruction":
             rec = self._reconstruction(self.encode(images), targets, with_dssim, prefix)
-            return rec, {"rec_loss": rec.detach()}, None
+            return rec, None, {"rec_loss": rec.detach()}, None
         if phase == "classifier":
             ce, acc, logits = self.classification(self._test_time_gaussians(images), labels, teacher)
-            return ce, {"ce_loss": ce.detach(), "train_acc": acc}, logits
+            return None, ce, {"ce_loss": ce.detach(), "train_acc": acc}, logits
         gaussians = self.encode(images)
         w = self.cls_into_encoder
         if w == 0:
@@ -153,4 +155,16 @@ class GViTObjective(nn.Module):
             to_classifier = gaussians.detach() + w * (gaussians - gaussians.detach())
         ce, acc, logits = self.classification(to_classifier, labels, teacher)
         rec = self._reconstruction(gaussians, targets, with_dssim, prefix)
-        return rec + ce, {"rec_loss": rec.detach(), "ce_loss": ce.detach(), "train_acc": acc}, logits
+        return rec, ce, {"rec_loss": rec.detach(), "ce_loss": ce.detach(), "train_acc": acc}, logits
+
+
+def _total(rec: Tensor | None, ce: Tensor | None) -> Tensor:
+    """One budget's loss: its reconstruction and classification losses, whichever the phase has."""
+    return ce if rec is None else rec if ce is None else rec + ce
+
+
+def _weighted(losses: list[Tensor], ks: list[int], scheme: str) -> Tensor:
+    """The budgets' losses (0-d) combined as ``scheme`` weights budgets ``ks``: 'equal' their mean."""
+    if scheme == "equal":
+        return torch.stack(losses).mean()
+    return sum(w * loss for w, loss in zip(budget_loss_weights(ks, scheme), losses))
