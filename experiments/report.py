@@ -715,6 +715,41 @@ def flex_lod(runs: dict) -> tuple[dict, str]:
     return data, md + "."
 
 
+#: the flex tag's recipe before its dose (phase 1, 6 more reconstruction epochs, the final protocol): its flex models,
+#: label -> run; each is set against the fixed-k models of the same recipe, final-k{k}-g0
+FLEX_FINAL_RUNS = {
+    "every budget every step (the chain's fourth training, the tag's start)": "final-flex-g0",
+    "the same chain's first training": "final-flex-g0-first",
+    "the same chain's second training": "final-flex-g0-second",
+    "phase 1 and the reconstruction epochs weighted by k, then `--budget-weights linear,equal`": "final-flex-wlinear-g0",
+}
+
+
+def flex_final(runs: dict) -> tuple[dict, str]:
+    """The flex models of the tag's recipe up to its dose against fixed-k models of the same recipe, at each budget:
+    top-1 (minus the fixed model's) and PSNR."""
+    fixed = {k: (final(runs, f"final-k{k}-g0"), final(runs, f"final-k{k}-g0", "psnr")) for k in FLEX_BUDGETS}
+    rows = [["fixed-k models, one per k (`final-k*-g0`)", *(f"{fmt(top1)} / {fmt(psnr, 2)}" for top1, psnr in fixed.values())]]
+    data = {"fixed": {k: {"top1": top1, "psnr": psnr} for k, (top1, psnr) in fixed.items()}}
+    for label, name in FLEX_FINAL_RUNS.items():
+        values = {k: (final(runs, name, f"top1@{k}"), final(runs, name, f"psnr@{k}")) for k in FLEX_BUDGETS} if final(runs, name) else {}
+        data[name] = {k: {"top1": top1, "psnr": psnr} for k, (top1, psnr) in values.items()}
+        cells = []
+        for k in FLEX_BUDGETS:
+            top1, psnr = values.get(k, (None, None))
+            gap = f" ({top1 - fixed[k][0]:+.1f})" if top1 is not None and fixed[k][0] is not None else ""
+            cells.append(f"{fmt(top1)}{gap} / {fmt(psnr, 2)}")
+        rows.append([f"{label} (`{name}`)", *cells])
+    md = table(["top-1 % (minus the fixed model's) / PSNR dB", *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
+        "\n\nThe recipe of `gvit_nano.imagenette_64_v2` and of the flex tag up to their guidance dose: phase 1 (4 reconstruction"
+        " epochs), 6 more reconstruction epochs, then the final protocol (14 classifier epochs, 2 joint epochs at gamma 0: no"
+        " guidance), one seed each, the same passes over the data for every model; Imagenette val, 64 px."
+        " The fixed models at k = 8 to 32 were trained on the CPU of the flex chain's fourth training (AVX2), `final-k64-g0` on"
+        " the CPU of its first three (AVX-512), whose trainings of one chain differ by up to 3.5 points"
+        " ([the spread between trainings](#9-one-model-for-every-gaussian-budget)).")
+    return data, md
+
+
 def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict | None, str]:
     """The flex tag at each budget (experiments/results/shipped_flex_weights.json, which ship_weights.py --tag
     gvit_nano.imagenette_64_flex writes), beside gvit_nano.imagenette_64_v2 and the sweep's fixed models."""
@@ -724,19 +759,21 @@ def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict 
     data = json.loads(path.read_text())
     by_k = data["val_by_budget"]
     rows = [[str(k), f"{flex_data[int(k)]['gflops']:.3f}", f"{v['top1']:.2f}", f"{v['top5']:.2f}", f"{v['psnr']:.2f}",
-             f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-",
+             f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-", fmt(final(runs, f"final-k{k}-g0")),
              ", ".join(fmt(t) for t in flex_data[int(k)]["fixed_top1"]) or "-"] for k, v in by_k.items()]
     runs_behind = chain(runs, data["run"])
     md = table(["k", "forward GFLOPs", "`gvit_nano.imagenette_64_flex`: top-1 %", "top-5 %", "PSNR dB",
-                "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", "fixed-k models, sweep protocol: top-1 %"], rows) + (
+                "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", "fixed-k models, the recipe without the dose: top-1 %",
+                "fixed-k models, sweep protocol: top-1 %"], rows) + (
         f"\n\nThe flex tag's weights come from the run `{data['run']}` (float16, {data['megabytes']} MB; chain: "
         + " -> ".join(f"`{n}`" for n in runs_behind)
         + "".join(f"; `-{nth}`: the {nth} training of the runs of those names, whose folders were lost"
                   for nth in EARLIER_TRAININGS if any(n.endswith(f"-{nth}") for n in runs_behind))
         + "), measured on the full validation split at each k as a user loads it,"
         " `timm.create_model('gvit_nano.imagenette_64_flex', pretrained=True, num_gaussians=k)`. The v2 tag was trained with"
-        " the same recipe at k = 64 alone; the fixed-k models of the sweep protocol (8 classifier epochs, no joint phase, no"
-        " dose) are the only fixed models at k = 8 to 32, so they are a shorter recipe than the flex tag's.")
+        " the same recipe at k = 64 alone. The fixed-k models at k = 8 to 32 were trained with it up to the dose (`final-k*-g0`,"
+        " the fixed model at 64 is v2's own start) and with the sweep protocol (8 classifier epochs, no joint phase, no dose);"
+        " neither had the dose, so both are shorter recipes than the flex tag's.")
     undosed = runs_behind[-2] if len(runs_behind) == 4 else None  # the final protocol's run, before the dose
     before, fixed = final(runs, undosed, "top1@64") if undosed else None, final(runs, "final-k64-g0")
     if before is not None and fixed is not None:
@@ -1044,6 +1081,7 @@ def build() -> tuple[dict, dict[str, str], dict[str, str]]:
     pixel_data, pixel_md = pixels_per_gaussian(runs)
     flex_data, flex_md = flex_budgets(runs)
     lod_data, lod_md = flex_lod(runs)
+    flex_final_data, flex_final_md = flex_final(runs)
     adapt_data, adapt_md = adaptivity()
     lever_data, lever_md = levers(runs, adapt_data)
     shipped_data, shipped_md = shipped({**runs_v2, **runs_v3, **runs})  # the shipped tag may come from any recipe
@@ -1051,14 +1089,14 @@ def build() -> tuple[dict, dict[str, str], dict[str, str]]:
     summary = {"guidance": guided, "num_gaussians": k_data, "losses": loss_data, "fitting": fit_data, "leakage": leak_data,
                "patch_baseline": base_data, "variants": variant_data, "encoder_ablation": ablation_data, "encoder_ablation_gpu": ablation_gpu_data,
                "classifier_ablation": cls_ablation_data, "guidance_dose": dose_data, "dose_starting_models": models_data,
-               "pixels_per_gaussian": pixel_data, "flex_budgets": flex_data, "flex_lod": lod_data, "adaptivity": adapt_data, "adaptivity_levers": lever_data, "shipped_weights": shipped_data,
+               "pixels_per_gaussian": pixel_data, "flex_budgets": flex_data, "flex_lod": lod_data, "flex_final": flex_final_data, "adaptivity": adapt_data, "adaptivity_levers": lever_data, "shipped_weights": shipped_data,
                "shipped_flex_weights": shipped_flex_data}
     all_runs = {**runs_v1, **{f"{n} (batch-64 recipe)": r for n, r in runs_v2.items()},
                 **{f"{n} (joint recipe)": r for n, r in runs_v3.items()}, **{f"{n} (current recipe)": r for n, r in runs.items()}}
     sections = {"guidance": guidance_md, "gaussians": k_md, "losses": loss_md, "fitting": fit_md, "leakage": leak_md,
                 "baseline": base_md, "variants": variant_md, "encoder_ablation": ablation_md, "encoder_ablation_gpu": ablation_gpu_md,
                 "classifier_ablation": cls_ablation_md, "shipped": shipped_md, "shipped_flex": shipped_flex_md, "explain": explain_figures(),
-                "dose": dose_md, "starting_models": models_md, "flex": flex_md, "flex_lod": lod_md, "pixels": pixel_md, "adaptivity": adapt_md, "levers": lever_md,
+                "dose": dose_md, "starting_models": models_md, "flex": flex_md, "flex_lod": lod_md, "flex_final": flex_final_md, "pixels": pixel_md, "adaptivity": adapt_md, "levers": lever_md,
                 "compute": compute(all_runs, study),
                 "headline": headline(guided, k_data, loss_data, fit_data, leak_data, base_data, dose_data, pixel_data)}
     return summary, sections, facts(summary, runs, all_runs)

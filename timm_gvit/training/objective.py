@@ -129,9 +129,9 @@ class GViTObjective(nn.Module):
             recs.append(rec)
             ces.append(ce)
             parts.append(part)
-        part_means = {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
         if len(parts) == 1:
             return _total(recs[0], ces[0]), parts[0]
+        part_means = {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
         ks = [k for k, _ in budgets]  # in the order the budgets ran
         if self.rec_weights == self.cls_weights:  # one scheme: each budget's whole loss weighted (or their plain mean)
             return _weighted([_total(rec, ce) for rec, ce in zip(recs, ces)], ks, self.rec_weights), part_means
