@@ -733,14 +733,15 @@ def flex_final(runs: dict) -> tuple[dict, str]:
                  statistics.mean(final(runs, n, "psnr") for n in names) if names else None) for k, names in trainings.items()}
     rows = [["fixed-k models, one per k (`final-k*-g0`; `-r2`: k = 64 again)",
              *(f"{', '.join(fmt(final(runs, n)) for n in trainings[k]) or 'pending'} / {fmt(psnr, 2)}" for k, (_, psnr) in fixed.items())]]
-    data = {"fixed": {k: {"top1": top1, "psnr": psnr, "runs": trainings[k]} for k, (top1, psnr) in fixed.items()}}
+    data = {"fixed": {k: {"top1": top1, "psnr": psnr, "runs": trainings[k], "top1_each": [final(runs, n) for n in trainings[k]]}
+                      for k, (top1, psnr) in fixed.items()}}
     for label, name in FLEX_FINAL_RUNS.items():
         values = {k: (final(runs, name, f"top1@{k}"), final(runs, name, f"psnr@{k}")) for k in FLEX_BUDGETS} if final(runs, name) else {}
         data[name] = {k: {"top1": top1, "psnr": psnr} for k, (top1, psnr) in values.items()}
         cells = []
         for k in FLEX_BUDGETS:
             top1, psnr = values.get(k, (None, None))
-            gap = f" ({top1 - fixed[k][0]:+.1f})" if top1 is not None and fixed[k][0] is not None else ""
+            gap = f" ({top1 - fixed[k][0]:+.1f})".replace("-0.0", "0.0").replace("+0.0", "0.0") if top1 is not None and fixed[k][0] is not None else ""
             cells.append(f"{fmt(top1)}{gap} / {fmt(psnr, 2)}")
         rows.append([f"{label} (`{name}`)", *cells])
     md = table(["top-1 % (minus the fixed models' mean) / PSNR dB (the fixed models' mean)", *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
@@ -762,7 +763,8 @@ def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict 
     data = json.loads(path.read_text())
     by_k = data["val_by_budget"]
     rows = [[str(k), f"{flex_data[int(k)]['gflops']:.3f}", f"{v['top1']:.2f}", f"{v['top5']:.2f}", f"{v['psnr']:.2f}",
-             f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-", fmt(final(runs, f"final-k{k}-g0")),
+             f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-",
+             ", ".join(fmt(final(runs, n)) for n in (f"final-k{k}-g0", f"final-k{k}-g0-r2") if final(runs, n) is not None) or "-",
              ", ".join(fmt(t) for t in flex_data[int(k)]["fixed_top1"]) or "-"] for k, v in by_k.items()]
     runs_behind = chain(runs, data["run"])
     md = table(["k", "forward GFLOPs", "`gvit_nano.imagenette_64_flex`: top-1 %", "top-5 %", "PSNR dB",
@@ -786,8 +788,9 @@ def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict 
     return data, md
 
 
-def flex_figure(flex_data: dict) -> None:
-    """Top-1 against forward GFLOPs: fixed-k models as points, each flex model of FLEX_CURVES as one curve."""
+def flex_figure(flex_data: dict, final_data: dict) -> None:
+    """Top-1 against forward GFLOPs, fixed-k models as points and flex models as curves: the sweep protocol (each flex
+    model of FLEX_CURVES) and, beside it, the tag's recipe before its dose (each flex model of FLEX_FINAL_RUNS)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -795,21 +798,37 @@ def flex_figure(flex_data: dict) -> None:
     ks = [k for k in FLEX_BUDGETS if flex_data[k]["fixed_top1"]]
     if not ks:
         return
-    fig, ax = plt.subplots(figsize=(5.6, 5.0))
-    for k in ks:
-        for value in flex_data[k]["fixed_top1"]:
-            ax.scatter(flex_data[k]["gflops"], value, color="tab:gray", zorder=3)
-        ax.annotate(f"k={k}", (flex_data[k]["gflops"], min(flex_data[k]["fixed_top1"] or [0])), textcoords="offset points",
-                    xytext=(4, -12), fontsize=8)
-    for label, color in zip(FLEX_CURVES, ("tab:orange", "tab:green", "tab:blue", "tab:red")):
-        curve = [(flex_data[k]["gflops"], statistics.mean(flex_data[k][label]["top1"])) for k in ks if flex_data[k][label]["top1"]]
+    gflops = {k: flex_data[k]["gflops"] for k in FLEX_BUDGETS}
+    colors = ("tab:orange", "tab:green", "tab:blue", "tab:red")
+    fig, (sweep_ax, final_ax) = plt.subplots(1, 2, figsize=(11.0, 5.4), sharex=True)
+
+    def fixed_points(ax, values: dict, label: str) -> None:
+        for k, points in values.items():
+            for value in points:
+                ax.scatter(gflops[k], value, color="tab:gray", zorder=3)
+            if points:
+                ax.annotate(f"k={k}", (gflops[k], min(points)), textcoords="offset points", xytext=(4, -12), fontsize=8)
+        ax.scatter([], [], color="tab:gray", label=label)
+
+    fixed_points(sweep_ax, {k: flex_data[k]["fixed_top1"] for k in ks}, "fixed-k models (one per k, 2 seeds)")
+    for label, color in zip(FLEX_CURVES, colors):
+        curve = [(gflops[k], statistics.mean(flex_data[k][label]["top1"])) for k in ks if flex_data[k][label]["top1"]]
         if curve:
-            ax.plot(*zip(*curve), "o-", color=color, label=f"one flex model: {label}")
-    ax.scatter([], [], color="tab:gray", label="fixed-k models (one per k, 2 seeds)")
-    ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
-    ax.set_ylabel("Imagenette val top-1 %")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: the curves stay visible
-    ax.grid(alpha=0.3)
+            sweep_ax.plot(*zip(*curve), "o-", color=color, label=f"one flex model: {label}")
+    sweep_ax.set_title("sweep protocol: phase 1, 8 classifier epochs", fontsize=9)
+    fixed = {k: final_data["fixed"][k]["top1_each"] for k in FLEX_BUDGETS}
+    twice = [str(k) for k, values in fixed.items() if len(values) > 1]
+    fixed_points(final_ax, fixed, "fixed-k models (one per k" + (f"; k = {', '.join(twice)} trained twice)" if twice else ")"))
+    for (label, name), color in zip(FLEX_FINAL_RUNS.items(), ("tab:blue", "tab:cyan", "tab:purple", "tab:red")):  # as the sweep's
+        curve = [(gflops[k], final_data[name][k]["top1"]) for k in FLEX_BUDGETS if final_data[name].get(k)]
+        if curve:
+            final_ax.plot(*zip(*curve), "o-", color=color, label=f"one flex model: {label}")
+    final_ax.set_title("the flex tag's recipe before its dose: 10 reconstruction, 14 classifier, 2 joint epochs", fontsize=9)
+    for ax in (sweep_ax, final_ax):
+        ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
+        ax.set_ylabel("Imagenette val top-1 %")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: the curves stay visible
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURES / "flex_budgets.png", dpi=120)
@@ -1131,6 +1150,7 @@ def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
                             f" {len(shipped_chain)} runs behind them"),
         "study_compute": f"{len(all_runs)} trainer runs, whose recorded wall times add up to {sum(timed) / 3600:.0f} h",
         "flex_gap": flex_gap(summary["flex_budgets"]),
+        "flex_final_gap": flex_final_gap(summary["flex_final"]),
         "flex_shipped": flex_shipped(summary["shipped_flex_weights"], shipped_val),
     }
 
@@ -1165,6 +1185,22 @@ def flex_gap(flex_data: dict) -> str:
             + f" against the fixed-k models at k = {FLEX_BUDGETS[0]} to {FLEX_BUDGETS[-1]}")
 
 
+def flex_final_gap(final_data: dict) -> str:
+    """The flex model of the tag's recipe before its dose (the mean of the unweighted chain's trainings, and the tag's own
+    start, final-flex-g0) against the fixed-k models of that recipe, at each budget, in words."""
+    fixed = final_data["fixed"]
+    trainings = [final_data[name] for name in FLEX_FINAL_RUNS.values() if "wlinear" not in name and final_data[name]]
+    if not trainings or any(fixed[k]["top1"] is None for k in FLEX_BUDGETS):
+        return "pending"
+
+    def gaps(models: list[dict]) -> str:
+        return " / ".join(f"{statistics.mean(m[k]['top1'] for m in models) - fixed[k]['top1']:+.1f}".replace("-0.0", "0.0").replace("+0.0", "0.0")
+                          for k in FLEX_BUDGETS)
+
+    return (f"{gaps(trainings)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} (the mean of {len(trainings)} trainings;"
+            f" the tag's own start: {gaps([final_data['final-flex-g0']])}) against fixed-k models of that recipe")
+
+
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
     """``text`` with every marked table and fact replaced by its current value; an unknown fact name is an error."""
     for name, body in sections.items():
@@ -1182,7 +1218,7 @@ def main() -> None:
     figures(summary["num_gaussians"], summary["guidance"])
     dose_figure(summary["guidance_dose"])
     pixels_figure(summary["pixels_per_gaussian"])
-    flex_figure(summary["flex_budgets"])
+    flex_figure(summary["flex_budgets"], summary["flex_final"])
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     for target in DOCUMENTS:
         path = ROOT / target
