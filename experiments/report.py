@@ -725,6 +725,11 @@ FLEX_FINAL_RUNS = {
 }
 
 
+def signed_points(value: float) -> str:
+    """A difference in points with its sign, to one decimal; none on a difference that rounds to zero."""
+    return f"{value:+.1f}".replace("-0.0", "0.0").replace("+0.0", "0.0")
+
+
 def flex_final(runs: dict) -> tuple[dict, str]:
     """The flex models of the tag's recipe up to its dose against fixed-k models of the same recipe, at each budget:
     top-1 (minus the fixed model's) and PSNR."""
@@ -736,12 +741,13 @@ def flex_final(runs: dict) -> tuple[dict, str]:
     data = {"fixed": {k: {"top1": top1, "psnr": psnr, "runs": trainings[k], "top1_each": [final(runs, n) for n in trainings[k]]}
                       for k, (top1, psnr) in fixed.items()}}
     for label, name in FLEX_FINAL_RUNS.items():
-        values = {k: (final(runs, name, f"top1@{k}"), final(runs, name, f"psnr@{k}")) for k in FLEX_BUDGETS} if final(runs, name) else {}
+        done = final(runs, name) is not None
+        values = {k: (final(runs, name, f"top1@{k}"), final(runs, name, f"psnr@{k}")) for k in FLEX_BUDGETS} if done else {}
         data[name] = {k: {"top1": top1, "psnr": psnr} for k, (top1, psnr) in values.items()}
         cells = []
         for k in FLEX_BUDGETS:
             top1, psnr = values.get(k, (None, None))
-            gap = f" ({top1 - fixed[k][0]:+.1f})".replace("-0.0", "0.0").replace("+0.0", "0.0") if top1 is not None and fixed[k][0] is not None else ""
+            gap = f" ({signed_points(top1 - fixed[k][0])})" if top1 is not None and fixed[k][0] is not None else ""
             cells.append(f"{fmt(top1)}{gap} / {fmt(psnr, 2)}")
         rows.append([f"{label} (`{name}`)", *cells])
     md = table(["top-1 % (minus the fixed models' mean) / PSNR dB (the fixed models' mean)", *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
@@ -754,9 +760,10 @@ def flex_final(runs: dict) -> tuple[dict, str]:
     return data, md
 
 
-def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict | None, str]:
+def shipped_flex(runs: dict, flex_data: dict, final_data: dict, shipped_data: dict) -> tuple[dict | None, str]:
     """The flex tag at each budget (experiments/results/shipped_flex_weights.json, which ship_weights.py --tag
-    gvit_nano.imagenette_64_flex writes), beside gvit_nano.imagenette_64_v2 and the sweep's fixed models."""
+    gvit_nano.imagenette_64_flex writes), beside gvit_nano.imagenette_64_v2 and the fixed models of its recipe
+    (:func:`flex_final`'s) and of the sweep."""
     path = RESULTS / "shipped_flex_weights.json"
     if not path.is_file():
         return None, "Pending: `python experiments/ship_weights.py --tag gvit_nano.imagenette_64_flex`."
@@ -764,7 +771,7 @@ def shipped_flex(runs: dict, flex_data: dict, shipped_data: dict) -> tuple[dict 
     by_k = data["val_by_budget"]
     rows = [[str(k), f"{flex_data[int(k)]['gflops']:.3f}", f"{v['top1']:.2f}", f"{v['top5']:.2f}", f"{v['psnr']:.2f}",
              f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-",
-             ", ".join(fmt(final(runs, n)) for n in (f"final-k{k}-g0", f"final-k{k}-g0-r2") if final(runs, n) is not None) or "-",
+             ", ".join(fmt(v) for v in final_data["fixed"][int(k)]["top1_each"]) or "-",
              ", ".join(fmt(t) for t in flex_data[int(k)]["fixed_top1"]) or "-"] for k, v in by_k.items()]
     runs_behind = chain(runs, data["run"])
     md = table(["k", "forward GFLOPs", "`gvit_nano.imagenette_64_flex`: top-1 %", "top-5 %", "PSNR dB",
@@ -1107,7 +1114,7 @@ def build() -> tuple[dict, dict[str, str], dict[str, str]]:
     adapt_data, adapt_md = adaptivity()
     lever_data, lever_md = levers(runs, adapt_data)
     shipped_data, shipped_md = shipped({**runs_v2, **runs_v3, **runs})  # the shipped tag may come from any recipe
-    shipped_flex_data, shipped_flex_md = shipped_flex(runs, flex_data, shipped_data)
+    shipped_flex_data, shipped_flex_md = shipped_flex(runs, flex_data, flex_final_data, shipped_data)
     summary = {"guidance": guided, "num_gaussians": k_data, "losses": loss_data, "fitting": fit_data, "leakage": leak_data,
                "patch_baseline": base_data, "variants": variant_data, "encoder_ablation": ablation_data, "encoder_ablation_gpu": ablation_gpu_data,
                "classifier_ablation": cls_ablation_data, "guidance_dose": dose_data, "dose_starting_models": models_data,
@@ -1194,8 +1201,7 @@ def flex_final_gap(final_data: dict) -> str:
         return "pending"
 
     def gaps(models: list[dict]) -> str:
-        return " / ".join(f"{statistics.mean(m[k]['top1'] for m in models) - fixed[k]['top1']:+.1f}".replace("-0.0", "0.0").replace("+0.0", "0.0")
-                          for k in FLEX_BUDGETS)
+        return " / ".join(signed_points(statistics.mean(m[k]['top1'] for m in models) - fixed[k]['top1']) for k in FLEX_BUDGETS)
 
     return (f"{gaps(trainings)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} (the mean of {len(trainings)} trainings;"
             f" the tag's own start: {gaps([final_data['final-flex-g0']])}) against fixed-k models of that recipe")

@@ -318,10 +318,11 @@ def all_runs() -> list[Run]:
     # every 6 epochs after it, as the flex chain was
     # (k = 64 last, as encoder-k64-r2 -> encoder-k64-long-r2 -> final-k64-g0-r2: final-k64-g0 again, on that CPU)
     for k in (16, 32, 8, 64):
+        again = "-r2" if k == 64 else ""  # the names final-k64-g0's own chain has already
         phase1 = dataclasses.replace(encoder(f"encoder-k{k}-r2", k=k), group="flex-final")
-        longer_k = Run(f"encoder-k{k}-long{'-r2' if k == 64 else ''}", "flex-final", [*MORE_RECON, "--num-gaussians", str(k), "--eval-every", "6"],
+        longer_k = Run(f"encoder-k{k}-long{again}", "flex-final", [*MORE_RECON, "--num-gaussians", str(k), "--eval-every", "6"],
                        after=phase1.name, about=phase1.about)
-        final_k = heads(f"final-k{k}-g0{'-r2' if k == 64 else ''}", "flex-final", longer_k.name, FINAL, 0.0, 0, phase1)
+        final_k = heads(f"final-k{k}-g0{again}", "flex-final", longer_k.name, FINAL, 0.0, 0, phase1)
         flex += [phase1, longer_k, dataclasses.replace(final_k, flags=[*final_k.flags, "--eval-every", "6"])]
     # phase 1 weighted by k through the same recipe: the weighted encoder's 6 more reconstruction epochs weighted too,
     # then the final protocol with the reconstruction losses of its joint phase weighted and every classification loss
