@@ -317,12 +317,15 @@ def test_every_budget_every_step_trains_each_budget_with_its_own_prefix():
 
 
 @pytest.mark.parametrize("phase,weights", [("reconstruction", "equal"), ("classifier", "equal"), ("joint", "equal"),
-                                           ("reconstruction", "linear"), ("joint", "sqrt")])
+                                           ("reconstruction", "linear"), ("joint", "sqrt"), ("classifier", "inverse"),
+                                           ("joint", "inverse-sqrt")])
 def test_a_step_over_several_budgets_is_the_weighted_mean_of_each_budgets_loss_and_gradient(phase, weights):
     """The objective over (k, prefix) pairs against the same model stepped at each k on its own:
-    the mean (--budget-weights equal), or weighted in proportion to k or sqrt(k); the logged parts
-    stay the plain mean."""
-    w = {"equal": [1 / 3] * 3, "linear": [8 / 88, 16 / 88, 64 / 88], "sqrt": [v / (2 ** 1.5 + 4 + 8) for v in (2 ** 1.5, 4, 8)]}[weights]
+    the mean (--budget-weights equal), or weighted in proportion to k, sqrt(k), 1/k or 1/sqrt(k); the
+    logged parts stay the plain mean."""
+    w = {"equal": [1 / 3] * 3, "linear": [8 / 88, 16 / 88, 64 / 88], "sqrt": [v / (2 ** 1.5 + 4 + 8) for v in (2 ** 1.5, 4, 8)],
+         "inverse": [8 / 13, 4 / 13, 1 / 13],  # 1/8 : 1/16 : 1/64 = 8 : 4 : 1
+         "inverse-sqrt": [v / (2 ** -1.5 + 1 / 4 + 1 / 8) for v in (2 ** -1.5, 1 / 4, 1 / 8)]}[weights]
     assert budget_loss_weights([8, 16, 64], weights) == pytest.approx(w)
     with one_thread():
         torch.manual_seed(0)

@@ -34,9 +34,12 @@ BUDGET_SAMPLINGS = ("linear", "uniform", "all")
 #: refused with it, as it would cost tens of steps' compute per step: draw from it instead
 MAX_BUDGETS_EVERY_STEP = 8
 #: How each budget's loss counts in a step over several budgets (--budget-sampling all): 'equal',
-#: the mean (as Matryoshka representations train); 'sqrt' or 'linear', in proportion to sqrt(k) or k
-#: (normalised to sum to 1), which moves the shared weights' effort towards the larger budgets
-BUDGET_WEIGHTS = ("equal", "sqrt", "linear")
+#: the mean (as Matryoshka representations train); 'sqrt' or 'linear', in proportion to sqrt(k) or k,
+#: which moves the shared weights' effort towards the larger budgets; 'inverse-sqrt' or 'inverse',
+#: in proportion to 1/sqrt(k) or 1/k, towards the smaller ones (normalised to sum to 1). Each
+#: scheme's weight is k to the power given here
+BUDGET_WEIGHT_EXPONENTS = {"equal": 0.0, "sqrt": 0.5, "linear": 1.0, "inverse-sqrt": -0.5, "inverse": -1.0}
+BUDGET_WEIGHTS = tuple(BUDGET_WEIGHT_EXPONENTS)
 
 
 def parse_budget_weights(spec: str) -> tuple[str, str]:
@@ -53,10 +56,11 @@ def parse_budget_weights(spec: str) -> tuple[str, str]:
 
 def budget_loss_weights(ks: list[int], scheme: str = "equal") -> list[float]:
     """The weight of each budget's loss in a step over the budgets ``ks``, as ``scheme`` (one of
-    :data:`BUDGET_WEIGHTS`) says; they sum to 1 (8,16,32,64 'linear': 1/15, 2/15, 4/15, 8/15)."""
+    :data:`BUDGET_WEIGHTS`) says; they sum to 1 (8,16,32,64 'linear': 1/15, 2/15, 4/15, 8/15;
+    'inverse': 8/15, 4/15, 2/15, 1/15)."""
     if scheme not in BUDGET_WEIGHTS:
         raise ValueError(f"budget weights must be one of {BUDGET_WEIGHTS}, got {scheme!r}")
-    raw = [1.0 if scheme == "equal" else math.sqrt(k) if scheme == "sqrt" else float(k) for k in ks]
+    raw = [float(k) ** BUDGET_WEIGHT_EXPONENTS[scheme] for k in ks]
     return [w / sum(raw) for w in raw]
 
 

@@ -34,8 +34,8 @@ class GViTObjective(nn.Module):
     With ``budget_distill`` w > 0 and several budgets in a step, the largest is classified first
     and each smaller budget's classification loss is ``(1 - w) * CE + w * KL(p_largest || p_k)``,
     the largest budget's predictions detached (in-place distillation, docs/flex.md). With
-    ``budget_weights`` 'sqrt' or 'linear' the step's loss weights each budget's in proportion to
-    sqrt(k) or k instead of taking their mean (:func:`~timm_gvit.training.budgets.budget_loss_weights`);
+    ``budget_weights`` 'sqrt', 'linear', 'inverse-sqrt' or 'inverse' the step's loss weights each
+    budget's in proportion to sqrt(k), k, 1/sqrt(k) or 1/k instead of taking their mean (:func:`~timm_gvit.training.budgets.budget_loss_weights`);
     two schemes, ``'RECONSTRUCTION,CLASSIFICATION'`` ('linear,equal'), weight each budget's
     reconstruction and classification losses each by its own. The logged parts stay each budget's mean.
 
