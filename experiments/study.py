@@ -341,6 +341,13 @@ def all_runs() -> list[Run]:
                                                          "--budget-weights", f"equal,{scheme}", "--eval-every", "6"],
                  after=ship_long.name, about={**all_about, "budget_weights": f"equal,{scheme}", "gamma": 0.0, "seed": 0, "protocol": "final"})
              for name, scheme in (("inv", "inverse"), ("invsqrt", "inverse-sqrt"))]
+    # or a trained teacher's predictions for every budget (--distill-from, W = 0.5), as FlexiViT distils its every
+    # patch size from a ViT: the fixed k = 64 model of the same recipe (final-k64-g0-r2, 50.4 %, no dose) teaches
+    teacher = RUNS / "final-k64-g0-r2" / "export"
+    flex += [Run("final-flex-teacher64-g0", "flex-small", [*FINAL, "--gamma", "0.0", "--seed", "0", *budgets, *every,
+                                                           "--distill-from", f"local-dir:{teacher}", "--eval-every", "6"],
+                 after=ship_long.name, about={**all_about, "distill_from": "final-k64-g0-r2", "distill_weight": 0.5, "gamma": 0.0,
+                                              "seed": 0, "protocol": "final"})]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep

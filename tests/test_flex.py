@@ -452,6 +452,40 @@ def test_in_place_distillation_teaches_the_smaller_budgets_the_largest_ones_pred
     assert parts["train_acc"].shape == ()
 
 
+def test_a_trained_teachers_predictions_teach_every_budget():
+    """--distill-from: each budget's classification loss (the largest's too) is (1 - W) CE + W KL from
+    the teacher's logits, the step's loss their mean; a model of one k the same; phase 1 ignores them."""
+    w = 0.7
+    with one_thread():
+        torch.manual_seed(0)
+        model = flex().train()
+        images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        targets, labels = (images * 0.2 + 0.5).clamp(0, 1), torch.tensor([1, 3, 0, 4])
+        teacher = torch.randn(4, model.num_classes, generator=torch.Generator().manual_seed(2)) * 3
+        pairs = [(8, None), (16, None), (64, None)]
+        objective = GViTObjective(model, teacher_weight=w)
+        loss, parts = objective(images, targets, labels, "classifier", True, pairs, teacher)
+        single, _ = objective(images, targets, labels, "classifier", True, None, teacher)  # left at k = 64
+        torch.manual_seed(1)
+        phase1 = objective(images, targets, labels, "reconstruction", True, pairs, teacher)[0]
+        torch.manual_seed(1)
+        untaught = GViTObjective(model)(images, targets, labels, "reconstruction", True, pairs)[0]
+        by_hand = {}
+        with torch.no_grad():
+            for k, _ in pairs:
+                model.set_num_gaussians(k)
+                model.encoder.eval()
+                logits = model.classify(model.encode(images)).float()
+                kl = (teacher.softmax(-1) * (teacher.log_softmax(-1) - logits.log_softmax(-1))).sum(-1).mean()
+                by_hand[k] = (1 - w) * torch.nn.functional.cross_entropy(logits, labels) + w * kl
+    assert torch.allclose(loss, sum(by_hand.values()) / 3, atol=1e-5)
+    assert torch.allclose(parts["ce_loss"], loss, atol=1e-6)
+    assert torch.allclose(single, by_hand[64], atol=1e-5)
+    assert torch.equal(phase1, untaught)
+    with pytest.raises(ValueError, match="teacher_weight is the weight of the distillation term"):
+        GViTObjective(model, teacher_weight=1.5)
+
+
 def test_budgets_options_build_the_flex_model_and_refuse_what_contradicts_them():
     config = parse_config(["--budgets", "2,4,8,16"])  # the digits preset: its k=16 gives way to the budgets'
     assert config.num_gaussians is None and config.model_create_kwargs()["budgets"] == [2, 4, 8, 16]

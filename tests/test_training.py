@@ -27,6 +27,7 @@ from timm_gvit.images import to_rgb
 from timm_gvit.training.data import ImageClassificationDataset, load_splits
 from timm_gvit.training.guidance import guidance_step
 from timm_gvit.training.schedule import Schedule
+from timm_gvit.training.teacher import load_teacher
 
 import train_gvit
 from timm_gvit.hub import publish
@@ -403,6 +404,38 @@ def test_init_from_takes_the_whole_model_of_another_run(digits_run, tmp_path):
     with pytest.raises(ValueError, match="--init-from .* does not fit"):
         load_model_weights(timm.create_model("gvit_nano", num_classes=3, encoder_depth=2, depth=2, img_size=16, patch_size=8,
                                              num_gaussians=8), digits_run / "export")
+
+
+def test_distill_from_a_trained_teacher_changes_the_classifier_and_is_on_the_card(digits_run, tmp_path):
+    """--distill-from local-dir:EXPORT: the classifier phase learns from the teacher's predictions as well as
+    the labels, from the same start and data order as a run without it; the card names the teacher, not its path."""
+    start = ["--init-encoder-from", str(digits_run / "export"), "--recon-epochs", "0", "--classifier-epochs", "1", "--joint-epochs", "0",
+             "--guidance-epochs", "0", "--dssim-from", "0"]
+    assert train(tmp_path / "plain", *start) == 0
+    assert train(tmp_path / "taught", *start, "--distill-from", f"local-dir:{digits_run / 'export'}", "--distill-weight", "0.7") == 0
+    plain, taught = (load_file(tmp_path / run / "export" / "model.safetensors") for run in ("plain", "taught"))
+    assert torch.equal(plain["encoder.patch_embed.proj.weight"], taught["encoder.patch_embed.proj.weight"])  # frozen in both
+    assert (plain["classifier.head.weight"] - taught["classifier.head.weight"]).abs().max() > 1e-4  # the teacher's term moved it
+    card = (tmp_path / "taught" / "export" / "README.md").read_text()
+    assert f"`local-dir:{digits_run.name}/export`'s predictions" in card and "weight 0.7" in card and str(digits_run.parent) not in card
+    public = yaml.safe_load((tmp_path / "taught" / "export" / "train_config.yaml").read_text())
+    assert public["distill_from"] == f"local-dir:{digits_run.name}/export"
+
+
+def test_a_teacher_must_take_the_models_input_and_predict_the_datasets_classes(digits_run):
+    teacher = f"local-dir:{digits_run / 'export'}"
+    student = timm.create_model("gvit_nano", num_classes=10, encoder_depth=2, depth=2, img_size=16, patch_size=8, num_gaussians=8)
+    assert not load_teacher(teacher, student, 10).training
+    with pytest.raises(ValueError, match=re.escape("input_size (3, 16, 16) where the model's is (3, 24, 24)")):
+        load_teacher(teacher, timm.create_model("gvit_nano", num_classes=10, img_size=24, patch_size=8, num_gaussians=8), 10)
+    with pytest.raises(ValueError, match="10 classes where the dataset has 3"):
+        load_teacher(teacher, student, 3)
+    with pytest.raises(ValueError, match=re.escape("--distill-from local-dir:/nowhere: timm.create_model('local-dir:/nowhere', pretrained=True) failed")):
+        load_teacher("local-dir:/nowhere", student, 10)
+    for flags, message in ((["--distill-from", teacher, "--distill-weight", "0"], "--distill-weight must be in (0, 1]"),
+                           (["--distill-from", teacher, "--budgets", "4,8", "--budget-distill", "0.5"], "--distill-from and --budget-distill 0.5")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse_config(flags)
 
 
 def test_publish_dry_run_builds_an_export_from_a_checkpoint(digits_run, tmp_path, capsys):

@@ -52,6 +52,7 @@ from timm_gvit.training.objective import GViTObjective
 from timm_gvit.training.optim import create_adamw, step_if_finite
 from timm_gvit.training.schedule import PHASES, Schedule
 from timm_gvit.training.streaming import StreamingImageDataset, agreed_batches, nominal_batches, stream_shards, stream_splits
+from timm_gvit.training.teacher import load_teacher
 from timm_gvit.visualize import save_reconstruction_grid
 
 
@@ -122,6 +123,7 @@ class Run:
     monitor: StepMonitor
     budgets: list[int] | None = None  # a flex model's (--budgets): each step trains one of them
     eval_budgets: list[int] | None = None  # those of them validation reports (--eval-budgets)
+    teacher: torch.nn.Module | None = None  # --distill-from's frozen classifier
     phase: str | None = None
 
     @property
@@ -207,6 +209,10 @@ def setup(config: TrainConfig) -> Run:
         count = load_encoder_weights(model, config.init_encoder_from)
         accelerator.print(f"encoder initialised from {config.init_encoder_from} ({count} tensors)")
     data_config = resolve_model_data_config(model)
+    teacher = None  # --distill-from: a frozen classifier whose predictions the classification losses learn from
+    if config.distill_from:
+        teacher = load_teacher(config.distill_from, model, info.num_classes).to(accelerator.device)
+        accelerator.print(f"distilling from {config.distill_from} (weight {config.distill_weight}) in the classifier and joint phases")
     train_dataset, train_loader, val_loader, checked_bad = make_loaders(config, accelerator, data_config, model.in_chans, info,
                                                                         train_data, val_data)
     batches_per_epoch = (nominal_batches(info.train_size, config.batch_size, world, config.workers) if config.streaming
@@ -221,7 +227,7 @@ def setup(config: TrainConfig) -> Run:
     global_batch = config.batch_size * accelerator.num_processes * config.grad_accum_steps
     lr = config.base_lr * global_batch / 256
     objective = GViTObjective(model, config.pixel_loss, config.lambda_perc, config.cls_into_encoder, config.label_smoothing,
-                              config.budget_distill, config.budget_weights)
+                              config.budget_distill, config.budget_weights, config.distill_weight if teacher is not None else 0.0)
     if config.compile:  # the encoder, decode, classifier and losses; the rasteriser stays eager
         objective.compile_regions()
     optimizer = create_adamw(model, lr, config.weight_decay, config.betas)
@@ -264,7 +270,7 @@ def setup(config: TrainConfig) -> Run:
                std=torch.tensor(data_config["std"], device=accelerator.device),
                run_info=run_info, state=state, monitor=StepMonitor(state, config.max_nonfinite),
                budgets=list(model.budgets) if model.budgets else None,
-               eval_budgets=eval_budgets(list(model.budgets), config.eval_budgets) if model.budgets else None)
+               eval_budgets=eval_budgets(list(model.budgets), config.eval_budgets) if model.budgets else None, teacher=teacher)
 
 
 def make_loaders(config: TrainConfig, accelerator, data_config: dict, in_chans: int, info: DataInfo, train_data, val_data):
@@ -397,7 +403,11 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             budgets = step_budgets(run.budgets, config.seed, step, config.prefix_loss, config.budget_sampling)
         with accelerator.accumulate(objective):
             with accelerator.autocast():
-                loss, parts = objective(images, targets, labels, run.phase, schedule.dssim_on(step), budgets)
+                teacher_logits = None
+                if run.teacher is not None and run.phase != "reconstruction":
+                    with torch.no_grad():
+                        teacher_logits = run.teacher(images)
+                loss, parts = objective(images, targets, labels, run.phase, schedule.dssim_on(step), budgets, teacher_logits)
             finite = accelerator.gather(torch.isfinite(loss.detach())[None]).all()
             step_finite = finite if step_finite is None else step_finite & finite  # over the accumulated batches
             accelerator.backward(loss)

@@ -212,11 +212,18 @@ def _without_local_paths(config: dict) -> dict:
         value = public.get(key)
         if isinstance(value, str) and (key != "dataset" or Path(value).exists()):
             public[key] = _public_path(value)
+    teacher = public.get("distill_from")  # a timm name, hf-hub:ORG/NAME, or local-dir: and a path
+    if isinstance(teacher, str) and teacher.startswith("local-dir:"):
+        public["distill_from"] = "local-dir:" + _public_path(teacher.removeprefix("local-dir:"))
     return public
 
 
 def _weights_origin(config: dict) -> str:
-    """The card's sentence on where the weights started."""
+    """The card's sentences on where the weights started and what taught them besides the labels."""
+    if config.get("distill_from"):
+        return _weights_origin({**config, "distill_from": None}) + (
+            f" The classification losses learned from `{config['distill_from']}`'s predictions too (`--distill-from`, weight "
+            f"{config.get('distill_weight')}), whose own training is not counted in the steps above.")
     if config.get("init_from"):
         return (f"The model started from `{config['init_from']}` (`--init-from`), whose own training is not counted "
                 "in the steps above.")

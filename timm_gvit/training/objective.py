@@ -33,7 +33,10 @@ class GViTObjective(nn.Module):
     budget's reconstruction loss is the mean of the k Gaussians' and of their first ``prefix``'s.
     With ``budget_distill`` w > 0 and several budgets in a step, the largest is classified first
     and each smaller budget's classification loss is ``(1 - w) * CE + w * KL(p_largest || p_k)``,
-    the largest budget's predictions detached (in-place distillation, docs/flex.md). With
+    the largest budget's predictions detached (in-place distillation, docs/flex.md). Given a
+    trained teacher's ``teacher_logits`` ``[B, classes]`` (``--distill-from``), every budget's
+    classification loss is ``(1 - teacher_weight) * CE + teacher_weight * KL(p_teacher || p_k)``
+    instead (knowledge distillation, as FlexiViT trains; a model of one k too). With
     ``budget_weights`` 'sqrt', 'linear', 'inverse-sqrt' or 'inverse' the step's loss weights each
     budget's in proportion to sqrt(k), k, 1/sqrt(k) or 1/k instead of taking their mean (:func:`~timm_gvit.training.budgets.budget_loss_weights`);
     two schemes, ``'RECONSTRUCTION,CLASSIFICATION'`` ('linear,equal'), weight each budget's
@@ -47,14 +50,16 @@ class GViTObjective(nn.Module):
 
     def __init__(self, model: nn.Module, pixel_loss: str = "bce", lambda_perc: float = 0.1,
                  cls_into_encoder: float = 0.0, label_smoothing: float = 0.0, budget_distill: float = 0.0,
-                 budget_weights: str = "equal"):
+                 budget_weights: str = "equal", teacher_weight: float = 0.0):
         super().__init__()
-        if not 0 <= budget_distill <= 1:
-            raise ValueError(f"budget_distill is the weight of the distillation term, in [0, 1]; got {budget_distill}")
+        for name, weight in (("budget_distill", budget_distill), ("teacher_weight", teacher_weight)):
+            if not 0 <= weight <= 1:
+                raise ValueError(f"{name} is the weight of the distillation term, in [0, 1]; got {weight}")
         self.rec_weights, self.cls_weights = parse_budget_weights(budget_weights)  # refuses an unknown scheme now
         self.model = model
         self.pixel_loss, self.lambda_perc = pixel_loss, lambda_perc
         self.cls_into_encoder, self.label_smoothing, self.budget_distill = cls_into_encoder, label_smoothing, budget_distill
+        self.teacher_weight = teacher_weight
         self.encode: Callable[[Tensor], Tensor] = self._encode
         self.classification: Callable[..., tuple[Tensor, Tensor, Tensor]] = self._classification
         self.reconstruction: Callable[[Tensor, Tensor, bool], Tensor] = self._reconstruction_loss
@@ -64,15 +69,16 @@ class GViTObjective(nn.Module):
         """Normalised images ``[B, C, H, W]`` -> decoded Gaussians ``[B, k, 9]`` (encoder + decode)."""
         return self.model.encode(images, check_values=False)  # non-finite losses are skipped, not raised
 
-    def _classification(self, gaussians: Tensor, labels: Tensor, teacher: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def _classification(self, gaussians: Tensor, labels: Tensor, teacher: Tensor | None = None,
+                        weight: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
         """Gaussians ``[B, k, 9]``, labels ``[B]`` -> (loss, accuracy, detached logits ``[B, classes]``),
         float32: the loss the cross-entropy, or with a ``teacher`` (logits ``[B, classes]``)
-        ``(1 - budget_distill) * CE + budget_distill * KL(softmax(teacher) || softmax(logits))``."""
+        ``(1 - weight) * CE + weight * KL(softmax(teacher) || softmax(logits))``."""
         logits = self.model.classify(gaussians, check_values=False).float()
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         if teacher is not None:
-            kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
-            loss = (1 - self.budget_distill) * loss + self.budget_distill * kl
+            kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher.float(), -1), log_target=True, reduction="batchmean")
+            loss = (1 - weight) * loss + weight * kl
         return loss, (logits.argmax(1) == labels).float().mean(), logits.detach()
 
     def _reconstruction_loss(self, rendered: Tensor, targets: Tensor, with_dssim: bool) -> Tensor:
@@ -113,19 +119,23 @@ class GViTObjective(nn.Module):
         return gaussians
 
     def forward(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool,
-                budgets: list[tuple[int, int | None]] | None = None):
+                budgets: list[tuple[int, int | None]] | None = None, teacher_logits: Tensor | None = None):
+        """The step's (loss, logged parts): ``images`` ``[B, C, H, W]`` normalised, ``targets`` ``[B, 3, H, W]``
+        in [0, 1], ``labels`` ``[B]``; ``budgets`` a flex model's (k, prefix) pairs; ``teacher_logits``
+        ``[B, classes]`` a trained teacher's predictions on ``images`` (used outside phase 1)."""
+        teacher = (teacher_logits, self.teacher_weight) if teacher_logits is not None and phase != "reconstruction" else (None, 0.0)
         if not budgets:
-            rec, ce, parts, _ = self._step(images, targets, labels, phase, with_dssim, None)
+            rec, ce, parts, _ = self._step(images, targets, labels, phase, with_dssim, None, teacher)
             return _total(rec, ce), parts
-        distill = self.budget_distill > 0 and len(budgets) > 1 and phase != "reconstruction"
+        distill = teacher[0] is None and self.budget_distill > 0 and len(budgets) > 1 and phase != "reconstruction"
         if distill:  # the largest budget first: its predictions teach the others
             budgets = sorted(budgets, key=lambda pair: -pair[0])
-        recs, ces, parts, teacher = [], [], [], None
+        recs, ces, parts = [], [], []
         for k, prefix in budgets:  # a flex model: each budget's loss, the step's their (weighted) mean (one backward: DDP's contract)
             self.model.set_num_gaussians(k)
             rec, ce, part, logits = self._step(images, targets, labels, phase, with_dssim, prefix, teacher)
-            if distill and teacher is None:
-                teacher = logits
+            if distill and teacher[0] is None:
+                teacher = (logits, self.budget_distill)
             recs.append(rec)
             ces.append(ce)
             parts.append(part)
@@ -139,13 +149,14 @@ class GViTObjective(nn.Module):
         return sum(terms[1:], terms[0]), part_means
 
     def _step(self, images: Tensor, targets: Tensor, labels: Tensor, phase: str, with_dssim: bool, prefix: int | None,
-              teacher: Tensor | None = None):
-        """One budget's (reconstruction loss or None, classification loss or None, parts, detached logits or None)."""
+              teacher: tuple[Tensor | None, float] = (None, 0.0)):
+        """One budget's (reconstruction loss or None, classification loss or None, parts, detached logits or None);
+        ``teacher`` the logits its classification loss learns from and their weight."""
         if phase == "reconstruction":
             rec = self._reconstruction(self.encode(images), targets, with_dssim, prefix)
             return rec, None, {"rec_loss": rec.detach()}, None
         if phase == "classifier":
-            ce, acc, logits = self.classification(self._test_time_gaussians(images), labels, teacher)
+            ce, acc, logits = self.classification(self._test_time_gaussians(images), labels, *teacher)
             return None, ce, {"ce_loss": ce.detach(), "train_acc": acc}, logits
         gaussians = self.encode(images)
         w = self.cls_into_encoder
@@ -153,7 +164,7 @@ class GViTObjective(nn.Module):
             to_classifier = self._test_time_gaussians(images)
         else:
             to_classifier = gaussians.detach() + w * (gaussians - gaussians.detach())
-        ce, acc, logits = self.classification(to_classifier, labels, teacher)
+        ce, acc, logits = self.classification(to_classifier, labels, *teacher)
         rec = self._reconstruction(gaussians, targets, with_dssim, prefix)
         return rec, ce, {"rec_loss": rec.detach(), "ce_loss": ce.detach(), "train_acc": acc}, logits
 
