@@ -716,13 +716,25 @@ def flex_lod(runs: dict) -> tuple[dict, str]:
 
 
 #: the flex tag's recipe before its dose (phase 1, 6 more reconstruction epochs, the final protocol): its flex models,
-#: label -> run; each is set against the fixed-k models of the same recipe, final-k{k}-g0
-FLEX_FINAL_RUNS = {
+#: label -> run; each is set against the fixed-k models of the same recipe, final-k{k}-g0. First the trainings of the
+#: tag's own chain (every budget every step, unweighted), whose mean is the fact flex_final_gap
+FLEX_FINAL_TRAININGS = {
     "every budget every step (the chain's fourth training, the tag's start)": "final-flex-g0",
     "the same chain's first training": "final-flex-g0-first",
     "the same chain's second training": "final-flex-g0-second",
-    "phase 1 and the reconstruction epochs weighted by k, then `--budget-weights linear,equal`": "final-flex-wlinear-g0",
 }
+#: then the levers: the final protocol changed in one option from the fourth training's encoder and seed
+#: (FLEX_FINAL_START: their control), and the weighted chain (its own phase 1)
+FLEX_FINAL_START = "final-flex-g0"
+FLEX_FINAL_FROM_START = {
+    "the fourth training's encoder, the classification losses weighted by 1/k (`--budget-weights equal,inverse`)": "final-flex-winv-g0",
+    "the same, by 1/sqrt(k) (`--budget-weights equal,inverse-sqrt`)": "final-flex-winvsqrt-g0",
+    "the fourth training's encoder, taught by the fixed k = 64 model of the recipe (`--distill-from`, W = 0.5)": "final-flex-teacher64-g0",
+}
+FLEX_FINAL_RUNS = {**FLEX_FINAL_TRAININGS, **FLEX_FINAL_FROM_START,
+                   "phase 1 and the reconstruction epochs weighted by k, then `--budget-weights linear,equal`": "final-flex-wlinear-g0"}
+#: each flex model's colour in the figure (the trainings blue, the levers their own)
+FLEX_FINAL_COLORS = ("tab:blue", "tab:cyan", "tab:purple", "tab:olive", "tab:brown", "tab:pink", "tab:red")
 
 
 def signed_points(value: float) -> str:
@@ -757,6 +769,12 @@ def flex_final(runs: dict) -> tuple[dict, str]:
         " The fixed models at k = 8 to 32 and `final-k64-g0-r2` were trained on the CPU of the flex chain's fourth training"
         " (AVX2), `final-k64-g0` on the CPU of its first three (AVX-512); trainings of one chain on the two CPUs differed by up"
         " to 3.5 points ([the spread between trainings](#9-one-model-for-every-gaussian-budget)).")
+    start = data[FLEX_FINAL_START]
+    against_start = [f"`{name}` {' / '.join(signed_points(data[name][k]['top1'] - start[k]['top1']) for k in FLEX_BUDGETS)}"
+                     for name in FLEX_FINAL_FROM_START.values() if data[name] and start]
+    if against_start:
+        md += (f" Against their control, `{FLEX_FINAL_START}` (the same encoder and seed), in points of top-1 at k ="
+               f" {' / '.join(map(str, FLEX_BUDGETS))}: " + "; ".join(against_start) + ".")
     return data, md
 
 
@@ -826,7 +844,7 @@ def flex_figure(flex_data: dict, final_data: dict) -> None:
     fixed = {k: final_data["fixed"][k]["top1_each"] for k in FLEX_BUDGETS}
     twice = [str(k) for k, values in fixed.items() if len(values) > 1]
     fixed_points(final_ax, fixed, "fixed-k models (one per k" + (f"; k = {', '.join(twice)} trained twice)" if twice else ")"))
-    for (label, name), color in zip(FLEX_FINAL_RUNS.items(), ("tab:blue", "tab:cyan", "tab:purple", "tab:red")):  # as the sweep's
+    for (label, name), color in zip(FLEX_FINAL_RUNS.items(), FLEX_FINAL_COLORS, strict=True):
         curve = [(gflops[k], final_data[name][k]["top1"]) for k in FLEX_BUDGETS if final_data[name].get(k)]
         if curve:
             final_ax.plot(*zip(*curve), "o-", color=color, label=f"one flex model: {label}")
@@ -1196,7 +1214,7 @@ def flex_final_gap(final_data: dict) -> str:
     """The flex model of the tag's recipe before its dose (the mean of the unweighted chain's trainings, and the tag's own
     start, final-flex-g0) against the fixed-k models of that recipe, at each budget, in words."""
     fixed = final_data["fixed"]
-    trainings = [final_data[name] for name in FLEX_FINAL_RUNS.values() if "wlinear" not in name and final_data[name]]
+    trainings = [final_data[name] for name in FLEX_FINAL_TRAININGS.values() if final_data[name]]
     if not trainings or any(fixed[k]["top1"] is None for k in FLEX_BUDGETS):
         return "pending"
 
@@ -1204,7 +1222,7 @@ def flex_final_gap(final_data: dict) -> str:
         return " / ".join(signed_points(statistics.mean(m[k]['top1'] for m in models) - fixed[k]['top1']) for k in FLEX_BUDGETS)
 
     return (f"{gaps(trainings)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} (the mean of {len(trainings)} trainings;"
-            f" the tag's own start: {gaps([final_data['final-flex-g0']])}) against fixed-k models of that recipe")
+            f" the tag's own start: {gaps([final_data[FLEX_FINAL_START]])}) against fixed-k models of that recipe")
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
