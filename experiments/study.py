@@ -348,6 +348,12 @@ def all_runs() -> list[Run]:
                                                            "--distill-from", f"local-dir:{teacher}", "--eval-every", "6"],
                  after=ship_long.name, about={**all_about, "distill_from": "final-k64-g0-r2", "distill_weight": 0.5, "gamma": 0.0,
                                               "seed": 0, "protocol": "final"})]
+    # its control: is the gain the teacher's, which would teach a fixed model as much? The fixed models at k = 8, 16 and
+    # 32 of the same recipe, their final protocol taught by the same teacher
+    for k in (8, 16, 32):
+        taught = heads(f"final-k{k}-teacher64-g0", "flex-small", f"encoder-k{k}-long", FINAL, 0.0, 0, encoder(f"encoder-k{k}-r2", k=k))
+        flex.append(dataclasses.replace(taught, flags=[*taught.flags, "--distill-from", f"local-dir:{teacher}", "--eval-every", "6"],
+                                        about={**taught.about, "distill_from": "final-k64-g0-r2", "distill_weight": 0.5}))
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
