@@ -752,6 +752,12 @@ def flex_final(runs: dict) -> tuple[dict, str]:
              *(f"{', '.join(fmt(final(runs, n)) for n in trainings[k]) or 'pending'} / {fmt(psnr, 2)}" for k, (_, psnr) in fixed.items())]]
     data = {"fixed": {k: {"top1": top1, "psnr": psnr, "runs": trainings[k], "top1_each": [final(runs, n) for n in trainings[k]]}
                       for k, (top1, psnr) in fixed.items()}}
+    # the fixed models taught by the flex teacher run's teacher (the fixed k = 64 model itself at 64)
+    taught = {k: final(runs, f"final-k{k}-teacher64-g0") for k in FLEX_BUDGETS[:-1]}
+    data["fixed_taught"] = taught
+    rows.append(["fixed-k models taught by `final-k64-g0-r2` (`final-k*-teacher64-g0`, `--distill-from`, W = 0.5; k = 64: the teacher)",
+                 *(f"{fmt(taught[k])}" + (f" ({signed_points(taught[k] - fixed[k][0])})" if taught[k] is not None and fixed[k][0] is not None else "")
+                   for k in FLEX_BUDGETS[:-1]), fmt(final(runs, "final-k64-g0-r2"))])
     for label, name in FLEX_FINAL_RUNS.items():
         done = final(runs, name) is not None
         values = {k: (final(runs, name, f"top1@{k}"), final(runs, name, f"psnr@{k}")) for k in FLEX_BUDGETS} if done else {}
@@ -775,6 +781,11 @@ def flex_final(runs: dict) -> tuple[dict, str]:
     if against_start:
         md += (f" Against their control, `{FLEX_FINAL_START}` (the same encoder and seed), in points of top-1 at k ="
                f" {' / '.join(map(str, FLEX_BUDGETS))}: " + "; ".join(against_start) + ".")
+    flex_taught = data["final-flex-teacher64-g0"]
+    if flex_taught and all(taught[k] is not None for k in FLEX_BUDGETS[:-1]):
+        md += (" The flex model taught by the teacher against the fixed models it taught, at k = "
+               + " / ".join(map(str, FLEX_BUDGETS[:-1])) + ": "
+               + " / ".join(signed_points(flex_taught[k]["top1"] - taught[k]) for k in FLEX_BUDGETS[:-1]) + " points.")
     return data, md
 
 
@@ -844,6 +855,10 @@ def flex_figure(flex_data: dict, final_data: dict) -> None:
     fixed = {k: final_data["fixed"][k]["top1_each"] for k in FLEX_BUDGETS}
     twice = [str(k) for k, values in fixed.items() if len(values) > 1]
     fixed_points(final_ax, fixed, "fixed-k models (one per k" + (f"; k = {', '.join(twice)} trained twice)" if twice else ")"))
+    taught = {k: v for k, v in final_data["fixed_taught"].items() if v is not None}
+    if taught:
+        final_ax.scatter([gflops[k] for k in taught], list(taught.values()), marker="x", color="black", zorder=3,
+                         label="fixed-k models taught by the fixed k = 64 model (--distill-from)")
     for (label, name), color in zip(FLEX_FINAL_RUNS.items(), FLEX_FINAL_COLORS, strict=True):
         curve = [(gflops[k], final_data[name][k]["top1"]) for k in FLEX_BUDGETS if final_data[name].get(k)]
         if curve:
