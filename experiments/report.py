@@ -1191,6 +1191,7 @@ def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
         "study_compute": f"{len(all_runs)} trainer runs, whose recorded wall times add up to {sum(timed) / 3600:.0f} h",
         "flex_gap": flex_gap(summary["flex_budgets"]),
         "flex_final_gap": flex_final_gap(summary["flex_final"]),
+        "flex_teacher_gap": flex_teacher_gap(summary["flex_final"]),
         "flex_shipped": flex_shipped(summary["shipped_flex_weights"], shipped_val),
     }
 
@@ -1238,6 +1239,18 @@ def flex_final_gap(final_data: dict) -> str:
 
     return (f"{gaps(trainings)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} (the mean of {len(trainings)} trainings;"
             f" the tag's own start: {gaps([final_data[FLEX_FINAL_START]])}) against fixed-k models of that recipe")
+
+
+def flex_teacher_gap(final_data: dict) -> str:
+    """The flex model of the tag's recipe taught by the fixed k = 64 model against the fixed-k models of that recipe,
+    untaught and taught by the same teacher, at each budget, in words."""
+    taught_flex, fixed, taught = final_data["final-flex-teacher64-g0"], final_data["fixed"], final_data["fixed_taught"]
+    if not taught_flex or any(v is None for v in taught.values()) or any(fixed[k]["top1"] is None for k in FLEX_BUDGETS):
+        return "pending"
+    budgets = " / ".join(map(str, FLEX_BUDGETS))
+    return (" / ".join(signed_points(taught_flex[k]["top1"] - fixed[k]["top1"]) for k in FLEX_BUDGETS) + f" points at k = {budgets}"
+            " against those fixed models, and " + " / ".join(signed_points(taught_flex[k]["top1"] - taught[k]) for k in taught)
+            + f" at k = {' / '.join(map(str, taught))} against fixed models taught by the same teacher (one training each)")
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
