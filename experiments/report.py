@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -850,7 +851,7 @@ def flex_figure(flex_data: dict, final_data: dict) -> None:
     for label, color in zip(FLEX_CURVES, colors):
         curve = [(gflops[k], statistics.mean(flex_data[k][label]["top1"])) for k in ks if flex_data[k][label]["top1"]]
         if curve:
-            sweep_ax.plot(*zip(*curve), "o-", color=color, label=f"one flex model: {label}")
+            sweep_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one flex model: {label}", 80))
     sweep_ax.set_title("sweep protocol: phase 1, 8 classifier epochs", fontsize=9)
     fixed = {k: final_data["fixed"][k]["top1_each"] for k in FLEX_BUDGETS}
     twice = [str(k) for k, values in fixed.items() if len(values) > 1]
@@ -862,7 +863,7 @@ def flex_figure(flex_data: dict, final_data: dict) -> None:
     for (label, name), color in zip(FLEX_FINAL_RUNS.items(), FLEX_FINAL_COLORS, strict=True):
         curve = [(gflops[k], final_data[name][k]["top1"]) for k in FLEX_BUDGETS if final_data[name].get(k)]
         if curve:
-            final_ax.plot(*zip(*curve), "o-", color=color, label=f"one flex model: {label}")
+            final_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one flex model: {label}", 80))
     final_ax.set_title("the flex tag's recipe before its dose: 10 reconstruction, 14 classifier, 2 joint epochs", fontsize=9)
     for ax in (sweep_ax, final_ax):
         ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
