@@ -403,16 +403,21 @@ def test_two_schemes_weight_each_budgets_reconstruction_and_classification_loss_
             assert torch.equal(*losses), phase
 
 
+def classification_batch():
+    """A flex model (seed 0, training mode) and a batch of four: images, targets in [0, 1], labels."""
+    torch.manual_seed(0)
+    model = flex().train()
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return model, images, (images * 0.2 + 0.5).clamp(0, 1), torch.tensor([1, 3, 0, 4])
+
+
 @pytest.mark.parametrize("phase", ["classifier", "joint"])
 def test_in_place_distillation_teaches_the_smaller_budgets_the_largest_ones_predictions(phase):
     """--budget-distill W: the largest budget's cross-entropy, each smaller budget's (1 - W) CE + W KL
     from the largest's detached predictions; the step's loss and gradient their mean."""
     w = 0.5
     with one_thread():
-        torch.manual_seed(0)
-        model = flex().train()
-        images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        targets, labels = (images * 0.2 + 0.5).clamp(0, 1), torch.tensor([1, 3, 0, 4])
+        model, images, targets, labels = classification_batch()
         pairs = [(8, None), (16, None), (64, None)]
 
         def step(objective):
@@ -457,10 +462,7 @@ def test_a_trained_teachers_predictions_teach_every_budget():
     the teacher's logits, the step's loss their mean; a model of one k the same; phase 1 ignores them."""
     w = 0.7
     with one_thread():
-        torch.manual_seed(0)
-        model = flex().train()
-        images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        targets, labels = (images * 0.2 + 0.5).clamp(0, 1), torch.tensor([1, 3, 0, 4])
+        model, images, targets, labels = classification_batch()
         teacher = torch.randn(4, model.num_classes, generator=torch.Generator().manual_seed(2)) * 3
         pairs = [(8, None), (16, None), (64, None)]
         objective = GViTObjective(model, teacher_weight=w)
