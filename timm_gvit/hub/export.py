@@ -220,14 +220,15 @@ def _without_local_paths(config: dict) -> dict:
 
 def _weights_origin(config: dict) -> str:
     """The card's sentences on where the weights started and what taught them besides the labels."""
-    if config.get("distill_from"):
-        return _weights_origin({**config, "distill_from": None}) + (
-            f" The classification losses learned from `{config['distill_from']}`'s predictions too (`--distill-from`, weight "
-            f"{config.get('distill_weight')}), whose own training is not counted in the steps above.")
     if config.get("init_from"):
-        return (f"The model started from `{config['init_from']}` (`--init-from`), whose own training is not counted "
-                "in the steps above.")
-    if config.get("init_encoder_from"):
-        return (f"The encoder started from `{config['init_encoder_from']}` (`--init-encoder-from`), whose own "
-                "training is not counted in the steps above.")
-    return "All weights started from random initialisation."
+        origin = (f"The model started from `{config['init_from']}` (`--init-from`), whose own training is not counted "
+                  "in the steps above.")
+    elif config.get("init_encoder_from"):
+        origin = (f"The encoder started from `{config['init_encoder_from']}` (`--init-encoder-from`), whose own "
+                  "training is not counted in the steps above.")
+    else:
+        origin = "All weights started from random initialisation."
+    if config.get("distill_from"):
+        origin += (f" The classification losses learned from `{config['distill_from']}`'s predictions too (`--distill-from`, weight "
+                   f"{config.get('distill_weight')}), whose own training is not counted in the steps above.")
+    return origin
