@@ -354,6 +354,15 @@ def all_runs() -> list[Run]:
         taught = heads(f"final-k{k}-teacher64-g0", "flex-small", f"encoder-k{k}-long", FINAL, 0.0, 0, encoder(f"encoder-k{k}-r2", k=k))
         flex.append(dataclasses.replace(taught, flags=[*taught.flags, "--distill-from", f"local-dir:{teacher}", "--eval-every", "6"],
                                         about={**taught.about, "distill_from": "final-k64-g0-r2", "distill_weight": 0.5}))
+    # a second training of the taught pair (runs/ was lost with the first): the chain's encoder trained a fifth time,
+    # then the final protocol at seed 1, untaught and taught. The teacher is the fixed k = 64 model of the recipe that
+    # the repository keeps (final-k64-g0, 51.8 %; final-k64-g0-r2 went with runs/)
+    kept_teacher = ROOT / "experiments" / "checkpoints" / "final-k64-g0"
+    for name, extra, about in (("final-flex-g0-s1", [], {}),
+                               ("final-flex-teacher64-g0-s1", ["--distill-from", f"local-dir:{kept_teacher}"],
+                                {"distill_from": "final-k64-g0", "distill_weight": 0.5})):
+        flex.append(Run(name, "flex-seed", [*FINAL, "--gamma", "0.0", "--seed", "1", *budgets, *every, *extra, "--eval-every", "6"],
+                        after=ship_long.name, about={**all_about, **about, "gamma": 0.0, "seed": 1, "protocol": "final"}))
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
@@ -409,7 +418,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, flex-levers, ship-flex, lod, flex-final, flex-small.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, flex-levers, ship-flex, lod, flex-final, flex-small, flex-seed.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--threads", type=int, help="threads per run (default: cores // jobs); a paused run still counts as one of --jobs")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
