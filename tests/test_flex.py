@@ -444,8 +444,10 @@ def test_in_place_distillation_teaches_the_smaller_budgets_the_largest_ones_pred
         kl = {k: (teacher.exp() * (teacher - torch.log_softmax(logits[k], -1))).sum(-1).mean() for k in (8, 16)}
         by_hand = (ce[64] + sum((1 - w) * ce[k] + w * kl[k] for k in (8, 16))) / 3
         by_hand.backward()
-    assert torch.allclose(parts["ce_loss"], by_hand.detach(), atol=1e-6)  # the classification loss, in both phases
-    assert torch.allclose(plain_parts["ce_loss"], sum(ce.values()).detach() / 3, atol=1e-6)
+    assert torch.allclose(parts["cls_loss"], by_hand.detach(), atol=1e-6)  # the classification loss, in both phases
+    for logged in (parts, plain_parts):  # ce_loss: the labels' cross-entropy, taught or not
+        assert torch.allclose(logged["ce_loss"], sum(ce.values()).detach() / 3, atol=1e-6)
+    assert "cls_loss" not in plain_parts
     if phase == "classifier":  # the joint phase adds each budget's reconstruction loss, from its random (denoising) g0
         assert torch.allclose(distilled, by_hand.detach(), atol=1e-6)
         for name, grad in grads.items():
@@ -472,16 +474,18 @@ def test_a_trained_teachers_predictions_teach_every_budget():
         phase1 = objective(images, targets, labels, "reconstruction", True, pairs, teacher)[0]
         torch.manual_seed(1)
         untaught = GViTObjective(model)(images, targets, labels, "reconstruction", True, pairs)[0]
-        by_hand = {}
+        by_hand, ce = {}, {}
         with torch.no_grad():
             for k, _ in pairs:
                 model.set_num_gaussians(k)
                 model.encoder.eval()
                 logits = model.classify(model.encode(images)).float()
                 kl = (teacher.softmax(-1) * (teacher.log_softmax(-1) - logits.log_softmax(-1))).sum(-1).mean()
-                by_hand[k] = (1 - w) * torch.nn.functional.cross_entropy(logits, labels) + w * kl
+                ce[k] = torch.nn.functional.cross_entropy(logits, labels)
+                by_hand[k] = (1 - w) * ce[k] + w * kl
     assert torch.allclose(loss, sum(by_hand.values()) / 3, atol=1e-5)
-    assert torch.allclose(parts["ce_loss"], loss, atol=1e-6)
+    assert torch.allclose(parts["cls_loss"], loss, atol=1e-6)  # logged: the loss optimised, and the labels' cross-entropy
+    assert torch.allclose(parts["ce_loss"], sum(ce.values()) / 3, atol=1e-5) and not torch.allclose(parts["ce_loss"], loss)
     assert torch.allclose(single, by_hand[64], atol=1e-5)
     assert torch.equal(phase1, untaught)
     with pytest.raises(ValueError, match="teacher_weight is the weight of the distillation term"):

@@ -416,6 +416,9 @@ def test_distill_from_a_trained_teacher_changes_the_classifier_and_is_on_the_car
     plain, taught = (load_file(tmp_path / run / "export" / "model.safetensors") for run in ("plain", "taught"))
     assert torch.equal(plain["encoder.patch_embed.proj.weight"], taught["encoder.patch_embed.proj.weight"])  # frozen in both
     assert (plain["classifier.head.weight"] - taught["classifier.head.weight"]).abs().max() > 1e-4  # the teacher's term moved it
+    plain_log, taught_log = (json.loads((tmp_path / run / "metrics.json").read_text())["epochs"][-1] for run in ("plain", "taught"))
+    assert "train_cls_loss" not in plain_log  # logged: the labels' cross-entropy in both, the optimised loss beside it when taught
+    assert abs(taught_log["train_cls_loss"] - taught_log["train_ce_loss"]) > 1e-3
     card = (tmp_path / "taught" / "export" / "README.md").read_text()
     assert f"`local-dir:{digits_run.name}/export`'s predictions" in card and "weight 0.7" in card and str(digits_run.parent) not in card
     public = yaml.safe_load((tmp_path / "taught" / "export" / "train_config.yaml").read_text())

@@ -70,16 +70,17 @@ class GViTObjective(nn.Module):
         return self.model.encode(images, check_values=False)  # non-finite losses are skipped, not raised
 
     def _classification(self, gaussians: Tensor, labels: Tensor, teacher: Tensor | None = None,
-                        weight: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-        """Gaussians ``[B, k, 9]``, labels ``[B]`` -> (loss, accuracy, detached logits ``[B, classes]``),
-        float32: the loss the cross-entropy, or with a ``teacher`` (logits ``[B, classes]``)
-        ``(1 - weight) * CE + weight * KL(softmax(teacher) || softmax(logits))``."""
+                        weight: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Gaussians ``[B, k, 9]``, labels ``[B]`` -> (loss, detached cross-entropy, accuracy, detached
+        logits ``[B, classes]``), float32: the loss the cross-entropy, or with a ``teacher`` (logits
+        ``[B, classes]``) ``(1 - weight) * CE + weight * KL(softmax(teacher) || softmax(logits))``."""
         logits = self.model.classify(gaussians, check_values=False).float()
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        loss = ce
         if teacher is not None:
             kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher.float(), -1), log_target=True, reduction="batchmean")
-            loss = (1 - weight) * loss + weight * kl
-        return loss, (logits.argmax(1) == labels).float().mean(), logits.detach()
+            loss = (1 - weight) * ce + weight * kl
+        return loss, ce.detach(), (logits.argmax(1) == labels).float().mean(), logits.detach()
 
     def _reconstruction_loss(self, rendered: Tensor, targets: Tensor, with_dssim: bool) -> Tensor:
         """Renderings and targets ``[B, 3, H, W]`` in [0, 1] -> L_pix (+ lambda_perc * D-SSIM)."""
@@ -156,17 +157,24 @@ class GViTObjective(nn.Module):
             rec = self._reconstruction(self.encode(images), targets, with_dssim, prefix)
             return rec, None, {"rec_loss": rec.detach()}, None
         if phase == "classifier":
-            ce, acc, logits = self.classification(self._test_time_gaussians(images), labels, *teacher)
-            return None, ce, {"ce_loss": ce.detach(), "train_acc": acc}, logits
+            loss, ce, acc, logits = self.classification(self._test_time_gaussians(images), labels, *teacher)
+            return None, loss, self._classification_parts(loss, ce, acc), logits
         gaussians = self.encode(images)
         w = self.cls_into_encoder
         if w == 0:
             to_classifier = self._test_time_gaussians(images)
         else:
             to_classifier = gaussians.detach() + w * (gaussians - gaussians.detach())
-        ce, acc, logits = self.classification(to_classifier, labels, *teacher)
+        loss, ce, acc, logits = self.classification(to_classifier, labels, *teacher)
         rec = self._reconstruction(gaussians, targets, with_dssim, prefix)
-        return rec, ce, {"rec_loss": rec.detach(), "ce_loss": ce.detach(), "train_acc": acc}, logits
+        return rec, loss, {"rec_loss": rec.detach(), **self._classification_parts(loss, ce, acc)}, logits
+
+    def _classification_parts(self, loss: Tensor, ce: Tensor, acc: Tensor) -> dict[str, Tensor]:
+        """The logged parts of one budget's classification: ``ce_loss`` the cross-entropy with the
+        labels; where the objective distils (a teacher or ``budget_distill``), ``cls_loss`` the loss
+        optimised as well, so that ``ce_loss`` means the same with and without a teacher."""
+        distils = self.teacher_weight > 0 or self.budget_distill > 0
+        return {"ce_loss": ce, "train_acc": acc, **({"cls_loss": loss.detach()} if distils else {})}
 
 
 def _total(rec: Tensor | None, ce: Tensor | None) -> Tensor:
