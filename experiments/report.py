@@ -723,19 +723,30 @@ FLEX_FINAL_TRAININGS = {
     "every budget every step (the chain's fourth training, the tag's start)": "final-flex-g0",
     "the same chain's first training": "final-flex-g0-first",
     "the same chain's second training": "final-flex-g0-second",
+    "the same chain's fifth training, classifier seed 1": "final-flex-g0-s1",
 }
-#: then the levers: the final protocol changed in one option from the fourth training's encoder and seed
-#: (FLEX_FINAL_START: their control), and the weighted chain (its own phase 1)
-FLEX_FINAL_START = "final-flex-g0"
-FLEX_FINAL_FROM_START = {
+#: then the levers, each the final protocol changed in one option from a training's encoder and seed: lever -> its
+#: control (FLEX_CONTROLS); the flex models taught by a fixed k = 64 model of the recipe are FLEX_TAUGHT
+FLEX_LEVERS = {
     "the fourth training's encoder, the classification losses weighted by 1/k (`--budget-weights equal,inverse`)": "final-flex-winv-g0",
     "the same, by 1/sqrt(k) (`--budget-weights equal,inverse-sqrt`)": "final-flex-winvsqrt-g0",
-    "the fourth training's encoder, taught by the fixed k = 64 model of the recipe (`--distill-from`, W = 0.5)": "final-flex-teacher64-g0",
+    "the fourth training's encoder, taught by the fixed k = 64 model of the recipe (`final-k64-g0-r2`, `--distill-from`, W = 0.5)":
+        "final-flex-teacher64-g0",
+    "the fifth training's encoder and seed, taught by the recipe's other fixed k = 64 model (`final-k64-g0`)": "final-flex-teacher64-g0-s1",
 }
-FLEX_FINAL_RUNS = {**FLEX_FINAL_TRAININGS, **FLEX_FINAL_FROM_START,
+FLEX_CONTROLS = {"final-flex-winv-g0": "final-flex-g0", "final-flex-winvsqrt-g0": "final-flex-g0",
+                 "final-flex-teacher64-g0": "final-flex-g0", "final-flex-teacher64-g0-s1": "final-flex-g0-s1"}
+FLEX_TAUGHT = ("final-flex-teacher64-g0", "final-flex-teacher64-g0-s1")
+FLEX_FINAL_RUNS = {**FLEX_FINAL_TRAININGS, **FLEX_LEVERS,
                    "phase 1 and the reconstruction epochs weighted by k, then `--budget-weights linear,equal`": "final-flex-wlinear-g0"}
 #: each flex model's colour in the figure (the trainings blue, the levers their own)
-FLEX_FINAL_COLORS = ("tab:blue", "tab:cyan", "tab:purple", "tab:olive", "tab:brown", "tab:pink", "tab:red")
+FLEX_FINAL_COLORS = ("tab:blue", "tab:cyan", "tab:purple", "tab:green", "tab:olive", "tab:brown", "tab:pink", "tab:orange", "tab:red")
+
+
+def signed_gaps(models: list[dict], reference: dict, ks: tuple[int, ...] | list[int]) -> str:
+    """The mean top-1 of ``models`` (each ``{k: {"top1": value}}``) minus ``reference`` (``{k: value}``) at each
+    of ``ks``, signed, one decimal, joined by " / "."""
+    return " / ".join(signed_points(statistics.mean(m[k]["top1"] for m in models) - reference[k]) for k in ks)
 
 
 def signed_points(value: float) -> str:
@@ -772,21 +783,21 @@ def flex_final(runs: dict) -> tuple[dict, str]:
     md = table(["top-1 % (minus the fixed models' mean) / PSNR dB (the fixed models' mean)", *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
         "\n\nThe recipe of `gvit_nano.imagenette_64_v2` and of the flex tag up to their guidance dose: phase 1 (4 reconstruction"
         " epochs), 6 more reconstruction epochs, then the final protocol (14 classifier epochs, 2 joint epochs at gamma 0: no"
-        " guidance), one seed each, the same passes over the data for every model; Imagenette val, 64 px."
+        " guidance), one training each at classifier seed 0 unless its row says otherwise, the same passes over the data for"
+        " every model; Imagenette val, 64 px."
         " The fixed models at k = 8 to 32 and `final-k64-g0-r2` were trained on the CPU of the flex chain's fourth training"
         " (AVX2), `final-k64-g0` on the CPU of its first three (AVX-512); trainings of one chain on the two CPUs differed by up"
         " to 3.5 points ([the spread between trainings](#9-one-model-for-every-gaussian-budget)).")
-    start = data[FLEX_FINAL_START]
-    against_start = [f"`{name}` {' / '.join(signed_points(data[name][k]['top1'] - start[k]['top1']) for k in FLEX_BUDGETS)}"
-                     for name in FLEX_FINAL_FROM_START.values() if data[name] and start]
-    if against_start:
-        md += (f" Against their control, `{FLEX_FINAL_START}` (the same encoder and seed), in points of top-1 at k ="
-               f" {' / '.join(map(str, FLEX_BUDGETS))}: " + "; ".join(against_start) + ".")
-    flex_taught = data["final-flex-teacher64-g0"]
+    against_control = [f"`{name}` against `{control}` {signed_gaps([data[name]], {k: data[control][k]['top1'] for k in FLEX_BUDGETS}, FLEX_BUDGETS)}"
+                       for name, control in FLEX_CONTROLS.items() if data[name] and data[control]]
+    if against_control:
+        md += (" Against their controls (the same encoder and seed, untaught and unweighted), in points of top-1 at k ="
+               f" {' / '.join(map(str, FLEX_BUDGETS))}: " + "; ".join(against_control) + ".")
+    flex_taught = [data[name] for name in FLEX_TAUGHT if data[name]]
     if flex_taught and all(taught[k] is not None for k in FLEX_BUDGETS[:-1]):
-        md += (" The flex model taught by the teacher against the fixed models it taught, at k = "
-               + " / ".join(map(str, FLEX_BUDGETS[:-1])) + ": "
-               + " / ".join(signed_points(flex_taught[k]["top1"] - taught[k]) for k in FLEX_BUDGETS[:-1]) + " points.")
+        md += (f" The flex model{'s' if len(flex_taught) > 1 else ''} taught by a teacher against the fixed models taught,"
+               f" at k = {' / '.join(map(str, FLEX_BUDGETS[:-1]))}: {signed_gaps(flex_taught, taught, FLEX_BUDGETS[:-1])} points"
+               + (f" (the mean of {len(flex_taught)} trainings)." if len(flex_taught) > 1 else "."))
     return data, md
 
 
@@ -1230,28 +1241,31 @@ def flex_gap(flex_data: dict) -> str:
 def flex_final_gap(final_data: dict) -> str:
     """The flex model of the tag's recipe before its dose (the mean of the unweighted chain's trainings, and the tag's own
     start, final-flex-g0) against the fixed-k models of that recipe, at each budget, in words."""
-    fixed = final_data["fixed"]
+    fixed = {k: final_data["fixed"][k]["top1"] for k in FLEX_BUDGETS}
     trainings = [final_data[name] for name in FLEX_FINAL_TRAININGS.values() if final_data[name]]
-    if not trainings or any(fixed[k]["top1"] is None for k in FLEX_BUDGETS):
+    if not trainings or any(v is None for v in fixed.values()):
         return "pending"
-
-    def gaps(models: list[dict]) -> str:
-        return " / ".join(signed_points(statistics.mean(m[k]['top1'] for m in models) - fixed[k]['top1']) for k in FLEX_BUDGETS)
-
-    return (f"{gaps(trainings)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} (the mean of {len(trainings)} trainings;"
-            f" the tag's own start: {gaps([final_data[FLEX_FINAL_START]])}) against fixed-k models of that recipe")
+    return (f"{signed_gaps(trainings, fixed, FLEX_BUDGETS)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} (the mean of"
+            f" {len(trainings)} trainings; the tag's own start: {signed_gaps([final_data['final-flex-g0']], fixed, FLEX_BUDGETS)})"
+            " against fixed-k models of that recipe")
 
 
 def flex_teacher_gap(final_data: dict) -> str:
-    """The flex model of the tag's recipe taught by the fixed k = 64 model against the fixed-k models of that recipe,
-    untaught and taught by the same teacher, at each budget, in words."""
-    taught_flex, fixed, taught = final_data["final-flex-teacher64-g0"], final_data["fixed"], final_data["fixed_taught"]
-    if not taught_flex or any(v is None for v in taught.values()) or any(fixed[k]["top1"] is None for k in FLEX_BUDGETS):
+    """The flex models of the tag's recipe taught by a fixed k = 64 model against the fixed-k models of that recipe,
+    untaught and taught, and against their untaught controls, at each budget, in words."""
+    taught_flex = [final_data[name] for name in FLEX_TAUGHT if final_data[name]]
+    fixed, taught = {k: final_data["fixed"][k]["top1"] for k in FLEX_BUDGETS}, final_data["fixed_taught"]
+    if not taught_flex or any(v is None for v in taught.values()) or any(v is None for v in fixed.values()):
         return "pending"
-    budgets = " / ".join(map(str, FLEX_BUDGETS))
-    return (" / ".join(signed_points(taught_flex[k]["top1"] - fixed[k]["top1"]) for k in FLEX_BUDGETS) + f" points at k = {budgets}"
-            " against those fixed models, and " + " / ".join(signed_points(taught_flex[k]["top1"] - taught[k]) for k in taught)
-            + f" at k = {' / '.join(map(str, taught))} against fixed models taught by the same teacher (one training each)")
+    controls = [(final_data[name], final_data[FLEX_CONTROLS[name]]) for name in FLEX_TAUGHT if final_data[name] and final_data[FLEX_CONTROLS[name]]]
+    trainings = "one training" if len(taught_flex) == 1 else f"the mean of {len(taught_flex)} trainings"
+    text = (f"{signed_gaps(taught_flex, fixed, FLEX_BUDGETS)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} ({trainings})"
+            f" against those fixed models, and {signed_gaps(taught_flex, taught, list(taught))} at k = {' / '.join(map(str, taught))}"
+            " against fixed models taught by a teacher (one training each)")
+    if len(controls) > 1:
+        text += ("; the teacher's gain over an untaught control of the same encoder and seed, training by training: "
+                 + "; ".join(signed_gaps([m], {k: c[k]["top1"] for k in FLEX_BUDGETS}, FLEX_BUDGETS) for m, c in controls))
+    return text
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
