@@ -735,7 +735,7 @@ FLEX_LEVERS = {
     "the fifth training's encoder and seed, taught by the recipe's other fixed k = 64 model (`final-k64-g0`)": "final-flex-teacher64-g0-s1",
 }
 FLEX_CONTROLS = {"final-flex-teacher64-g0": "final-flex-g0", "final-flex-teacher64-g0-s1": "final-flex-g0-s1"}
-FLEX_TAUGHT = ("final-flex-teacher64-g0", "final-flex-teacher64-g0-s1")
+FLEX_TAUGHT = tuple(FLEX_LEVERS.values())  # every lever kept is a teacher's
 FLEX_FINAL_RUNS = {**FLEX_FINAL_TRAININGS, **FLEX_LEVERS,
                    "phase 1 and the reconstruction epochs weighted by k, then `--budget-weights linear,equal`": "final-flex-wlinear-g0"}
 #: each flex model's colour in the figure (the trainings blue, the levers their own)
