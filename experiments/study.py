@@ -360,6 +360,10 @@ def all_runs() -> list[Run]:
     kept_teacher = ROOT / "experiments" / "checkpoints" / "final-k64-g0"
     for name, extra, about in (("final-flex-g0-s1", [], {}),
                                ("final-flex-teacher64-g0-s1", ["--distill-from", f"local-dir:{kept_teacher}"],
+                                {"distill_from": "final-k64-g0", "distill_weight": 0.5}),
+                               # the taught model again on the CPU that trained its control (AVX-512; the taught one
+                               # ran on AVX2, and runs/ went before the control finished): a pair from one CPU
+                               ("final-flex-teacher64-g0-s1-r2", ["--distill-from", f"local-dir:{kept_teacher}"],
                                 {"distill_from": "final-k64-g0", "distill_weight": 0.5})):
         flex.append(Run(name, "flex-seed", [*FINAL, "--gamma", "0.0", "--seed", "1", *budgets, *every, *extra, "--eval-every", "6"],
                         after=ship_long.name, about={**all_about, **about, "gamma": 0.0, "seed": 1, "protocol": "final"}))
