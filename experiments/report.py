@@ -723,7 +723,7 @@ FLEX_FINAL_TRAININGS = {
     "every budget every step (the chain's fourth training, the tag's start)": "final-flex-g0",
     "the same chain's first training": "final-flex-g0-first",
     "the same chain's second training": "final-flex-g0-second",
-    "the same chain's fifth training, classifier seed 1": "final-flex-g0-s1",
+    "the same chain's sixth training (AVX-512), classifier seed 1": "final-flex-g0-s1",
 }
 #: then the levers, each the final protocol changed in one option from a training's encoder and seed: lever -> its
 #: control (FLEX_CONTROLS); the flex models taught by a fixed k = 64 model of the recipe are FLEX_TAUGHT
@@ -732,14 +732,17 @@ FLEX_FINAL_TRAININGS = {
 FLEX_LEVERS = {
     "the fourth training's encoder, taught by the fixed k = 64 model of the recipe (`final-k64-g0-r2`, `--distill-from`, W = 0.5)":
         "final-flex-teacher64-g0",
-    "the fifth training's encoder and seed, taught by the recipe's other fixed k = 64 model (`final-k64-g0`)": "final-flex-teacher64-g0-s1",
+    "the fifth training's encoder (AVX2), seed 1, taught by the recipe's other fixed k = 64 model (`final-k64-g0`)": "final-flex-teacher64-g0-s1",
+    "the same again from the sixth training's encoder (AVX-512)": "final-flex-teacher64-g0-s1-r2",
 }
-FLEX_CONTROLS = {"final-flex-teacher64-g0": "final-flex-g0", "final-flex-teacher64-g0-s1": "final-flex-g0-s1"}
+#: each taught model's control: the same encoder, seed and CPU, untaught (final-flex-teacher64-g0-s1 has none: its
+#: control's run was lost with runs/ and trained again on another CPU, beside final-flex-teacher64-g0-s1-r2)
+FLEX_CONTROLS = {"final-flex-teacher64-g0": "final-flex-g0", "final-flex-teacher64-g0-s1-r2": "final-flex-g0-s1"}
 FLEX_TAUGHT = tuple(FLEX_LEVERS.values())  # every lever kept is a teacher's
 FLEX_FINAL_RUNS = {**FLEX_FINAL_TRAININGS, **FLEX_LEVERS,
                    "phase 1 and the reconstruction epochs weighted by k, then `--budget-weights linear,equal`": "final-flex-wlinear-g0"}
 #: each flex model's colour in the figure (the trainings blue, the levers their own)
-FLEX_FINAL_COLORS = ("tab:blue", "tab:cyan", "tab:purple", "tab:green", "tab:pink", "tab:orange", "tab:red")
+FLEX_FINAL_COLORS = ("tab:blue", "tab:cyan", "tab:purple", "tab:green", "tab:pink", "tab:orange", "tab:brown", "tab:red")
 
 
 def signed_gaps(models: list[dict], reference: dict, ks: tuple[int, ...] | list[int]) -> str:
@@ -786,11 +789,13 @@ def flex_final(runs: dict) -> tuple[dict, str]:
         " every model; Imagenette val, 64 px."
         " The fixed models at k = 8 to 32 and `final-k64-g0-r2` were trained on the CPU of the flex chain's fourth training"
         " (AVX2), `final-k64-g0` on the CPU of its first three (AVX-512); trainings of one chain on the two CPUs differed by up"
-        " to 3.5 points ([the spread between trainings](#9-one-model-for-every-gaussian-budget)).")
+        " to 3.5 points ([the spread between trainings](#9-one-model-for-every-gaussian-budget)). The chain's fifth training"
+        " (`final-flex-teacher64-g0-s1`) ran on AVX2, its sixth (`final-flex-g0-s1`, `final-flex-teacher64-g0-s1-r2`) on"
+        " AVX-512.")
     against_control = [f"`{name}` against `{control}` {signed_gaps([data[name]], {k: data[control][k]['top1'] for k in FLEX_BUDGETS}, FLEX_BUDGETS)}"
                        for name, control in FLEX_CONTROLS.items() if data[name] and data[control]]
     if against_control:
-        md += (" Against their controls (the same encoder and seed, untaught and unweighted), in points of top-1 at k ="
+        md += (" Against their controls (the same encoder, seed and CPU, untaught and unweighted), in points of top-1 at k ="
                f" {' / '.join(map(str, FLEX_BUDGETS))}: " + "; ".join(against_control) + ".")
     flex_taught = [data[name] for name in FLEX_TAUGHT if data[name]]
     if flex_taught and all(taught[k] is not None for k in FLEX_BUDGETS[:-1]):
@@ -1256,13 +1261,13 @@ def flex_teacher_gap(final_data: dict) -> str:
     fixed, taught = {k: final_data["fixed"][k]["top1"] for k in FLEX_BUDGETS}, final_data["fixed_taught"]
     if not taught_flex or any(v is None for v in taught.values()) or any(v is None for v in fixed.values()):
         return "pending"
-    controls = [(final_data[name], final_data[FLEX_CONTROLS[name]]) for name in FLEX_TAUGHT if final_data[name] and final_data[FLEX_CONTROLS[name]]]
+    controls = [(final_data[name], final_data[control]) for name, control in FLEX_CONTROLS.items() if final_data[name] and final_data[control]]
     trainings = "one training" if len(taught_flex) == 1 else f"the mean of {len(taught_flex)} trainings"
     text = (f"{signed_gaps(taught_flex, fixed, FLEX_BUDGETS)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} ({trainings})"
             f" against those fixed models, and {signed_gaps(taught_flex, taught, list(taught))} at k = {' / '.join(map(str, taught))}"
             " against fixed models taught by a teacher (one training each)")
     if len(controls) > 1:
-        text += ("; the teacher's gain over an untaught control of the same encoder and seed, training by training: "
+        text += ("; the teacher's gain over an untaught control of the same encoder, seed and CPU, pair by pair: "
                  + "; ".join(signed_gaps([m], {k: c[k]["top1"] for k in FLEX_BUDGETS}, FLEX_BUDGETS) for m, c in controls))
     return text
 
