@@ -414,7 +414,8 @@ def collect(runs: list[Run]) -> dict:
                                               "--output-dir", str(run.dir.relative_to(ROOT)), "--eval-every", "2", *run.flags,
                                               *([run.init_flag, f"runs/imagenette/{run.after}/export"] if run.after else [])]),
                          "final": data.get("final"), "epochs": data.get("epochs"), "guidance_steps": data.get("guidance_steps"),
-                         "wall_seconds": _seconds(run), "steps_per_epoch": info.get("steps_per_epoch")}
+                         "wall_seconds": _seconds(run), "steps_per_epoch": info.get("steps_per_epoch"),
+                         "hardware": info.get("hardware")}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     return out

@@ -259,10 +259,15 @@ def setup(config: TrainConfig) -> Run:
             resume_stream(train_dataset, train_loader, state, world, rank)
         state["bad_images"] += [why for why in checked_bad if why not in state["bad_images"]]
         accelerator.print(f"resumed from {path}: step {state['step']}, epoch {state['epoch']}, batch {state['batch_in_epoch']}")
+    # every machine the run has trained on, in order: trainings of one recipe on two CPUs (AVX2, AVX-512) differed by up to
+    # 3.5 points of top-1 (a checkpoint of an earlier version has no such list)
+    state["hardware"] = [h for h in state.get("hardware", []) if isinstance(h, dict)] if isinstance(state.get("hardware"), list) else []
+    if (hardware := training_hardware(accelerator)) not in state["hardware"]:
+        state["hardware"].append(hardware)
     run_info = {
         "dataset": info.name, "class_names": info.class_names, "train_size": info.train_size, "val_size": info.val_size,
         "steps_per_epoch": steps_per_epoch, "schedule": dataclasses.asdict(schedule), "global_batch": global_batch,
-        "lr": lr, "warmup_steps": warmup_steps, "mixed_precision": mixed,
+        "lr": lr, "warmup_steps": warmup_steps, "mixed_precision": mixed, "hardware": state["hardware"],
     }
     return Run(config, run_dir, accelerator, info, train_dataset, train_loader, val_loader, max_bad, model, objective,
                optimizer, scheduler, ema, schedule, steps_per_epoch,
@@ -334,6 +339,15 @@ def resume_stream(dataset, loader, state: dict, world: int, rank: int) -> None:
     except Exception as exc:  # a checkpoint from a stranger: its loader state is whatever it says
         raise Refusal(f"train_gvit.py: error: --resume: the checkpoint's stream position is not one this stream can continue "
                       f"from ({type(exc).__name__}: {exc})") from None
+
+
+def training_hardware(accelerator) -> dict:
+    """What this start of a run trains on: the device, the CPU's vector instructions that torch's CPU kernels use
+    (``AVX2``, ``AVX512``, ...), the number of processes and the torch version."""
+    device = accelerator.device
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processes": accelerator.num_processes,
+            "torch": torch.__version__}
 
 
 def announce(run: Run) -> None:
