@@ -246,7 +246,7 @@ def setup(config: TrainConfig) -> Run:
 
     # the trainer's own state, all of it in every checkpoint: counters, this epoch's running loss sums, the metrics history
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "guidance_steps": 0, "skipped_steps": 0, "nonfinite_in_a_row": 0,
-             "sums": {}, "counts": {}, "history": [], "bad_images": checked_bad}
+             "sums": {}, "counts": {}, "history": [], "bad_images": checked_bad, "hardware": []}
     if config.resume:
         if accelerator.is_main_process:
             recover_checkpoints(run_dir)
@@ -255,13 +255,14 @@ def setup(config: TrainConfig) -> Run:
         state = load_checkpoint(accelerator, path, objective=accelerator.unwrap_model(objective), optimizer=optimizer,
                                 scheduler=scheduler, ema=ema)
         state.setdefault("bad_images", [])  # a checkpoint of an earlier version
+        saved = state.get("hardware")  # none in a checkpoint of an earlier version; kept only as the list of dicts it should be
+        state["hardware"] = [h for h in saved if isinstance(h, dict)] if isinstance(saved, list) else []
         if config.streaming and state["batch_in_epoch"]:  # in the middle of an epoch: the loader goes on where it was
             resume_stream(train_dataset, train_loader, state, world, rank)
         state["bad_images"] += [why for why in checked_bad if why not in state["bad_images"]]
         accelerator.print(f"resumed from {path}: step {state['step']}, epoch {state['epoch']}, batch {state['batch_in_epoch']}")
     # every machine the run has trained on, in order: trainings of one recipe on two CPUs (AVX2, AVX-512) differed by up to
-    # 3.5 points of top-1 (a checkpoint of an earlier version has no such list)
-    state["hardware"] = [h for h in state.get("hardware", []) if isinstance(h, dict)] if isinstance(state.get("hardware"), list) else []
+    # 3.5 points of top-1
     if (hardware := training_hardware(accelerator)) not in state["hardware"]:
         state["hardware"].append(hardware)
     run_info = {
