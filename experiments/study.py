@@ -380,6 +380,28 @@ def all_runs() -> list[Run]:
     ]
 
 
+#: A run trained again (on another machine, say) keeps its own folder and entry: ``<name>@<tag>`` (``--again``)
+AGAIN = "@"
+
+
+def again(run: Run, tag: str) -> Run:
+    """``run`` trained again as ``<name>@<tag>``, starting from the run before it trained again under the same tag
+    (its whole chain is retrained), except from an export the repository keeps, which is a fixed starting point."""
+    after = run.after and (run.after if (KEPT / run.after).is_dir() else f"{run.after}{AGAIN}{tag}")
+    return dataclasses.replace(run, name=f"{run.name}{AGAIN}{tag}", after=after, about={**run.about, "again_of": run.name})
+
+
+def trained_again(runs: list[Run]) -> list[Run]:
+    """The runs trained again under some tag that have a folder here."""
+    names = {r.name: r for r in runs}
+    found = []
+    for folder in sorted(RUNS.glob(f"*{AGAIN}*")) if RUNS.is_dir() else []:
+        name, tag = folder.name.split(AGAIN, 1)
+        if folder.is_dir() and name in names and tag:
+            found.append(again(names[name], tag))
+    return found
+
+
 def running_elsewhere() -> set[str]:
     """Names of runs that some other process is training now (Linux: read from /proc)."""
     names = set()
@@ -401,9 +423,10 @@ def _seconds(run: Run) -> float | None:
 
 
 def collect(runs: list[Run]) -> dict:
-    """Update the results file with every run that has a folder here; runs whose folders are gone keep their entries."""
+    """Update the results file with every run that has a folder here (and every run trained again under a tag);
+    runs whose folders are gone keep their entries."""
     out = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    for run in runs:
+    for run in [*runs, *trained_again(runs)]:
         metrics = run.dir / "metrics.json"
         if not metrics.is_file():
             continue
@@ -415,7 +438,7 @@ def collect(runs: list[Run]) -> dict:
                                               *([run.init_flag, f"runs/imagenette/{run.after}/export"] if run.after else [])]),
                          "final": data.get("final"), "epochs": data.get("epochs"), "guidance_steps": data.get("guidance_steps"),
                          "wall_seconds": _seconds(run), "steps_per_epoch": info.get("steps_per_epoch"),
-                         "hardware": info.get("hardware")}
+                         "hardware": info.get("hardware"), **({"again_of": run.about["again_of"]} if "again_of" in run.about else {})}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     return out
@@ -428,6 +451,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="threads per run (default: cores // jobs); a paused run still counts as one of --jobs")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out these runs")
+    parser.add_argument("--again", metavar="TAG", help="train the selected runs and the runs they start from again, as <name>@TAG in"
+                        " their own folders and results entries (the first training's stay): e.g. the same chain on another CPU")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     parser.add_argument("--collect", action="store_true", help="only rebuild experiments/results/trainer_runs.json")
     args = parser.parse_args()
@@ -445,6 +470,20 @@ def main() -> None:
                 needed.add(name)
                 frontier += [by_name[name].after] if by_name[name].after else []
         runs = [r for r in runs if r in wanted or r.name in needed]
+    if args.again:
+        if not args.only:
+            parser.error("--again retrains the runs that --only selects; name them")
+        if AGAIN in args.again or "/" in args.again:
+            parser.error(f"--again {args.again!r}: a tag has no {AGAIN!r} or '/'")
+        selected = {r.name for r in runs if r.group in args.only or r.name in args.only}
+        ancestors, by_name = set(), {r.name: r for r in all_runs()}
+        frontier = [by_name[name].after for name in selected if by_name[name].after]
+        while frontier:  # the whole chain, up to the exports the repository keeps
+            name = frontier.pop()
+            if name not in ancestors and not (KEPT / name).is_dir():
+                ancestors.add(name)
+                frontier += [by_name[name].after] if by_name[name].after else []
+        runs = [again(r, args.again) for r in all_runs() if r.name in selected | ancestors]
     todo = [r for r in runs if not r.finished()]
     if args.skip:
         todo = [r for r in todo if r.name not in args.skip]
