@@ -434,7 +434,7 @@ def collect(runs: list[Run]) -> dict:
         info = json.loads((run.dir / "run_info.json").read_text()) if (run.dir / "run_info.json").is_file() else {}
         out[run.name] = {"group": run.group, **run.about, "starts_from": run.after, "finished": "final" in data,
                          "command": " ".join(["python train_gvit.py", "--config", str(CONFIG.relative_to(ROOT)),
-                                              "--output-dir", str(run.dir.relative_to(ROOT)), "--eval-every", "2", *run.flags,
+                                              "--output-dir", f"runs/imagenette/{run.name}", "--eval-every", "2", *run.flags,
                                               *([run.init_flag, f"runs/imagenette/{run.after}/export"] if run.after else [])]),
                          "final": data.get("final"), "epochs": data.get("epochs"), "guidance_steps": data.get("guidance_steps"),
                          "wall_seconds": _seconds(run), "steps_per_epoch": info.get("steps_per_epoch"),

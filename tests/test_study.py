@@ -1,0 +1,80 @@
+"""experiments/study.py trains a chain again (``--again TAG``, e.g. on another CPU) under its own names, so that the
+first training's folders and results entries stay as they were."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = ROOT / "experiments" / "study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("gvit_study_again", STUDY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dry_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(STUDY), *args, "--dry-run"], capture_output=True, text=True, timeout=120)
+
+
+def _flag(line: str, flag: str) -> str:
+    words = line.split()
+    return words[words.index(flag) + 1]
+
+
+def test_again_retrains_the_whole_chain_under_the_tag(study):
+    out = _dry_run("--only", "final-k8-g0", "--again", "cpu2")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [Path(_flag(line, "--output-dir")).name for line in lines] == ["encoder-k8-r2@cpu2", "encoder-k8-long@cpu2", "final-k8-g0@cpu2"]
+    assert "--init-encoder-from" not in lines[0]
+    assert [Path(_flag(line, "--init-encoder-from")).parent.name for line in lines[1:]] == ["encoder-k8-r2@cpu2", "encoder-k8-long@cpu2"]
+    runs = {r.name: r for r in study.all_runs()}
+    for name in ("encoder-k8-r2", "encoder-k8-long", "final-k8-g0"):  # the first training's flags
+        assert study.again(runs[name], "cpu2").flags == runs[name].flags
+
+
+def test_again_starts_from_an_export_the_repository_keeps_as_the_first_training_did():
+    out = _dry_run("--only", "shipped-dose-g0.1", "--again", "cpu2")
+    assert out.returncode == 0, out.stderr
+    [line] = out.stdout.splitlines()
+    assert Path(_flag(line, "--output-dir")).name == "shipped-dose-g0.1@cpu2"
+    assert Path(_flag(line, "--init-from")) == ROOT / "experiments" / "checkpoints" / "final-k64-g0"
+
+
+@pytest.mark.parametrize("args, message", [(["--again", "cpu2"], "--again retrains the runs that --only selects"),
+                                           (["--only", "final-k8-g0", "--again", "a@b"], "a tag has no '@'")])
+def test_again_refuses_what_it_cannot_name(args, message):
+    out = _dry_run(*args)
+    assert out.returncode == 2 and message in out.stderr
+
+
+def test_collect_keeps_the_first_training_and_adds_the_one_trained_again(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(study, "RESULTS", tmp_path / "trainer_runs.json")
+    first = {"final-k8-g0": {"final": {"top1": 44.5}, "starts_from": "encoder-k8-long"}}
+    study.RESULTS.write_text(json.dumps(first))
+    again = study.RUNS / "final-k8-g0@cpu2"
+    again.mkdir(parents=True)
+    (again / "metrics.json").write_text(json.dumps({"final": {"top1": 42.0}, "epochs": []}))
+    (again / "run_info.json").write_text(json.dumps({"steps_per_epoch": 93, "hardware": [{"cpu_capability": "AVX512"}]}))
+    (study.RUNS / "not-a-run@cpu2").mkdir()  # a folder of no known run is not collected
+    out = study.collect(study.all_runs())
+    assert out["final-k8-g0"] == first["final-k8-g0"]
+    entry = out["final-k8-g0@cpu2"]
+    assert entry["final"] == {"top1": 42.0} and entry["again_of"] == "final-k8-g0"
+    assert entry["starts_from"] == "encoder-k8-long@cpu2" and entry["hardware"] == [{"cpu_capability": "AVX512"}]
+    assert "--output-dir runs/imagenette/final-k8-g0@cpu2 " in entry["command"]
+    assert entry["command"].endswith("--init-encoder-from runs/imagenette/encoder-k8-long@cpu2/export")
+    assert not any(name.startswith("not-a-run") for name in out)
