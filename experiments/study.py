@@ -358,6 +358,11 @@ def all_runs() -> list[Run]:
     # then the final protocol at seed 1, untaught and taught. The teacher is the fixed k = 64 model of the recipe that
     # the repository keeps (final-k64-g0, 51.8 %; final-k64-g0-r2 went with runs/)
     kept_teacher = ROOT / "experiments" / "checkpoints" / "final-k64-g0"
+    # the chain's sixth training, on an AVX-512 CPU (the fifth's folders went with runs/): its own names, since on one CPU
+    # the chain repeats to the digit and on the other it does not (it equals the second and third trainings, of AVX-512)
+    sixth = dataclasses.replace(all_encoder, name="encoder-flex-all-sixth", group="flex-seed")
+    sixth_long = dataclasses.replace(ship_long, name="encoder-flex-all-long-sixth", group="flex-seed", after=sixth.name)
+    flex += [sixth, sixth_long]
     for name, extra, about in (("final-flex-g0-s1", [], {}),
                                ("final-flex-teacher64-g0-s1", ["--distill-from", f"local-dir:{kept_teacher}"],
                                 {"distill_from": "final-k64-g0", "distill_weight": 0.5}),
@@ -366,7 +371,15 @@ def all_runs() -> list[Run]:
                                ("final-flex-teacher64-g0-s1-r2", ["--distill-from", f"local-dir:{kept_teacher}"],
                                 {"distill_from": "final-k64-g0", "distill_weight": 0.5})):
         flex.append(Run(name, "flex-seed", [*FINAL, "--gamma", "0.0", "--seed", "1", *budgets, *every, *extra, "--eval-every", "6"],
-                        after=ship_long.name, about={**all_about, **about, "gamma": 0.0, "seed": 1, "protocol": "final"}))
+                        after=ship_long.name if name == "final-flex-teacher64-g0-s1" else sixth_long.name,
+                        about={**all_about, **about, "gamma": 0.0, "seed": 1, "protocol": "final"}))
+    # and at seed 0 from it: the taught model whose control is final-flex-g0-second (seed 0, the second training's
+    # encoder, which the sixth equals to every recorded digit), so that the taught model meets the fixed models of its
+    # CPU (final-k*-g0@avx512, seed 0) at their seed
+    flex.append(Run("final-flex-teacher64-g0-r2", "flex-seed", [*FINAL, "--gamma", "0.0", "--seed", "0", *budgets, *every,
+                                                                "--distill-from", f"local-dir:{kept_teacher}", "--eval-every", "6"],
+                    after=sixth_long.name, about={**all_about, "distill_from": "final-k64-g0", "distill_weight": 0.5, "gamma": 0.0,
+                                                  "seed": 0, "protocol": "final"}))
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
