@@ -324,6 +324,11 @@ def all_runs() -> list[Run]:
                        after=phase1.name, about=phase1.about)
         final_k = heads(f"final-k{k}-g0{again}", "flex-final", longer_k.name, FINAL, 0.0, 0, phase1)
         flex += [phase1, longer_k, dataclasses.replace(final_k, flags=[*final_k.flags, "--eval-every", "6"])]
+    # their final protocol again at classifier seed 1, from the same encoders: a seed's spread for the fixed models, and
+    # the seed of the seed-1 flex runs below (trained --again avx512 beside those runs' CPU)
+    for k in (8, 16, 32):
+        seed1 = heads(f"final-k{k}-g0-s1", "flex-final", f"encoder-k{k}-long", FINAL, 0.0, 1, encoder(f"encoder-k{k}-r2", k=k))
+        flex.append(dataclasses.replace(seed1, flags=[*seed1.flags, "--eval-every", "6"]))
     # phase 1 weighted by k through the same recipe: the weighted encoder's 6 more reconstruction epochs weighted too,
     # then the final protocol with the reconstruction losses of its joint phase weighted and every classification loss
     # the mean (--budget-weights linear,equal), against final-flex-g0 (unweighted) and the fixed models above
