@@ -723,7 +723,7 @@ FLEX_FINAL_TRAININGS = {
     "every budget every step (the chain's fourth training, the tag's start)": "final-flex-g0",
     "the same chain's first training": "final-flex-g0-first",
     "the same chain's second training": "final-flex-g0-second",
-    "the same chain's sixth training (AVX-512), classifier seed 1": "final-flex-g0-s1",
+    "the same chain's sixth training, classifier seed 1": "final-flex-g0-s1",
 }
 #: then the levers, each the final protocol changed in one option from a training's encoder and seed: lever -> its
 #: control (FLEX_CONTROLS); the flex models taught by a fixed k = 64 model of the recipe are FLEX_TAUGHT
@@ -732,17 +732,20 @@ FLEX_FINAL_TRAININGS = {
 FLEX_LEVERS = {
     "the fourth training's encoder, taught by the fixed k = 64 model of the recipe (`final-k64-g0-r2`, `--distill-from`, W = 0.5)":
         "final-flex-teacher64-g0",
-    "the fifth training's encoder (AVX2), seed 1, taught by the recipe's other fixed k = 64 model (`final-k64-g0`)": "final-flex-teacher64-g0-s1",
-    "the same again from the sixth training's encoder (AVX-512)": "final-flex-teacher64-g0-s1-r2",
+    "the fifth training's encoder, seed 1, taught by the recipe's other fixed k = 64 model (`final-k64-g0`)": "final-flex-teacher64-g0-s1",
+    "the same again from the sixth training's encoder": "final-flex-teacher64-g0-s1-r2",
+    "the sixth training's encoder, seed 0, taught by `final-k64-g0`": "final-flex-teacher64-g0-r2",
 }
 #: each taught model's control: the same encoder, seed and CPU, untaught (final-flex-teacher64-g0-s1 has none: its
-#: control's run was lost with runs/ and trained again on another CPU, beside final-flex-teacher64-g0-s1-r2)
-FLEX_CONTROLS = {"final-flex-teacher64-g0": "final-flex-g0", "final-flex-teacher64-g0-s1-r2": "final-flex-g0-s1"}
+#: control's run was lost with runs/ and trained again on another CPU, beside final-flex-teacher64-g0-s1-r2; the sixth
+#: training's encoder equals the second's to every recorded digit, so final-flex-g0-second is the seed-0 control there)
+FLEX_CONTROLS = {"final-flex-teacher64-g0": "final-flex-g0", "final-flex-teacher64-g0-s1-r2": "final-flex-g0-s1",
+                 "final-flex-teacher64-g0-r2": "final-flex-g0-second"}
 FLEX_TAUGHT = tuple(FLEX_LEVERS.values())  # every lever kept is a teacher's
 FLEX_FINAL_RUNS = {**FLEX_FINAL_TRAININGS, **FLEX_LEVERS,
                    "phase 1 and the reconstruction epochs weighted by k, then `--budget-weights linear,equal`": "final-flex-wlinear-g0"}
 #: each flex model's colour in the figure (the trainings blue, the levers their own)
-FLEX_FINAL_COLORS = ("tab:blue", "tab:cyan", "tab:purple", "tab:green", "tab:pink", "tab:orange", "tab:brown", "tab:red")
+FLEX_FINAL_COLORS = ("tab:blue", "tab:cyan", "tab:purple", "tab:green", "tab:pink", "tab:orange", "tab:brown", "tab:olive", "tab:red")
 
 
 def signed_gaps(models: list[dict], reference: dict, ks: tuple[int, ...] | list[int]) -> str:
@@ -756,52 +759,87 @@ def signed_points(value: float) -> str:
     return f"{value:+.1f}".replace("-0.0", "0.0").replace("+0.0", "0.0")
 
 
+#: the fixed-k models of that recipe, by the CPU that trained them: trainings of one chain on the two CPUs differed by up
+#: to 3.5 points, and on one CPU they repeat to the digit, so each flex model is set against the fixed models of its CPU
+#: (CPU -> k -> runs: classifier seed 0, then seed 1 from the same encoder where it was trained)
+FIXED_FINAL = {"AVX2": {8: ("final-k8-g0",), 16: ("final-k16-g0",), 32: ("final-k32-g0",), 64: ("final-k64-g0-r2",)},
+               "AVX-512": {**{k: (f"final-k{k}-g0@avx512", f"final-k{k}-g0-s1@avx512") for k in (8, 16, 32)}, 64: ("final-k64-g0",)}}
+#: the CPU of each flex model of FLEX_FINAL_RUNS and of the taught fixed models (from the sessions' notes: these runs
+#: trained before runs recorded their hardware; final-flex-wlinear-g0 in the session of the fixed models on AVX2)
+FINAL_CPU = {"final-flex-g0": "AVX2", "final-flex-g0-first": "AVX-512", "final-flex-g0-second": "AVX-512",
+             "final-flex-g0-s1": "AVX-512", "final-flex-teacher64-g0": "AVX2", "final-flex-teacher64-g0-s1": "AVX2",
+             "final-flex-teacher64-g0-s1-r2": "AVX-512", "final-flex-teacher64-g0-r2": "AVX-512", "final-flex-wlinear-g0": "AVX2",
+             **{f"final-k{k}-teacher64-g0": "AVX2" for k in (8, 16, 32)}}
+
+
+def check_cpu(runs: dict, name: str, cpu: str) -> None:
+    """Fail where the CPU this report says trained ``name`` is not the one its run recorded (``hardware``, runs since
+    2026-12-07; the earlier runs' CPUs are known from the sessions' notes only)."""
+    recorded = {{"AVX512": "AVX-512"}.get(m.get("cpu_capability"), m.get("cpu_capability")) for m in (runs.get(name) or {}).get("hardware") or []}
+    if recorded and recorded != {cpu}:
+        raise ValueError(f"{name} trained on {sorted(recorded)}, where the report says {cpu}")
+
+
+def own_cpu_gaps(final_data: dict, names: list[str], ks: tuple[int, ...] | list[int] = FLEX_BUDGETS) -> str:
+    """The mean over ``names`` of each flex model's top-1 minus the fixed model's of its own CPU, at each of ``ks``."""
+    gaps = {k: [final_data[n][k]["top1"] - final_data["fixed_by_cpu"][FINAL_CPU[n]][k]["top1"] for n in names] for k in ks}
+    return " / ".join(signed_points(statistics.mean(values)) for values in gaps.values())
+
+
 def flex_final(runs: dict) -> tuple[dict, str]:
-    """The flex models of the tag's recipe up to its dose against fixed-k models of the same recipe, at each budget:
-    top-1 (minus the fixed model's) and PSNR."""
-    trainings = {k: [name for name in (f"final-k{k}-g0", f"final-k{k}-g0-r2") if final(runs, name) is not None] for k in FLEX_BUDGETS}
-    fixed = {k: (statistics.mean(final(runs, n) for n in names) if names else None,
-                 statistics.mean(final(runs, n, "psnr") for n in names) if names else None) for k, names in trainings.items()}
-    rows = [["fixed-k models, one per k (`final-k*-g0`; `-r2`: k = 64 again)",
-             *(f"{', '.join(fmt(final(runs, n)) for n in trainings[k]) or 'pending'} / {fmt(psnr, 2)}" for k, (_, psnr) in fixed.items())]]
-    data = {"fixed": {k: {"top1": top1, "psnr": psnr, "runs": trainings[k], "top1_each": [final(runs, n) for n in trainings[k]]}
-                      for k, (top1, psnr) in fixed.items()}}
+    """The flex models of the tag's recipe up to its dose against the fixed-k models of the same recipe and CPU, at
+    each budget: top-1 (minus the fixed model's) and PSNR."""
+    for name, cpu in [*FINAL_CPU.items(), *((n, cpu) for cpu, by_k in FIXED_FINAL.items() for names in by_k.values() for n in names)]:
+        check_cpu(runs, name, cpu)
+
+    def trained(names: tuple[str, ...] | list[str]) -> dict:
+        done = [n for n in names if final(runs, n) is not None]
+        return {"runs": done, "top1_each": [final(runs, n) for n in done],
+                "top1": statistics.mean(final(runs, n) for n in done) if done else None,
+                "psnr": statistics.mean(final(runs, n, "psnr") for n in done) if done else None}
+    by_cpu = {cpu: {k: trained(names) for k, names in by_k.items()} for cpu, by_k in FIXED_FINAL.items()}
+    data = {"fixed_by_cpu": by_cpu, "fixed": {k: trained([n for by_k in FIXED_FINAL.values() for n in by_k[k]]) for k in FLEX_BUDGETS}}
+    rows = [[f"fixed-k models, {cpu} (" + " and, seed 1, ".join(f"`{n.replace('k8', 'k*')}`" for n in by_k[8])
+             + f"; k = 64: `{'`, `'.join(by_k[64])}`)",
+             *(f"{', '.join(fmt(v) for v in by_cpu[cpu][k]['top1_each']) or 'pending'} / {fmt(by_cpu[cpu][k]['psnr'], 2)}"
+               for k in FLEX_BUDGETS)]
+            for cpu, by_k in FIXED_FINAL.items()]
+
+    def cell(name: str, k: int, top1: float | None, psnr: float | None = None) -> str:
+        reference = data["fixed_by_cpu"][FINAL_CPU[name]][k]["top1"]
+        gap = f" ({signed_points(top1 - reference)})" if top1 is not None and reference is not None else ""
+        return f"{fmt(top1)}{gap}" + (f" / {fmt(psnr, 2)}" if psnr is not None else "")
     # the fixed models taught by the flex teacher run's teacher (the fixed k = 64 model itself at 64)
     taught = {k: final(runs, f"final-k{k}-teacher64-g0") for k in FLEX_BUDGETS[:-1]}
     data["fixed_taught"] = taught
-    rows.append(["fixed-k models taught by `final-k64-g0-r2` (`final-k*-teacher64-g0`, `--distill-from`, W = 0.5; k = 64: the teacher)",
-                 *(f"{fmt(taught[k])}" + (f" ({signed_points(taught[k] - fixed[k][0])})" if taught[k] is not None and fixed[k][0] is not None else "")
-                   for k in FLEX_BUDGETS[:-1]), fmt(final(runs, "final-k64-g0-r2"))])
+    rows.append(["fixed-k models taught by `final-k64-g0-r2` (`final-k*-teacher64-g0`, `--distill-from`, W = 0.5; k = 64: the"
+                 " teacher), AVX2", *(cell(f"final-k{k}-teacher64-g0", k, taught[k]) for k in FLEX_BUDGETS[:-1]),
+                 fmt(final(runs, "final-k64-g0-r2"))])
     for label, name in FLEX_FINAL_RUNS.items():
         done = final(runs, name) is not None
-        values = {k: (final(runs, name, f"top1@{k}"), final(runs, name, f"psnr@{k}")) for k in FLEX_BUDGETS} if done else {}
-        data[name] = {k: {"top1": top1, "psnr": psnr} for k, (top1, psnr) in values.items()}
-        cells = []
-        for k in FLEX_BUDGETS:
-            top1, psnr = values.get(k, (None, None))
-            gap = f" ({signed_points(top1 - fixed[k][0])})" if top1 is not None and fixed[k][0] is not None else ""
-            cells.append(f"{fmt(top1)}{gap} / {fmt(psnr, 2)}")
-        rows.append([f"{label} (`{name}`)", *cells])
-    md = table(["top-1 % (minus the fixed models' mean) / PSNR dB (the fixed models' mean)", *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
+        data[name] = {k: {"top1": final(runs, name, f"top1@{k}"), "psnr": final(runs, name, f"psnr@{k}")} for k in FLEX_BUDGETS} if done else {}
+        rows.append([f"{label} (`{name}`), {FINAL_CPU[name]}",
+                     *(cell(name, k, *data[name][k].values()) if done else "pending" for k in FLEX_BUDGETS)])
+    md = table(["top-1 % (minus the fixed models' mean of the same CPU) / PSNR dB", *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
         "\n\nThe recipe of `gvit_nano.imagenette_64_v2` and of the flex tag up to their guidance dose: phase 1 (4 reconstruction"
         " epochs), 6 more reconstruction epochs, then the final protocol (14 classifier epochs, 2 joint epochs at gamma 0: no"
         " guidance), one training each at classifier seed 0 unless its row says otherwise, the same passes over the data for"
-        " every model; Imagenette val, 64 px."
-        " The fixed models at k = 8 to 32 and `final-k64-g0-r2` were trained on the CPU of the flex chain's fourth training"
-        " (AVX2), `final-k64-g0` on the CPU of its first three (AVX-512); trainings of one chain on the two CPUs differed by up"
-        " to 3.5 points ([the spread between trainings](#9-one-model-for-every-gaussian-budget)). The chain's fifth training"
-        " (`final-flex-teacher64-g0-s1`) ran on AVX2, its sixth (`final-flex-g0-s1`, `final-flex-teacher64-g0-s1-r2`) on"
-        " AVX-512.")
+        " every model; Imagenette val, 64 px. Each row names the CPU that trained it, and each flex model is set against the"
+        " fixed models of its CPU: trainings of one chain on the two CPUs (AVX2 and AVX-512 float kernels) differed by up to"
+        " 3.5 points, and on one CPU they repeat to the digit ([the spread between trainings](#9-one-model-for-every-gaussian-budget))."
+        " `@avx512`: the fixed chains at k = 8 to 32 trained again on the AVX-512 CPU (`study.py --only final-k8-g0 --again"
+        " avx512`), their final protocol at classifier seeds 0 and 1 (`-s1`) from one encoder.")
     against_control = [f"`{name}` against `{control}` {signed_gaps([data[name]], {k: data[control][k]['top1'] for k in FLEX_BUDGETS}, FLEX_BUDGETS)}"
                        for name, control in FLEX_CONTROLS.items() if data[name] and data[control]]
     if against_control:
         md += (" Against their controls (the same encoder, seed and CPU, untaught and unweighted), in points of top-1 at k ="
                f" {' / '.join(map(str, FLEX_BUDGETS))}: " + "; ".join(against_control) + ".")
-    flex_taught = [data[name] for name in FLEX_TAUGHT if data[name]]
+    flex_taught = [name for name in FLEX_TAUGHT if data[name] and FINAL_CPU[name] == "AVX2"]
     if flex_taught and all(taught[k] is not None for k in FLEX_BUDGETS[:-1]):
-        md += (f" The flex model{'s' if len(flex_taught) > 1 else ''} taught by a teacher against the fixed models taught,"
-               f" at k = {' / '.join(map(str, FLEX_BUDGETS[:-1]))}: {signed_gaps(flex_taught, taught, FLEX_BUDGETS[:-1])} points"
-               + (f" (the mean of {len(flex_taught)} trainings)." if len(flex_taught) > 1 else "."))
+        taught_data = {**data, "fixed_by_cpu": {"AVX2": {k: {"top1": v} for k, v in taught.items()}}}
+        md += (f" The flex model{'s' if len(flex_taught) > 1 else ''} taught by a teacher on AVX2 against the fixed models taught"
+               f" there, at k = {' / '.join(map(str, FLEX_BUDGETS[:-1]))}: {own_cpu_gaps(taught_data, flex_taught, FLEX_BUDGETS[:-1])}"
+               " points" + (f" (the mean of {len(flex_taught)} trainings)." if len(flex_taught) > 1 else "."))
     return data, md
 
 
@@ -842,7 +880,8 @@ def shipped_flex(runs: dict, flex_data: dict, final_data: dict, shipped_data: di
 
 def flex_figure(flex_data: dict, final_data: dict) -> None:
     """Top-1 against forward GFLOPs, fixed-k models as points and flex models as curves: the sweep protocol (each flex
-    model of FLEX_CURVES) and, beside it, the tag's recipe before its dose (each flex model of FLEX_FINAL_RUNS)."""
+    model of FLEX_CURVES) and, beside it, the tag's recipe before its dose (each flex model of FLEX_FINAL_RUNS), one panel
+    for each CPU that trained it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -852,7 +891,8 @@ def flex_figure(flex_data: dict, final_data: dict) -> None:
         return
     gflops = {k: flex_data[k]["gflops"] for k in FLEX_BUDGETS}
     colors = ("tab:orange", "tab:green", "tab:blue", "tab:red")
-    fig, (sweep_ax, final_ax) = plt.subplots(1, 2, figsize=(11.0, 5.4), sharex=True)
+    fig, (sweep_ax, *final_axes) = plt.subplots(1, 3, figsize=(16.0, 6.0), sharex=True)
+    final_axes[1].sharey(final_axes[0])
 
     def fixed_points(ax, values: dict, label: str) -> None:
         for k, points in values.items():
@@ -868,22 +908,23 @@ def flex_figure(flex_data: dict, final_data: dict) -> None:
         if curve:
             sweep_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one flex model: {label}", 80))
     sweep_ax.set_title("sweep protocol: phase 1, 8 classifier epochs", fontsize=9)
-    fixed = {k: final_data["fixed"][k]["top1_each"] for k in FLEX_BUDGETS}
-    twice = [str(k) for k, values in fixed.items() if len(values) > 1]
-    fixed_points(final_ax, fixed, "fixed-k models (one per k" + (f"; k = {', '.join(twice)} trained twice)" if twice else ")"))
-    taught = {k: v for k, v in final_data["fixed_taught"].items() if v is not None}
-    if taught:
-        final_ax.scatter([gflops[k] for k in taught], list(taught.values()), marker="x", color="black", zorder=3,
-                         label="fixed-k models taught by the fixed k = 64 model (--distill-from)")
-    for (label, name), color in zip(FLEX_FINAL_RUNS.items(), FLEX_FINAL_COLORS, strict=True):
-        curve = [(gflops[k], final_data[name][k]["top1"]) for k in FLEX_BUDGETS if final_data[name].get(k)]
-        if curve:
-            final_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one flex model: {label}", 80))
-    final_ax.set_title("the flex tag's recipe before its dose: 10 reconstruction, 14 classifier, 2 joint epochs", fontsize=9)
-    for ax in (sweep_ax, final_ax):
+    for cpu, final_ax in zip(FIXED_FINAL, final_axes, strict=True):  # one panel per CPU: compare within a CPU only
+        each = {k: v["top1_each"] for k, v in final_data["fixed_by_cpu"][cpu].items()}
+        seeds = max(map(len, each.values()))
+        fixed_points(final_ax, each, "fixed-k models (one per k" + (f", up to {seeds} classifier seeds)" if seeds > 1 else ")"))
+        taught = {k: v for k, v in final_data["fixed_taught"].items() if v is not None and FINAL_CPU[f"final-k{k}-teacher64-g0"] == cpu}
+        if taught:
+            final_ax.scatter([gflops[k] for k in taught], list(taught.values()), marker="x", color="black", zorder=3,
+                             label="fixed-k models taught by the fixed k = 64 model (--distill-from)")
+        for (label, name), color in zip(FLEX_FINAL_RUNS.items(), FLEX_FINAL_COLORS, strict=True):
+            curve = [(gflops[k], final_data[name][k]["top1"]) for k in FLEX_BUDGETS if final_data[name].get(k)]
+            if curve and FINAL_CPU[name] == cpu:
+                final_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one flex model: {label}", 70))
+        final_ax.set_title(f"the flex tag's recipe before its dose, trained on {cpu}", fontsize=9)
+    for ax in (sweep_ax, *final_axes):
         ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
         ax.set_ylabel("Imagenette val top-1 %")
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below the axes: the curves stay visible
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below the axes: the curves stay visible
         ax.grid(alpha=0.3)
     fig.tight_layout()
     FIGURES.mkdir(parents=True, exist_ok=True)
@@ -1208,6 +1249,7 @@ def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
         "flex_gap": flex_gap(summary["flex_budgets"]),
         "flex_final_gap": flex_final_gap(summary["flex_final"]),
         "flex_teacher_gap": flex_teacher_gap(summary["flex_final"]),
+        "fixed_cpu_spread": fixed_cpu_spread(summary["flex_final"]),
         "flex_shipped": flex_shipped(summary["shipped_flex_weights"], shipped_val),
     }
 
@@ -1243,32 +1285,49 @@ def flex_gap(flex_data: dict) -> str:
 
 
 def flex_final_gap(final_data: dict) -> str:
-    """The flex model of the tag's recipe before its dose (the mean of the unweighted chain's trainings, and the tag's own
-    start, final-flex-g0) against the fixed-k models of that recipe, at each budget, in words."""
-    fixed = {k: final_data["fixed"][k]["top1"] for k in FLEX_BUDGETS}
-    trainings = [final_data[name] for name in FLEX_FINAL_TRAININGS.values() if final_data[name]]
-    if not trainings or any(v is None for v in fixed.values()):
+    """The flex model of the tag's recipe before its dose (the mean of the unweighted chain's trainings, and on each CPU)
+    against the fixed-k models of that recipe and of its CPU, at each budget, in words."""
+    trainings = [name for name in FLEX_FINAL_TRAININGS.values() if final_data[name]]
+    fixed = final_data["fixed_by_cpu"]
+    if not trainings or any(fixed[FINAL_CPU[n]][k]["top1"] is None for n in trainings for k in FLEX_BUDGETS):
         return "pending"
-    return (f"{signed_gaps(trainings, fixed, FLEX_BUDGETS)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} (the mean of"
-            f" {len(trainings)} trainings; the tag's own start: {signed_gaps([final_data['final-flex-g0']], fixed, FLEX_BUDGETS)})"
-            " against fixed-k models of that recipe")
+    per_cpu = [(cpu, names) for cpu in FIXED_FINAL if (names := [n for n in trainings if FINAL_CPU[n] == cpu])]
+    return (f"{own_cpu_gaps(final_data, trainings)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} (the mean of"
+            f" {len(trainings)} trainings; " + "; ".join(f"{cpu}, {len(names)} training{'s' if len(names) > 1 else ''}:"
+                                                        f" {own_cpu_gaps(final_data, names)}" for cpu, names in per_cpu)
+            + ") against fixed-k models of that recipe trained on the same CPU")
+
+
+def fixed_cpu_spread(final_data: dict) -> str:
+    """The fixed-k models of the tag's recipe on one CPU against the other, at each budget, in words."""
+    (cpu_a, a), (cpu_b, b) = final_data["fixed_by_cpu"].items()
+    if any(a[k]["top1"] is None or b[k]["top1"] is None for k in FLEX_BUDGETS):
+        return "pending"
+    values = lambda by_k: " / ".join(fmt(by_k[k]["top1"]) for k in FLEX_BUDGETS)  # noqa: E731
+    seeds = max(len(v["top1_each"]) for v in b.values())
+    return (f"{values(b)} % at k = {' / '.join(map(str, FLEX_BUDGETS))} on {cpu_b}"
+            + (f" (the mean of up to {seeds} classifier seeds)" if seeds > 1 else "") + f" against {values(a)} on {cpu_a}: "
+            + " / ".join(signed_points(b[k]["top1"] - a[k]["top1"]) for k in FLEX_BUDGETS) + " points")
 
 
 def flex_teacher_gap(final_data: dict) -> str:
-    """The flex models of the tag's recipe taught by a fixed k = 64 model against the fixed-k models of that recipe,
-    untaught and taught, and against their untaught controls, at each budget, in words."""
-    taught_flex = [final_data[name] for name in FLEX_TAUGHT if final_data[name]]
-    fixed, taught = {k: final_data["fixed"][k]["top1"] for k in FLEX_BUDGETS}, final_data["fixed_taught"]
-    if not taught_flex or any(v is None for v in taught.values()) or any(v is None for v in fixed.values()):
+    """The flex models of the tag's recipe taught by a fixed k = 64 model against the fixed-k models of that recipe and
+    CPU, and against their untaught controls, at each budget, in words."""
+    taught_flex = [name for name in FLEX_TAUGHT if final_data[name]]
+    fixed = final_data["fixed_by_cpu"]
+    if not taught_flex or any(fixed[FINAL_CPU[n]][k]["top1"] is None for n in taught_flex for k in FLEX_BUDGETS):
         return "pending"
     controls = [(final_data[name], final_data[control]) for name, control in FLEX_CONTROLS.items() if final_data[name] and final_data[control]]
     trainings = "one training" if len(taught_flex) == 1 else f"the mean of {len(taught_flex)} trainings"
-    text = (f"{signed_gaps(taught_flex, fixed, FLEX_BUDGETS)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} ({trainings})"
-            f" against those fixed models, and {signed_gaps(taught_flex, taught, list(taught))} at k = {' / '.join(map(str, taught))}"
-            " against fixed models taught by a teacher (one training each)")
+    per_cpu = [(cpu, names) for cpu in FIXED_FINAL if (names := [n for n in taught_flex if FINAL_CPU[n] == cpu])]
+    text = (f"{own_cpu_gaps(final_data, taught_flex)} points at k = {' / '.join(map(str, FLEX_BUDGETS))} ({trainings}; "
+            + "; ".join(f"{cpu}, {len(names)} training{'s' if len(names) > 1 else ''}: {own_cpu_gaps(final_data, names)}"
+                        for cpu, names in per_cpu) + ") against the fixed models of the same CPU")
     if len(controls) > 1:
+        gains = {k: statistics.mean(m[k]["top1"] - c[k]["top1"] for m, c in controls) for k in FLEX_BUDGETS}
         text += ("; the teacher's gain over an untaught control of the same encoder, seed and CPU, pair by pair: "
-                 + "; ".join(signed_gaps([m], {k: c[k]["top1"] for k in FLEX_BUDGETS}, FLEX_BUDGETS) for m, c in controls))
+                 + "; ".join(signed_gaps([m], {k: c[k]["top1"] for k in FLEX_BUDGETS}, FLEX_BUDGETS) for m, c in controls)
+                 + f" (the mean of {len(controls)} pairs: {' / '.join(signed_points(v) for v in gains.values())})")
     return text
 
 
