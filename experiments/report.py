@@ -1250,6 +1250,7 @@ def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
         "flex_final_gap": flex_final_gap(summary["flex_final"]),
         "flex_teacher_gap": flex_teacher_gap(summary["flex_final"]),
         "fixed_cpu_spread": fixed_cpu_spread(summary["flex_final"]),
+        "fixed_seed_spread": fixed_seed_spread(summary["flex_final"]),
         "flex_shipped": flex_shipped(summary["shipped_flex_weights"], shipped_val),
     }
 
@@ -1299,15 +1300,23 @@ def flex_final_gap(final_data: dict) -> str:
 
 
 def fixed_cpu_spread(final_data: dict) -> str:
-    """The fixed-k models of the tag's recipe on one CPU against the other, at each budget, in words."""
+    """The fixed-k models of the tag's recipe at classifier seed 0 on one CPU against the other, at each budget, in words."""
     (cpu_a, a), (cpu_b, b) = final_data["fixed_by_cpu"].items()
-    if any(a[k]["top1"] is None or b[k]["top1"] is None for k in FLEX_BUDGETS):
+    if any(not a[k]["top1_each"] or not b[k]["top1_each"] for k in FLEX_BUDGETS):
         return "pending"
-    values = lambda by_k: " / ".join(fmt(by_k[k]["top1"]) for k in FLEX_BUDGETS)  # noqa: E731
-    seeds = max(len(v["top1_each"]) for v in b.values())
-    return (f"{values(b)} % at k = {' / '.join(map(str, FLEX_BUDGETS))} on {cpu_b}"
-            + (f" (the mean of up to {seeds} classifier seeds)" if seeds > 1 else "") + f" against {values(a)} on {cpu_a}: "
-            + " / ".join(signed_points(b[k]["top1"] - a[k]["top1"]) for k in FLEX_BUDGETS) + " points")
+    values = lambda by_k: " / ".join(fmt(by_k[k]["top1_each"][0]) for k in FLEX_BUDGETS)  # noqa: E731
+    return (f"{values(b)} % at k = {' / '.join(map(str, FLEX_BUDGETS))} on {cpu_b} against {values(a)} on {cpu_a}: "
+            + " / ".join(signed_points(b[k]["top1_each"][0] - a[k]["top1_each"][0]) for k in FLEX_BUDGETS) + " points")
+
+
+def fixed_seed_spread(final_data: dict) -> str:
+    """The fixed-k models of the tag's recipe at classifier seed 1 against seed 0, from one encoder on one CPU, in words."""
+    pairs = {(cpu, k): v["top1_each"] for cpu, by_k in final_data["fixed_by_cpu"].items() for k, v in by_k.items()
+             if len(v["top1_each"]) > 1 and FIXED_FINAL[cpu][k][:2] == tuple(v["runs"][:2])}
+    if not pairs:
+        return "pending"
+    return ("; ".join(f"k = {k} ({cpu}): {fmt(each[1])} against {fmt(each[0])}, {signed_points(each[1] - each[0])}"
+                      for (cpu, k), each in pairs.items()) + " points")
 
 
 def flex_teacher_gap(final_data: dict) -> str:
