@@ -364,7 +364,7 @@ def all_runs() -> list[Run]:
     # the repository keeps (final-k64-g0, 51.8 %; final-k64-g0-r2 went with runs/)
     kept_teacher = ROOT / "experiments" / "checkpoints" / "final-k64-g0"
     # the chain's sixth training, on an AVX-512 CPU (the fifth's folders went with runs/): its own names, since on one CPU
-    # the chain repeats to the digit and on the other it does not (it equals the second and third trainings, of AVX-512)
+    # the chain repeats to the digit and across CPUs it does not (it equals the second and third trainings, of AVX-512)
     sixth = dataclasses.replace(all_encoder, name="encoder-flex-all-sixth", group="flex-seed")
     sixth_long = dataclasses.replace(ship_long, name="encoder-flex-all-long-sixth", group="flex-seed", after=sixth.name)
     flex += [sixth, sixth_long]
@@ -456,7 +456,7 @@ def collect(runs: list[Run]) -> dict:
                                               *([run.init_flag, f"runs/imagenette/{run.after}/export"] if run.after else [])]),
                          "final": data.get("final"), "epochs": data.get("epochs"), "guidance_steps": data.get("guidance_steps"),
                          "wall_seconds": _seconds(run), "steps_per_epoch": info.get("steps_per_epoch"),
-                         "hardware": info.get("hardware"), **({"again_of": run.about["again_of"]} if "again_of" in run.about else {})}
+                         "hardware": info.get("hardware")}  # a run trained again names the first in about's again_of
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     return out
