@@ -836,9 +836,8 @@ def flex_final(runs: dict) -> tuple[dict, str]:
                f" {' / '.join(map(str, FLEX_BUDGETS))}: " + "; ".join(against_control) + ".")
     flex_taught = [name for name in FLEX_TAUGHT if data[name] and FINAL_CPU[name] == "AVX2"]
     if flex_taught and all(taught[k] is not None for k in FLEX_BUDGETS[:-1]):
-        taught_data = {**data, "fixed_by_cpu": {"AVX2": {k: {"top1": v} for k, v in taught.items()}}}
         md += (f" The flex model{'s' if len(flex_taught) > 1 else ''} taught by a teacher on AVX2 against the fixed models taught"
-               f" there, at k = {' / '.join(map(str, FLEX_BUDGETS[:-1]))}: {own_cpu_gaps(taught_data, flex_taught, FLEX_BUDGETS[:-1])}"
+               f" there, at k = {' / '.join(map(str, FLEX_BUDGETS[:-1]))}: {signed_gaps([data[n] for n in flex_taught], taught, FLEX_BUDGETS[:-1])}"
                " points" + (f" (the mean of {len(flex_taught)} trainings)." if len(flex_taught) > 1 else "."))
     return data, md
 
@@ -1302,8 +1301,8 @@ def flex_final_gap(final_data: dict) -> str:
 def fixed_cpu_spread(final_data: dict) -> str:
     """The fixed-k models of the tag's recipe at classifier seed 0 on one CPU against the other, at each budget, in words."""
     (cpu_a, a), (cpu_b, b) = final_data["fixed_by_cpu"].items()
-    if any(not a[k]["top1_each"] or not b[k]["top1_each"] for k in FLEX_BUDGETS):
-        return "pending"
+    if any(by_k[k]["runs"][:1] != [FIXED_FINAL[cpu][k][0]] for cpu, by_k in ((cpu_a, a), (cpu_b, b)) for k in FLEX_BUDGETS):
+        return "pending"  # until seed 0 is trained at every k on both
     values = lambda by_k: " / ".join(fmt(by_k[k]["top1_each"][0]) for k in FLEX_BUDGETS)  # noqa: E731
     return (f"{values(b)} % at k = {' / '.join(map(str, FLEX_BUDGETS))} on {cpu_b} against {values(a)} on {cpu_a}: "
             + " / ".join(signed_points(b[k]["top1_each"][0] - a[k]["top1_each"][0]) for k in FLEX_BUDGETS) + " points")
@@ -1312,7 +1311,7 @@ def fixed_cpu_spread(final_data: dict) -> str:
 def fixed_seed_spread(final_data: dict) -> str:
     """The fixed-k models of the tag's recipe at classifier seed 1 against seed 0, from one encoder on one CPU, in words."""
     pairs = {(cpu, k): v["top1_each"] for cpu, by_k in final_data["fixed_by_cpu"].items() for k, v in by_k.items()
-             if len(v["top1_each"]) > 1 and FIXED_FINAL[cpu][k][:2] == tuple(v["runs"][:2])}
+             if len(v["top1_each"]) > 1}  # both seeds trained (runs keep FIXED_FINAL's order: seed 0, then 1)
     if not pairs:
         return "pending"
     return ("; ".join(f"k = {k} ({cpu}): {fmt(each[1])} against {fmt(each[0])}, {signed_points(each[1] - each[0])}"

@@ -61,6 +61,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -402,10 +403,28 @@ def all_runs() -> list[Run]:
 AGAIN = "@"
 
 
+def kept(name: str) -> bool:
+    """Whether the repository keeps run ``name``'s export (``experiments/checkpoints/<name>``): a fixed start."""
+    return (KEPT / name).is_dir()
+
+
+def chain_before(wanted: list[Run], runs: list[Run], needs_no_training: Callable[[str], bool]) -> set[str]:
+    """The names of the runs that ``wanted`` start from, and the runs those start from, up to (not including) a run
+    that ``needs_no_training``."""
+    by_name, needed = {r.name: r for r in runs}, set()
+    frontier = [r.after for r in wanted if r.after]
+    while frontier:
+        name = frontier.pop()
+        if name not in needed and not needs_no_training(name):
+            needed.add(name)
+            frontier += [by_name[name].after] if by_name[name].after else []
+    return needed
+
+
 def again(run: Run, tag: str) -> Run:
     """``run`` trained again as ``<name>@<tag>``, starting from the run before it trained again under the same tag
     (its whole chain is retrained), except from an export the repository keeps, which is a fixed starting point."""
-    after = run.after and (run.after if (KEPT / run.after).is_dir() else f"{run.after}{AGAIN}{tag}")
+    after = run.after and (run.after if kept(run.after) else f"{run.after}{AGAIN}{tag}")
     return dataclasses.replace(run, name=f"{run.name}{AGAIN}{tag}", after=after, about={**run.about, "again_of": run.name})
 
 
@@ -478,30 +497,18 @@ def main() -> None:
     if args.collect:
         print(f"{len(collect(runs))} runs -> {RESULTS}")
         return
+    if args.again and not args.only:
+        parser.error("--again retrains the runs that --only selects; name them")
+    if args.again and (AGAIN in args.again or "/" in args.again):
+        parser.error(f"--again {args.again!r}: a tag has no {AGAIN!r} or '/'")
     if args.only:
         wanted = [r for r in runs if r.group in args.only or r.name in args.only]
-        needed, by_name = set(), {r.name: r for r in runs}
-        frontier = [r.after for r in wanted if r.after]
-        while frontier:  # the runs they start from, and theirs
-            name = frontier.pop()
-            if name not in needed and start_from(name) is None:  # a kept export needs no re-run
-                needed.add(name)
-                frontier += [by_name[name].after] if by_name[name].after else []
-        runs = [r for r in runs if r in wanted or r.name in needed]
-    if args.again:
-        if not args.only:
-            parser.error("--again retrains the runs that --only selects; name them")
-        if AGAIN in args.again or "/" in args.again:
-            parser.error(f"--again {args.again!r}: a tag has no {AGAIN!r} or '/'")
-        selected = {r.name for r in runs if r.group in args.only or r.name in args.only}
-        ancestors, by_name = set(), {r.name: r for r in all_runs()}
-        frontier = [by_name[name].after for name in selected if by_name[name].after]
-        while frontier:  # the whole chain, up to the exports the repository keeps
-            name = frontier.pop()
-            if name not in ancestors and not (KEPT / name).is_dir():
-                ancestors.add(name)
-                frontier += [by_name[name].after] if by_name[name].after else []
-        runs = [again(r, args.again) for r in all_runs() if r.name in selected | ancestors]
+        if args.again:  # the whole chain again, up to the exports the repository keeps
+            needed = chain_before(wanted, runs, kept)
+            runs = [again(r, args.again) for r in runs if r in wanted or r.name in needed]
+        else:  # an export here or kept needs no re-run
+            needed = chain_before(wanted, runs, lambda name: start_from(name) is not None)
+            runs = [r for r in runs if r in wanted or r.name in needed]
     todo = [r for r in runs if not r.finished()]
     if args.skip:
         todo = [r for r in todo if r.name not in args.skip]
