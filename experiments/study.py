@@ -327,8 +327,10 @@ def all_runs() -> list[Run]:
         flex += [phase1, longer_k, dataclasses.replace(final_k, flags=[*final_k.flags, "--eval-every", "6"])]
     # their final protocol again at classifier seed 1, from the same encoders: a seed's spread for the fixed models, and
     # the seed of the seed-1 flex runs below (trained --again avx512 beside those runs' CPU)
-    for k in (8, 16, 32):
-        seed1 = heads(f"final-k{k}-g0-s1", "flex-final", f"encoder-k{k}-long", FINAL, 0.0, 1, encoder(f"encoder-k{k}-r2", k=k))
+    # (k = 64 from final-k64-g0-r2's chain, whose names carry "-r2")
+    for k in (8, 16, 32, 64):
+        again = "-r2" if k == 64 else ""
+        seed1 = heads(f"final-k{k}-g0-s1", "flex-final", f"encoder-k{k}-long{again}", FINAL, 0.0, 1, encoder(f"encoder-k{k}-r2", k=k))
         flex.append(dataclasses.replace(seed1, flags=[*seed1.flags, "--eval-every", "6"]))
     # phase 1 weighted by k through the same recipe: the weighted encoder's 6 more reconstruction epochs weighted too,
     # then the final protocol with the reconstruction losses of its joint phase weighted and every classification loss
@@ -386,6 +388,12 @@ def all_runs() -> list[Run]:
                                                                 "--distill-from", f"local-dir:{kept_teacher}", "--eval-every", "6"],
                     after=sixth_long.name, about={**all_about, "distill_from": "final-k64-g0", "distill_weight": 0.5, "gamma": 0.0,
                                                   "seed": 0, "protocol": "final"}))
+    # does the teacher's lead survive the tag's 400-step guidance dose? The dose that ships (every budget, guided at
+    # every budget) from the seed-1 pair of one encoder and one CPU, untaught and taught
+    for name, start in (("dose-flex-s1", "final-flex-g0-s1"), ("dose-flex-teacher64-s1", "final-flex-teacher64-g0-s1-r2")):
+        flex.append(Run(name, "flex-seed", [*DOSE, "--gamma", "0.1", "--seed", "1", *budgets, *every, "--guidance-budgets", "all"],
+                        after=start, init="model", about={**all_about, "gamma": 0.1, "seed": 1, "protocol": "dose", "guidance_budgets": "all",
+                                                          "start": start}))
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
