@@ -394,6 +394,11 @@ def all_runs() -> list[Run]:
         flex.append(Run(name, "flex-seed", [*DOSE, "--gamma", "0.1", "--seed", "1", *budgets, *every, "--guidance-budgets", "all"],
                         after=start, init="model", about={**all_about, "gamma": 0.1, "seed": 1, "protocol": "dose", "guidance_budgets": "all",
                                                           "start": start}))
+    # and the same dose for the fixed models of that CPU and seed (final-k*-g0-s1@avx512), so that the flex model meets
+    # fixed models of the whole recipe the tags ship, dose included
+    for k in (16, 32, 8):
+        fixed_dose = heads(f"dose-k{k}-s1", "flex-seed", f"final-k{k}-g0-s1@avx512", DOSE, 0.1, 1, encoder(f"encoder-k{k}-r2", k=k))
+        flex.append(dataclasses.replace(fixed_dose, init="model", about={**fixed_dose.about, "protocol": "dose", "start": fixed_dose.after}))
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
