@@ -842,10 +842,51 @@ def flex_final(runs: dict) -> tuple[dict, str]:
     return data, md
 
 
-def shipped_flex(runs: dict, flex_data: dict, final_data: dict, shipped_data: dict) -> tuple[dict | None, str]:
+#: the tag's 400-step guidance dose (every budget, guided at every budget) for the fixed and the flex models of one CPU
+#: (AVX-512) and classifier seed (1): label -> (the run before the dose, the dose's run, by k for the fixed models)
+FLEX_DOSE = {
+    "fixed-k models (`final-k*-g0-s1@avx512` -> `dose-k*-s1`)": {k: (f"final-k{k}-g0-s1@avx512", f"dose-k{k}-s1") for k in FLEX_BUDGETS[:-1]},
+    "flex model (`final-flex-g0-s1` -> `dose-flex-s1`)": ("final-flex-g0-s1", "dose-flex-s1"),
+    "flex model taught by `final-k64-g0` (`final-flex-teacher64-g0-s1-r2` -> `dose-flex-teacher64-s1`)":
+        ("final-flex-teacher64-g0-s1-r2", "dose-flex-teacher64-s1"),
+}
+
+
+def flex_dose(runs: dict) -> tuple[dict, str]:
+    """The fixed and the flex models of one CPU and seed before and after the tag's guidance dose, at each budget: top-1
+    (the flex models' minus the dosed fixed model's) and PSNR."""
+    (fixed_label, fixed_runs), *flex_rows = FLEX_DOSE.items()
+    for names in [*fixed_runs.values(), *(names for _, names in flex_rows)]:
+        for name in names:
+            check_cpu(runs, name, "AVX-512")
+    data = {"fixed": {k: {"before": final(runs, before), "top1": final(runs, after), "psnr": final(runs, after, "psnr")}
+                      for k, (before, after) in fixed_runs.items()}}
+    rows = [[fixed_label, *(f"{fmt(d['before'])} -> {fmt(d['top1'])} / {fmt(d['psnr'], 2)}" for d in data["fixed"].values()),
+             "not trained"]]
+    for label, (before, after) in flex_rows:
+        data[after] = {k: {"before": final(runs, before, f"top1@{k}"), "top1": final(runs, after, f"top1@{k}"),
+                           "psnr": final(runs, after, f"psnr@{k}")} for k in FLEX_BUDGETS}
+        cells = []
+        for k, d in data[after].items():
+            reference = data["fixed"].get(k, {}).get("top1")
+            gap = f" ({signed_points(d['top1'] - reference)})" if d["top1"] is not None and reference is not None else ""
+            cells.append(f"{fmt(d['before'])} -> {fmt(d['top1'])}{gap} / {fmt(d['psnr'], 2)}")
+        rows.append([label, *cells])
+    v2 = final(runs, "shipped-dose-g0.1")
+    md = table(["top-1 % before -> after the dose (the flex model's minus the fixed model's after it) / PSNR dB after it",
+                *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
+        "\n\nThe 400-step guidance dose of both tags (gamma 0.1, a guidance step after every joint step; for the flex models"
+        " every budget at every step, each guidance step at every budget) from the final protocol's models of one CPU"
+        " (AVX-512) and classifier seed (1); the dose at seed 1 too. Imagenette val, 64 px. The fixed k = 64 model at seed 1"
+        " was not trained on this CPU" + (f"; at seed 0 the same dose took `final-k64-g0` to {v2:.1f} % (`shipped-dose-g0.1`,"
+                                          " the weights of `gvit_nano.imagenette_64_v2`)." if v2 is not None else "."))
+    return data, md
+
+
+def shipped_flex(runs: dict, flex_data: dict, final_data: dict, dose_data: dict, shipped_data: dict) -> tuple[dict | None, str]:
     """The flex tag at each budget (experiments/results/shipped_flex_weights.json, which ship_weights.py --tag
-    gvit_nano.imagenette_64_flex writes), beside gvit_nano.imagenette_64_v2 and the fixed models of its recipe
-    (:func:`flex_final`'s) and of the sweep."""
+    gvit_nano.imagenette_64_flex writes), beside gvit_nano.imagenette_64_v2 and the fixed models of its recipe with the
+    dose (:func:`flex_dose`'s) and without it (:func:`flex_final`'s), and of the sweep."""
     path = RESULTS / "shipped_flex_weights.json"
     if not path.is_file():
         return None, "Pending: `python experiments/ship_weights.py --tag gvit_nano.imagenette_64_flex`."
@@ -853,11 +894,13 @@ def shipped_flex(runs: dict, flex_data: dict, final_data: dict, shipped_data: di
     by_k = data["val_by_budget"]
     rows = [[str(k), f"{flex_data[int(k)]['gflops']:.3f}", f"{v['top1']:.2f}", f"{v['top5']:.2f}", f"{v['psnr']:.2f}",
              f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-",
+             fmt(dose_data["fixed"][int(k)]["top1"]) if int(k) in dose_data["fixed"] else "-",
              ", ".join(fmt(v) for v in final_data["fixed"][int(k)]["top1_each"]) or "-",
              ", ".join(fmt(t) for t in flex_data[int(k)]["fixed_top1"]) or "-"] for k, v in by_k.items()]
     runs_behind = chain(runs, data["run"])
     md = table(["k", "forward GFLOPs", "`gvit_nano.imagenette_64_flex`: top-1 %", "top-5 %", "PSNR dB",
-                "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", "fixed-k models, the recipe without the dose: top-1 %",
+                "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", "fixed-k models, the whole recipe (seed 1, AVX-512): top-1 %",
+                "fixed-k models, the recipe without the dose: top-1 %",
                 "fixed-k models, sweep protocol: top-1 %"], rows) + (
         f"\n\nThe flex tag's weights come from the run `{data['run']}` (float16, {data['megabytes']} MB; chain: "
         + " -> ".join(f"`{n}`" for n in runs_behind)
@@ -865,9 +908,11 @@ def shipped_flex(runs: dict, flex_data: dict, final_data: dict, shipped_data: di
                   for nth in EARLIER_TRAININGS if any(n.endswith(f"-{nth}") for n in runs_behind))
         + "), measured on the full validation split at each k as a user loads it,"
         " `timm.create_model('gvit_nano.imagenette_64_flex', pretrained=True, num_gaussians=k)`. The v2 tag was trained with"
-        " the same recipe at k = 64 alone. The fixed-k models at k = 8 to 32 were trained with it up to the dose (`final-k*-g0`,"
-        " the fixed model at 64 is v2's own start) and with the sweep protocol (8 classifier epochs, no joint phase, no dose);"
-        " neither had the dose, so both are shorter recipes than the flex tag's.")
+        " the same recipe at k = 64 alone, and so were the fixed-k models at k = 8 to 32 of the whole recipe (`dose-k*-s1`, one"
+        " training each, classifier seed 1 on the AVX-512 CPU, where the tag's chain was trained on AVX2: [the dose for both"
+        " kinds of model](#9-one-model-for-every-gaussian-budget)). The fixed-k models without the dose were trained with the"
+        " recipe up to it (`final-k*-g0`, the fixed model at 64 is v2's own start) and with the sweep protocol (8 classifier"
+        " epochs, no joint phase, no dose): shorter recipes than the flex tag's.")
     undosed = runs_behind[-2] if len(runs_behind) == 4 else None  # the final protocol's run, before the dose
     before, fixed = final(runs, undosed, "top1@64") if undosed else None, final(runs, "final-k64-g0")
     if before is not None and fixed is not None:
@@ -1200,21 +1245,22 @@ def build() -> tuple[dict, dict[str, str], dict[str, str]]:
     flex_data, flex_md = flex_budgets(runs)
     lod_data, lod_md = flex_lod(runs)
     flex_final_data, flex_final_md = flex_final(runs)
+    flex_dose_data, flex_dose_md = flex_dose(runs)
     adapt_data, adapt_md = adaptivity()
     lever_data, lever_md = levers(runs, adapt_data)
     shipped_data, shipped_md = shipped({**runs_v2, **runs_v3, **runs})  # the shipped tag may come from any recipe
-    shipped_flex_data, shipped_flex_md = shipped_flex(runs, flex_data, flex_final_data, shipped_data)
+    shipped_flex_data, shipped_flex_md = shipped_flex(runs, flex_data, flex_final_data, flex_dose_data, shipped_data)
     summary = {"guidance": guided, "num_gaussians": k_data, "losses": loss_data, "fitting": fit_data, "leakage": leak_data,
                "patch_baseline": base_data, "variants": variant_data, "encoder_ablation": ablation_data, "encoder_ablation_gpu": ablation_gpu_data,
                "classifier_ablation": cls_ablation_data, "guidance_dose": dose_data, "dose_starting_models": models_data,
-               "pixels_per_gaussian": pixel_data, "flex_budgets": flex_data, "flex_lod": lod_data, "flex_final": flex_final_data, "adaptivity": adapt_data, "adaptivity_levers": lever_data, "shipped_weights": shipped_data,
+               "pixels_per_gaussian": pixel_data, "flex_budgets": flex_data, "flex_lod": lod_data, "flex_final": flex_final_data, "flex_dose": flex_dose_data, "adaptivity": adapt_data, "adaptivity_levers": lever_data, "shipped_weights": shipped_data,
                "shipped_flex_weights": shipped_flex_data}
     all_runs = {**runs_v1, **{f"{n} (batch-64 recipe)": r for n, r in runs_v2.items()},
                 **{f"{n} (joint recipe)": r for n, r in runs_v3.items()}, **{f"{n} (current recipe)": r for n, r in runs.items()}}
     sections = {"guidance": guidance_md, "gaussians": k_md, "losses": loss_md, "fitting": fit_md, "leakage": leak_md,
                 "baseline": base_md, "variants": variant_md, "encoder_ablation": ablation_md, "encoder_ablation_gpu": ablation_gpu_md,
                 "classifier_ablation": cls_ablation_md, "shipped": shipped_md, "shipped_flex": shipped_flex_md, "explain": explain_figures(),
-                "dose": dose_md, "starting_models": models_md, "flex": flex_md, "flex_lod": lod_md, "flex_final": flex_final_md, "pixels": pixel_md, "adaptivity": adapt_md, "levers": lever_md,
+                "dose": dose_md, "starting_models": models_md, "flex": flex_md, "flex_lod": lod_md, "flex_final": flex_final_md, "flex_dose": flex_dose_md, "pixels": pixel_md, "adaptivity": adapt_md, "levers": lever_md,
                 "compute": compute(all_runs, study),
                 "headline": headline(guided, k_data, loss_data, fit_data, leak_data, base_data, dose_data, pixel_data)}
     return summary, sections, facts(summary, runs, all_runs)
@@ -1251,6 +1297,7 @@ def facts(summary: dict, runs: dict, all_runs: dict) -> dict[str, str]:
         "fixed_cpu_spread": fixed_cpu_spread(summary["flex_final"]),
         "fixed_seed_spread": fixed_seed_spread(summary["flex_final"]),
         "flex_shipped": flex_shipped(summary["shipped_flex_weights"], shipped_val),
+        "flex_dose_gap": flex_dose_gap(summary["flex_dose"]),
     }
 
 
@@ -1337,6 +1384,20 @@ def flex_teacher_gap(final_data: dict) -> str:
                  + "; ".join(signed_gaps([m], {k: c[k]["top1"] for k in FLEX_BUDGETS}, FLEX_BUDGETS) for m, c in controls)
                  + f" (the mean of {len(controls)} pairs: {' / '.join(signed_points(v) for v in gains.values())})")
     return text
+
+
+def flex_dose_gap(dose_data: dict) -> str:
+    """The flex models after the tag's dose against the fixed models after the same dose (one CPU and seed), in words."""
+    ks = list(dose_data["fixed"])
+    if any(dose_data["fixed"][k]["top1"] is None for k in ks):
+        return "pending"
+    reference = {k: dose_data["fixed"][k]["top1"] for k in ks}
+    done = [(label, name) for label, name in (("untaught", "dose-flex-s1"), ("taught by `final-k64-g0`", "dose-flex-teacher64-s1"))
+            if all(dose_data[name][k]["top1"] is not None for k in ks)]
+    if not done:
+        return "pending"
+    return ("; ".join(f"{label}, {signed_gaps([dose_data[name]], reference, ks)}" for label, name in done)
+            + f" points at k = {' / '.join(map(str, ks))} against fixed models given the same dose (AVX-512, seed 1, one training each)")
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
