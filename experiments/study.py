@@ -396,7 +396,7 @@ def all_runs() -> list[Run]:
                                                           "start": start}))
     # and the same dose for the fixed models of that CPU and seed (final-k*-g0-s1@avx512), so that the flex model meets
     # fixed models of the whole recipe the tags ship, dose included
-    for k in (16, 32, 8):
+    for k in (16, 32, 8, 64):
         fixed_dose = heads(f"dose-k{k}-s1", "flex-seed", f"final-k{k}-g0-s1@avx512", DOSE, 0.1, 1, encoder(f"encoder-k{k}-r2", k=k))
         flex.append(dataclasses.replace(fixed_dose, init="model", about={**fixed_dose.about, "protocol": "dose", "start": fixed_dose.after}))
     return [
@@ -429,6 +429,9 @@ def chain_before(wanted: list[Run], runs: list[Run], needs_no_training: Callable
     while frontier:
         name = frontier.pop()
         if name not in needed and not needs_no_training(name):
+            if name not in by_name:  # a run trained again under a tag, which only --again trains
+                base, _, tag = name.partition(AGAIN)
+                raise SystemExit(f"{name} has not been trained: train it first (study.py --only {base} --again {tag})")
             needed.add(name)
             frontier += [by_name[name].after] if by_name[name].after else []
     return needed

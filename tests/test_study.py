@@ -78,3 +78,11 @@ def test_collect_keeps_the_first_training_and_adds_the_one_trained_again(study, 
     assert "--output-dir runs/imagenette/final-k8-g0@cpu2 " in entry["command"]
     assert entry["command"].endswith("--init-encoder-from runs/imagenette/encoder-k8-long@cpu2/export")
     assert not any(name.startswith("not-a-run") for name in out)
+
+
+def test_a_run_that_starts_from_a_run_trained_again_names_the_command_that_trains_it(study):
+    runs = study.all_runs()
+    dose = next(r for r in runs if r.name == "dose-k64-s1")
+    assert dose.after == "final-k64-g0-s1@avx512"
+    with pytest.raises(SystemExit, match=r"study.py --only final-k64-g0-s1 --again avx512"):
+        study.chain_before([dose], runs, lambda name: False)  # as where runs/ holds no export of it
