@@ -1389,8 +1389,8 @@ def flex_teacher_gap(final_data: dict) -> str:
 
 def flex_dose_gap(dose_data: dict) -> str:
     """The flex models after the tag's dose against the fixed models after the same dose (one CPU and seed), in words."""
-    ks = list(dose_data["fixed"])
-    if any(dose_data["fixed"][k]["top1"] is None for k in ks):
+    ks = [k for k, d in dose_data["fixed"].items() if d["top1"] is not None]  # the fixed models dosed so far
+    if not ks:
         return "pending"
     reference = {k: dose_data["fixed"][k]["top1"] for k in ks}
     done = [(label, name) for label, name in (("untaught", "dose-flex-s1"), ("taught by `final-k64-g0`", "dose-flex-teacher64-s1"))
