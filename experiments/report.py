@@ -923,10 +923,10 @@ def shipped_flex(runs: dict, flex_data: dict, final_data: dict, dose_data: dict,
     return data, md
 
 
-def flex_figure(flex_data: dict, final_data: dict) -> None:
+def flex_figure(flex_data: dict, final_data: dict, dose_data: dict) -> None:
     """Top-1 against forward GFLOPs, fixed-k models as points and flex models as curves: the sweep protocol (each flex
-    model of FLEX_CURVES) and, beside it, the tag's recipe before its dose (each flex model of FLEX_FINAL_RUNS), one panel
-    for each CPU that trained it."""
+    model of FLEX_CURVES), the tag's recipe before its dose (each flex model of FLEX_FINAL_RUNS), one panel for each CPU
+    that trained it, and the whole recipe, dose included (FLEX_DOSE's models)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -936,7 +936,7 @@ def flex_figure(flex_data: dict, final_data: dict) -> None:
         return
     gflops = {k: flex_data[k]["gflops"] for k in FLEX_BUDGETS}
     colors = ("tab:orange", "tab:green", "tab:blue", "tab:red")
-    fig, (sweep_ax, *final_axes) = plt.subplots(1, 3, figsize=(16.0, 6.0), sharex=True)
+    fig, (sweep_ax, *final_axes, dose_ax) = plt.subplots(1, 4, figsize=(21.0, 6.0), sharex=True)
     final_axes[1].sharey(final_axes[0])
 
     def fixed_points(ax, values: dict, label: str) -> None:
@@ -966,7 +966,14 @@ def flex_figure(flex_data: dict, final_data: dict) -> None:
             if curve and FINAL_CPU[name] == cpu:
                 final_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one flex model: {label}", 70))
         final_ax.set_title(f"the flex tag's recipe before its dose, trained on {cpu}", fontsize=9)
-    for ax in (sweep_ax, *final_axes):
+    fixed_points(dose_ax, {k: [d["top1"]] if d["top1"] is not None else [] for k, d in dose_data["fixed"].items()},
+                 "fixed-k models (one per k)")
+    for (label, (_, name)), color in zip(list(FLEX_DOSE.items())[1:], ("tab:blue", "tab:pink"), strict=True):
+        curve = [(gflops[k], d["top1"]) for k, d in dose_data[name].items() if d["top1"] is not None]
+        if curve:
+            dose_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one {label}", 70))
+    dose_ax.set_title("the whole recipe, its 400-step guidance dose included: AVX-512, seed 1", fontsize=9)
+    for ax in (sweep_ax, *final_axes, dose_ax):
         ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
         ax.set_ylabel("Imagenette val top-1 %")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below the axes: the curves stay visible
@@ -1418,7 +1425,7 @@ def main() -> None:
     figures(summary["num_gaussians"], summary["guidance"])
     dose_figure(summary["guidance_dose"])
     pixels_figure(summary["pixels_per_gaussian"])
-    flex_figure(summary["flex_budgets"], summary["flex_final"])
+    flex_figure(summary["flex_budgets"], summary["flex_final"], summary["flex_dose"])
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     for target in DOCUMENTS:
         path = ROOT / target
