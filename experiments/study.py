@@ -388,16 +388,17 @@ def all_runs() -> list[Run]:
                                                                 "--distill-from", f"local-dir:{kept_teacher}", "--eval-every", "6"],
                     after=sixth_long.name, about={**all_about, "distill_from": "final-k64-g0", "distill_weight": 0.5, "gamma": 0.0,
                                                   "seed": 0, "protocol": "final"}))
-    # does the teacher's lead survive the tag's 400-step guidance dose? The dose that ships (every budget, guided at
-    # every budget) from the seed-1 pair of one encoder and one CPU, untaught and taught
+    # the tags' 400-step guidance dose for the flex models and the fixed models of one CPU and seed: does the flex model
+    # meet the fixed ones with the whole recipe, and does the teacher's lead survive? First the dose that ships (every
+    # budget, guided at every budget) from the seed-1 pair of one encoder and one CPU, untaught and taught
     for name, start in (("dose-flex-s1", "final-flex-g0-s1"), ("dose-flex-teacher64-s1", "final-flex-teacher64-g0-s1-r2")):
-        flex.append(Run(name, "flex-seed", [*DOSE, "--gamma", "0.1", "--seed", "1", *budgets, *every, "--guidance-budgets", "all"],
+        flex.append(Run(name, "flex-dose", [*DOSE, "--gamma", "0.1", "--seed", "1", *budgets, *every, "--guidance-budgets", "all"],
                         after=start, init="model", about={**all_about, "gamma": 0.1, "seed": 1, "protocol": "dose", "guidance_budgets": "all",
                                                           "start": start}))
-    # and the same dose for the fixed models of that CPU and seed (final-k*-g0-s1@avx512), so that the flex model meets
-    # fixed models of the whole recipe the tags ship, dose included
+    # then the same dose for the fixed models of that CPU and seed, from their chains trained --again avx512 (which
+    # --only flex-dose asks for by name where they are missing)
     for k in (16, 32, 8, 64):
-        fixed_dose = heads(f"dose-k{k}-s1", "flex-seed", f"final-k{k}-g0-s1@avx512", DOSE, 0.1, 1, encoder(f"encoder-k{k}-r2", k=k))
+        fixed_dose = heads(f"dose-k{k}-s1", "flex-dose", f"final-k{k}-g0-s1@avx512", DOSE, 0.1, 1, encoder(f"encoder-k{k}-r2", k=k))
         flex.append(dataclasses.replace(fixed_dose, init="model", about={**fixed_dose.about, "protocol": "dose", "start": fixed_dose.after}))
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
@@ -499,7 +500,7 @@ def collect(runs: list[Run]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, flex-levers, ship-flex, lod, flex-final, flex-small, flex-seed.")
+                                     epilog="Groups: encoders, guidance, short, sweep, final, dose, pixels, adapt, recipe, flex, flex-levers, ship-flex, lod, flex-final, flex-small, flex-seed, flex-dose.")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, counting those other processes are training; each gets cores // jobs threads")
     parser.add_argument("--threads", type=int, help="threads per run (default: cores // jobs); a paused run still counts as one of --jobs")
     parser.add_argument("--only", nargs="*", help="run only these groups or run names (and the encoders they need)")
