@@ -759,6 +759,11 @@ def signed_points(value: float) -> str:
     return f"{value:+.1f}".replace("-0.0", "0.0").replace("+0.0", "0.0")
 
 
+def with_gap(top1: float | None, reference: float | None) -> str:
+    """``top1`` to one decimal, and its difference from ``reference`` in brackets where both are known."""
+    return fmt(top1) + (f" ({signed_points(top1 - reference)})" if top1 is not None and reference is not None else "")
+
+
 #: the fixed-k models of that recipe, by the CPU that trained them: trainings of one chain on the two CPUs differed by up
 #: to 3.5 points, and on one CPU they repeat to the digit, so each flex model is set against the fixed models of its CPU
 #: (CPU -> k -> runs: classifier seed 0, then seed 1 from the same encoder where it was trained)
@@ -807,9 +812,7 @@ def flex_final(runs: dict) -> tuple[dict, str]:
             for cpu, by_k in FIXED_FINAL.items()]
 
     def cell(name: str, k: int, top1: float | None, psnr: float | None = None) -> str:
-        reference = data["fixed_by_cpu"][FINAL_CPU[name]][k]["top1"]
-        gap = f" ({signed_points(top1 - reference)})" if top1 is not None and reference is not None else ""
-        return f"{fmt(top1)}{gap}" + (f" / {fmt(psnr, 2)}" if psnr is not None else "")
+        return with_gap(top1, data["fixed_by_cpu"][FINAL_CPU[name]][k]["top1"]) + (f" / {fmt(psnr, 2)}" if psnr is not None else "")
     # the fixed models taught by the flex teacher run's teacher (the fixed k = 64 model itself at 64)
     taught = {k: final(runs, f"final-k{k}-teacher64-g0") for k in FLEX_BUDGETS[:-1]}
     data["fixed_taught"] = taught
@@ -844,34 +847,29 @@ def flex_final(runs: dict) -> tuple[dict, str]:
 
 
 #: the tag's 400-step guidance dose (every budget, guided at every budget) for the fixed and the flex models of one CPU
-#: (AVX-512) and classifier seed (1): label -> (the run before the dose, the dose's run, by k for the fixed models)
-FLEX_DOSE = {
-    "fixed-k models (`final-k*-g0-s1@avx512` -> `dose-k*-s1`)": {k: (f"final-k{k}-g0-s1@avx512", f"dose-k{k}-s1") for k in FLEX_BUDGETS},
-    "flex model (`final-flex-g0-s1` -> `dose-flex-s1`)": ("final-flex-g0-s1", "dose-flex-s1"),
-    "flex model taught by `final-k64-g0` (`final-flex-teacher64-g0-s1-r2` -> `dose-flex-teacher64-s1`)":
-        ("final-flex-teacher64-g0-s1-r2", "dose-flex-teacher64-s1"),
-}
+#: (AVX-512) and classifier seed (1): the run before the dose and the dose's run, for the fixed models by k, for the flex
+#: models by label (the untaught one first)
+FIXED_DOSE = {k: (f"final-k{k}-g0-s1@avx512", f"dose-k{k}-s1") for k in FLEX_BUDGETS}
+FLEX_DOSE = {"flex model": ("final-flex-g0-s1", "dose-flex-s1"),
+             "flex model taught by `final-k64-g0`": ("final-flex-teacher64-g0-s1-r2", "dose-flex-teacher64-s1")}
 
 
 def flex_dose(runs: dict) -> tuple[dict, str]:
     """The fixed and the flex models of one CPU and seed before and after the tag's guidance dose, at each budget: top-1
     (the flex models' minus the dosed fixed model's) and PSNR."""
-    (fixed_label, fixed_runs), *flex_rows = FLEX_DOSE.items()
-    for names in [*fixed_runs.values(), *(names for _, names in flex_rows)]:
+    for names in [*FIXED_DOSE.values(), *FLEX_DOSE.values()]:
         for name in names:
             check_cpu(runs, name, "AVX-512")
     data = {"fixed": {k: {"before": final(runs, before), "top1": final(runs, after), "psnr": final(runs, after, "psnr")}
-                      for k, (before, after) in fixed_runs.items()}}
-    rows = [[fixed_label, *(f"{fmt(d['before'])} -> {fmt(d['top1'])} / {fmt(d['psnr'], 2)}" for d in data["fixed"].values())]]
-    for label, (before, after) in flex_rows:
+                      for k, (before, after) in FIXED_DOSE.items()}}
+    rows = [["fixed-k models (`final-k*-g0-s1@avx512` -> `dose-k*-s1`)",
+             *(f"{fmt(d['before'])} -> {fmt(d['top1'])} / {fmt(d['psnr'], 2)}" for d in data["fixed"].values())]]
+    for label, (before, after) in FLEX_DOSE.items():
         data[after] = {k: {"before": final(runs, before, f"top1@{k}"), "top1": final(runs, after, f"top1@{k}"),
                            "psnr": final(runs, after, f"psnr@{k}")} for k in FLEX_BUDGETS}
-        cells = []
-        for k, d in data[after].items():
-            reference = data["fixed"].get(k, {}).get("top1")
-            gap = f" ({signed_points(d['top1'] - reference)})" if d["top1"] is not None and reference is not None else ""
-            cells.append(f"{fmt(d['before'])} -> {fmt(d['top1'])}{gap} / {fmt(d['psnr'], 2)}")
-        rows.append([label, *cells])
+        rows.append([f"{label} (`{before}` -> `{after}`)",
+                     *(f"{fmt(d['before'])} -> {with_gap(d['top1'], data['fixed'][k]['top1'])} / {fmt(d['psnr'], 2)}"
+                       for k, d in data[after].items())])
     v2 = final(runs, "shipped-dose-g0.1")
     md = table(["top-1 % before -> after the dose (the flex model's minus the fixed model's after it) / PSNR dB after it",
                 *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
@@ -968,10 +966,10 @@ def flex_figure(flex_data: dict, final_data: dict, dose_data: dict) -> None:
         final_ax.set_title(f"the flex tag's recipe before its dose, trained on {cpu}", fontsize=9)
     fixed_points(dose_ax, {k: [d["top1"]] if d["top1"] is not None else [] for k, d in dose_data["fixed"].items()},
                  "fixed-k models (one per k)")
-    for (label, (_, name)), color in zip(list(FLEX_DOSE.items())[1:], ("tab:blue", "tab:pink"), strict=True):
+    for (label, (before, name)), color in zip(FLEX_DOSE.items(), ("tab:blue", "tab:pink"), strict=True):
         curve = [(gflops[k], d["top1"]) for k, d in dose_data[name].items() if d["top1"] is not None]
         if curve:
-            dose_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one {label}", 70))
+            dose_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one {label} (`{before}` -> `{name}`)", 70))
     dose_ax.set_title("the whole recipe, its 400-step guidance dose included: AVX-512, seed 1", fontsize=9)
     for ax in (sweep_ax, *final_axes, dose_ax):
         ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
@@ -1400,12 +1398,13 @@ def flex_dose_gap(dose_data: dict) -> str:
     if not ks:
         return "pending"
     reference = {k: dose_data["fixed"][k]["top1"] for k in ks}
-    gaps = {name: signed_gaps([dose_data[name]], reference, ks) for name in ("dose-flex-s1", "dose-flex-teacher64-s1")
+    (_, (_, untaught)), (taught_label, (_, taught)) = FLEX_DOSE.items()
+    gaps = {name: signed_gaps([dose_data[name]], reference, ks) for name in (untaught, taught)
             if all(dose_data[name][k]["top1"] is not None for k in ks)}
-    if "dose-flex-s1" not in gaps:
+    if untaught not in gaps:
         return "pending"
-    return (f"{gaps['dose-flex-s1']} points at k = {' / '.join(map(str, ks))} against fixed models given the same dose (AVX-512,"
-            " seed 1, one training each)" + (f"; taught by `final-k64-g0`, {gaps['dose-flex-teacher64-s1']}" if len(gaps) > 1 else ""))
+    return (f"{gaps[untaught]} points at k = {' / '.join(map(str, ks))} against fixed models given the same dose (AVX-512,"
+            " seed 1, one training each)" + (f"; {taught_label.removeprefix('flex model ')}, {gaps[taught]}" if taught in gaps else ""))
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
