@@ -400,6 +400,17 @@ def all_runs() -> list[Run]:
     for k in (16, 32, 8, 64):
         fixed_dose = heads(f"dose-k{k}-s1", "flex-dose", f"final-k{k}-g0-s1@avx512", DOSE, 0.1, 1, encoder(f"encoder-k{k}-r2", k=k))
         flex.append(dataclasses.replace(fixed_dose, init="model", about={**fixed_dose.about, "protocol": "dose", "start": fixed_dose.after}))
+    # the comparison's second seed, for the taught model (the untaught seed-0 control, final-flex-g0-second, is lost):
+    # the same dose at seed 0 from the seed-0 models of the same CPU, the taught flex model first (the longest run), then
+    # the fixed ones (k = 64: the kept final-k64-g0, float16, the teacher itself and the start of the v2 tag's dose)
+    start = "final-flex-teacher64-g0-r2"
+    flex.append(Run("dose-flex-teacher64-s0", "flex-dose", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, "--guidance-budgets", "all"],
+                    after=start, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose", "guidance_budgets": "all",
+                                                      "start": start}))
+    for k in (16, 32, 8, 64):
+        fixed_dose = heads(f"dose-k{k}-s0", "flex-dose", "final-k64-g0" if k == 64 else f"final-k{k}-g0@avx512", DOSE, 0.1, 0,
+                           encoder(f"encoder-k{k}-r2", k=k))
+        flex.append(dataclasses.replace(fixed_dose, init="model", about={**fixed_dose.about, "protocol": "dose", "start": fixed_dose.after}))
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
