@@ -847,39 +847,74 @@ def flex_final(runs: dict) -> tuple[dict, str]:
 
 
 #: the tag's 400-step guidance dose (every budget, guided at every budget) for the fixed and the flex models of one CPU
-#: (AVX-512) and classifier seed (1): the run before the dose and the dose's run, for the fixed models by k, for the flex
-#: models by label (the untaught one first)
-FIXED_DOSE = {k: (f"final-k{k}-g0-s1@avx512", f"dose-k{k}-s1") for k in FLEX_BUDGETS}
-FLEX_DOSE = {"flex model": ("final-flex-g0-s1", "dose-flex-s1"),
-             "flex model taught by `final-k64-g0`": ("final-flex-teacher64-g0-s1-r2", "dose-flex-teacher64-s1")}
+#: (AVX-512), by classifier seed (the dose's and the models' before it): the run before the dose and the dose's run, for
+#: the fixed models by k, for the flex models by label (the untaught one first; its seed-0 start, final-flex-g0-second,
+#: is lost). At seed 0 the fixed k = 64 model is the kept final-k64-g0 (float16), which is also the flex models' teacher
+FIXED_DOSE = {1: {k: (f"final-k{k}-g0-s1@avx512", f"dose-k{k}-s1") for k in FLEX_BUDGETS},
+              0: {**{k: (f"final-k{k}-g0@avx512", f"dose-k{k}-s0") for k in (8, 16, 32)}, 64: ("final-k64-g0", "dose-k64-s0")}}
+UNTAUGHT, TAUGHT = "flex model", "flex model taught by `final-k64-g0`"
+FLEX_DOSE = {1: {UNTAUGHT: ("final-flex-g0-s1", "dose-flex-s1"), TAUGHT: ("final-flex-teacher64-g0-s1-r2", "dose-flex-teacher64-s1")},
+             0: {TAUGHT: ("final-flex-teacher64-g0-r2", "dose-flex-teacher64-s0")}}
 
 
 def flex_dose(runs: dict) -> tuple[dict, str]:
-    """The fixed and the flex models of one CPU and seed before and after the tag's guidance dose, at each budget: top-1
-    (the flex models' minus the dosed fixed model's) and PSNR."""
-    for names in [*FIXED_DOSE.values(), *FLEX_DOSE.values()]:
-        for name in names:
-            check_cpu(runs, name, "AVX-512")
-    data = {"fixed": {k: {"before": final(runs, before), "top1": final(runs, after), "psnr": final(runs, after, "psnr")}
-                      for k, (before, after) in FIXED_DOSE.items()}}
-    rows = [["fixed-k models (`final-k*-g0-s1@avx512` -> `dose-k*-s1`)",
-             *(f"{fmt(d['before'])} -> {fmt(d['top1'])} / {fmt(d['psnr'], 2)}" for d in data["fixed"].values())]]
-    for label, (before, after) in FLEX_DOSE.items():
-        data[after] = {k: {"before": final(runs, before, f"top1@{k}"), "top1": final(runs, after, f"top1@{k}"),
-                           "psnr": final(runs, after, f"psnr@{k}")} for k in FLEX_BUDGETS}
-        rows.append([f"{label} (`{before}` -> `{after}`)",
-                     *(f"{fmt(d['before'])} -> {with_gap(d['top1'], data['fixed'][k]['top1'])} / {fmt(d['psnr'], 2)}"
-                       for k, d in data[after].items())])
+    """The fixed and the flex models of one CPU before and after the tag's guidance dose, by classifier seed, at each
+    budget: top-1 (the flex models' minus the dosed fixed model's of the same seed) and PSNR; and each kind's mean over
+    the seeds where every run of both kinds has trained."""
+    for by_seed in (FIXED_DOSE, FLEX_DOSE):
+        for pairs in by_seed.values():
+            for names in pairs.values():
+                for name in names:
+                    check_cpu(runs, name, "AVX-512")
+    data = {"fixed": {seed: {k: {"before": final(runs, before), "top1": final(runs, after), "psnr": final(runs, after, "psnr")}
+                             for k, (before, after) in pairs.items()} for seed, pairs in FIXED_DOSE.items()},
+            "flex": {seed: {label: {k: {"run": after, "before": final(runs, before, f"top1@{k}"), "top1": final(runs, after, f"top1@{k}"),
+                                        "psnr": final(runs, after, f"psnr@{k}")} for k in FLEX_BUDGETS}
+                            for label, (before, after) in pairs.items()} for seed, pairs in FLEX_DOSE.items()}}
+    rows = []
+    for seed, pairs in FIXED_DOSE.items():
+        usual = pairs[FLEX_BUDGETS[0]][0].replace(f"-k{FLEX_BUDGETS[0]}-", "-k*-")
+        unusual = "".join(f"; k = {k}: `{before}`" for k, (before, _) in pairs.items() if before.replace(f"-k{k}-", "-k*-") != usual)
+        rows.append([f"fixed-k models, seed {seed} (`{usual}`{unusual} -> `dose-k*-s{seed}`)",
+                     *(f"{fmt(d['before'])} -> {fmt(d['top1'])} / {fmt(d['psnr'], 2)}" for d in data["fixed"][seed].values())])
+    for seed, pairs in FLEX_DOSE.items():
+        for label, (before, after) in pairs.items():
+            rows.append([f"{label}, seed {seed} (`{before}` -> `{after}`)",
+                         *(f"{fmt(d['before'])} -> {with_gap(d['top1'], data['fixed'][seed][k]['top1'])} / {fmt(d['psnr'], 2)}"
+                           for k, d in data["flex"][seed][label].items())])
+    data["mean"] = dose_means(data)
+    for label, means in data["mean"].items():
+        reference = data["mean"]["fixed-k models"]["top1"] if label != "fixed-k models" else dict.fromkeys(FLEX_BUDGETS)
+        rows.append([f"{label}, the mean of seeds {' and '.join(map(str, means['seeds']))}",
+                     *(f"{fmt(means['before'][k])} -> {with_gap(means['top1'][k], reference[k])}" for k in FLEX_BUDGETS)])
     v2 = final(runs, "shipped-dose-g0.1")
-    md = table(["top-1 % before -> after the dose (the flex model's minus the fixed model's after it) / PSNR dB after it",
+    md = table(["top-1 % before -> after the dose (the flex model's minus the fixed model's of its seed after it) / PSNR dB after it",
                 *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
         "\n\nThe 400-step guidance dose of both tags (gamma 0.1, a guidance step after every joint step; for the flex models"
         " every budget at every step, each guidance step at every budget) from the final protocol's models of one CPU"
-        " (AVX-512) and classifier seed (1); the dose at seed 1 too. Imagenette val, 64 px. The fixed k = 64 model at seed 1 is"
-        " `final-k64-g0-r2`'s chain trained again on this CPU (`study.py --only final-k64-g0-s1 --again avx512`)"
-        + (f"; at seed 0 the same dose took `final-k64-g0` to {v2:.1f} % (`shipped-dose-g0.1`, the weights of"
-           " `gvit_nano.imagenette_64_v2`)." if v2 is not None else "."))
+        " (AVX-512) and classifier seed; the dose at that seed too. Imagenette val, 64 px, one training per row. The fixed"
+        " k = 64 model at seed 1 is `final-k64-g0-r2`'s chain trained again on this CPU (`study.py --only final-k64-g0-s1"
+        " --again avx512`); at seed 0 it is `final-k64-g0` as the repository keeps it (float16), the teacher of the taught"
+        " flex models" + (f", from which the same dose, started from its float32 weights, trained the weights of"
+                          f" `gvit_nano.imagenette_64_v2` ({v2:.1f} %, `shipped-dose-g0.1`)" if v2 is not None else "")
+        + ". The untaught flex model has no seed-0 row: its start (`final-flex-g0-second`) was lost.")
     return data, md
+
+
+def dose_means(data: dict) -> dict:
+    """For each kind of model in :func:`flex_dose`'s data trained at every seed where the fixed models are too (and at
+    more than one): the mean over those seeds, before and after the dose, at each budget."""
+    fixed_seeds = [seed for seed, by_k in data["fixed"].items() if all(d["top1"] is not None for d in by_k.values())]
+    kinds = {"fixed-k models": {seed: data["fixed"][seed] for seed in fixed_seeds}}
+    for label in dict.fromkeys(label for pairs in data["flex"].values() for label in pairs):
+        trained = {seed: data["flex"][seed][label] for seed in fixed_seeds
+                   if label in data["flex"][seed] and all(d["top1"] is not None for d in data["flex"][seed][label].values())}
+        if len(trained) == len(fixed_seeds):
+            kinds[label] = trained
+    if len(fixed_seeds) < 2:
+        return {}
+    return {label: {"seeds": sorted(by_seed), **{key: {k: statistics.mean(by_seed[seed][k][key] for seed in by_seed) for k in FLEX_BUDGETS}
+                                                 for key in ("before", "top1")}} for label, by_seed in kinds.items()}
 
 
 def shipped_flex(runs: dict, flex_data: dict, final_data: dict, dose_data: dict, shipped_data: dict) -> tuple[dict | None, str]:
@@ -893,12 +928,12 @@ def shipped_flex(runs: dict, flex_data: dict, final_data: dict, dose_data: dict,
     by_k = data["val_by_budget"]
     rows = [[str(k), f"{flex_data[int(k)]['gflops']:.3f}", f"{v['top1']:.2f}", f"{v['top5']:.2f}", f"{v['psnr']:.2f}",
              f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-",
-             fmt(dose_data["fixed"][int(k)]["top1"]) if int(k) in dose_data["fixed"] else "-",
+             ", ".join(fmt(by_k[int(k)]["top1"]) for by_k in dose_data["fixed"].values()),
              ", ".join(fmt(v) for v in final_data["fixed"][int(k)]["top1_each"]) or "-",
              ", ".join(fmt(t) for t in flex_data[int(k)]["fixed_top1"]) or "-"] for k, v in by_k.items()]
     runs_behind = chain(runs, data["run"])
     md = table(["k", "forward GFLOPs", "`gvit_nano.imagenette_64_flex`: top-1 %", "top-5 %", "PSNR dB",
-                "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", "fixed-k models, the whole recipe (seed 1, AVX-512): top-1 %",
+                "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", f"fixed-k models, the whole recipe (AVX-512, seeds {', '.join(map(str, dose_data['fixed']))}): top-1 %",
                 "fixed-k models, the recipe without the dose: top-1 %",
                 "fixed-k models, sweep protocol: top-1 %"], rows) + (
         f"\n\nThe flex tag's weights come from the run `{data['run']}` (float16, {data['megabytes']} MB; chain: "
@@ -907,8 +942,8 @@ def shipped_flex(runs: dict, flex_data: dict, final_data: dict, dose_data: dict,
                   for nth in EARLIER_TRAININGS if any(n.endswith(f"-{nth}") for n in runs_behind))
         + "), measured on the full validation split at each k as a user loads it,"
         " `timm.create_model('gvit_nano.imagenette_64_flex', pretrained=True, num_gaussians=k)`. The v2 tag was trained with"
-        " the same recipe at k = 64 alone, and so were the fixed-k models at k = 8 to 32 of the whole recipe (`dose-k*-s1`, one"
-        " training each, classifier seed 1 on the AVX-512 CPU, where the tag's chain was trained on AVX2: [the dose for both"
+        " the same recipe at k = 64 alone, and so were the fixed-k models at k = 8 to 32 of the whole recipe (`dose-k*-s1`, then"
+        " `dose-k*-s0`: one training at each classifier seed on the AVX-512 CPU, where the tag's chain was trained on AVX2: [the dose for both"
         " kinds of model](#9-one-model-for-every-gaussian-budget)). The fixed-k models without the dose were trained with the"
         " recipe up to it (`final-k*-g0`, the fixed model at 64 is v2's own start) and with the sweep protocol (8 classifier"
         " epochs, no joint phase, no dose): shorter recipes than the flex tag's.")
@@ -964,13 +999,17 @@ def flex_figure(flex_data: dict, final_data: dict, dose_data: dict) -> None:
             if curve and FINAL_CPU[name] == cpu:
                 final_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one flex model: {label}", 70))
         final_ax.set_title(f"the flex tag's recipe before its dose, trained on {cpu}", fontsize=9)
-    fixed_points(dose_ax, {k: [d["top1"]] if d["top1"] is not None else [] for k, d in dose_data["fixed"].items()},
-                 "fixed-k models (one per k)")
-    for (label, (before, name)), color in zip(FLEX_DOSE.items(), ("tab:blue", "tab:pink"), strict=True):
-        curve = [(gflops[k], d["top1"]) for k, d in dose_data[name].items() if d["top1"] is not None]
-        if curve:
-            dose_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one {label} (`{before}` -> `{name}`)", 70))
-    dose_ax.set_title("the whole recipe, its 400-step guidance dose included: AVX-512, seed 1", fontsize=9)
+    dosed = {k: [by_k[k]["top1"] for by_k in dose_data["fixed"].values() if by_k[k]["top1"] is not None] for k in FLEX_BUDGETS}
+    fixed_points(dose_ax, dosed, f"fixed-k models (one per k and seed: {', '.join(map(str, dose_data['fixed']))})")
+    colors = {UNTAUGHT: "tab:blue", TAUGHT: "tab:pink"}
+    for seed, by_label in dose_data["flex"].items():
+        for label, by_k in by_label.items():
+            curve = [(gflops[k], d["top1"]) for k, d in by_k.items() if d["top1"] is not None]
+            if curve:
+                dose_ax.plot(*zip(*curve), "o-" if seed == 1 else "s--", color=colors[label],
+                             label=textwrap.fill(f"one {label}, seed {seed} (`{by_k[FLEX_BUDGETS[0]]['run']}`)", 70))
+    dose_ax.set_title(f"the whole recipe, its 400-step guidance dose included: AVX-512, seeds {', '.join(map(str, dose_data['fixed']))}",
+                      fontsize=9)
     for ax in (sweep_ax, *final_axes, dose_ax):
         ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
         ax.set_ylabel("Imagenette val top-1 %")
@@ -1393,18 +1432,27 @@ def flex_teacher_gap(final_data: dict) -> str:
 
 
 def flex_dose_gap(dose_data: dict) -> str:
-    """The flex models after the tag's dose against the fixed models after the same dose (one CPU and seed), in words."""
-    ks = [k for k, d in dose_data["fixed"].items() if d["top1"] is not None]  # the fixed models dosed so far
-    if not ks:
+    """The flex models after the tag's dose against the fixed models of their seed after the same dose (one CPU), in
+    words: the untaught model at seed 1, the taught one at each seed and their mean where both have trained."""
+    def gaps(seed: int, label: str) -> str | None:
+        fixed, flex = dose_data["fixed"][seed], dose_data["flex"][seed].get(label)
+        if flex is None or any(d["top1"] is None for d in (*fixed.values(), *flex.values())):
+            return None
+        return signed_gaps([flex], {k: d["top1"] for k, d in fixed.items()}, FLEX_BUDGETS)
+
+    untaught = gaps(1, UNTAUGHT)
+    if untaught is None:
         return "pending"
-    reference = {k: dose_data["fixed"][k]["top1"] for k in ks}
-    (_, (_, untaught)), (taught_label, (_, taught)) = FLEX_DOSE.items()
-    gaps = {name: signed_gaps([dose_data[name]], reference, ks) for name in (untaught, taught)
-            if all(dose_data[name][k]["top1"] is not None for k in ks)}
-    if untaught not in gaps:
-        return "pending"
-    return (f"{gaps[untaught]} points at k = {' / '.join(map(str, ks))} against fixed models given the same dose (AVX-512,"
-            " seed 1, one training each)" + (f"; {taught_label.removeprefix('flex model ')}, {gaps[taught]}" if taught in gaps else ""))
+    text = (f"{untaught} points at k = {' / '.join(map(str, FLEX_BUDGETS))} against fixed models given the same dose (AVX-512,"
+            " seed 1, one training each)")
+    taught = {seed: g for seed in dose_data["flex"] if (g := gaps(seed, TAUGHT)) is not None}
+    means = dose_data["mean"]
+    label = TAUGHT.removeprefix("flex model ")
+    if TAUGHT in means and len(taught) > 1:
+        mean = signed_gaps([{k: {"top1": v} for k, v in means[TAUGHT]["top1"].items()}], means["fixed-k models"]["top1"], FLEX_BUDGETS)
+        return (text + f"; {label}, {mean} (the mean of seeds {' and '.join(map(str, means[TAUGHT]['seeds']))}: "
+                + ", ".join(f"seed {seed} {g}" for seed, g in taught.items()) + ")")
+    return text + (f"; {label}, {taught[1]}" if 1 in taught else "")
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:

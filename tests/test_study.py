@@ -86,3 +86,13 @@ def test_a_run_that_starts_from_a_run_trained_again_names_the_command_that_train
     assert dose.after == "final-k64-g0-s1@avx512"
     with pytest.raises(SystemExit, match=r"study.py --only final-k64-g0-s1 --again avx512"):
         study.chain_before([dose], runs, lambda name: False)  # as where runs/ holds no export of it
+
+
+def test_the_seed_0_fixed_dose_at_k64_starts_from_the_kept_teacher_and_trains_nothing_before_it(study):
+    runs = study.all_runs()
+    dose = next(r for r in runs if r.name == "dose-k64-s0")
+    assert dose.after == "final-k64-g0" and dose.init_flag == "--init-from"
+    assert study.start_from(dose.after) == ROOT / "experiments" / "checkpoints" / "final-k64-g0"  # the kept float16 export
+    assert study.chain_before([dose], runs, study.kept) == set()  # a fixed start: no chain to train first
+    flags = dose.flags
+    assert flags[flags.index("--seed") + 1] == "0" and flags[flags.index("--num-gaussians") + 1] == "64"
