@@ -400,13 +400,16 @@ def all_runs() -> list[Run]:
     for k in (16, 32, 8, 64):
         fixed_dose = heads(f"dose-k{k}-s1", "flex-dose", f"final-k{k}-g0-s1@avx512", DOSE, 0.1, 1, encoder(f"encoder-k{k}-r2", k=k))
         flex.append(dataclasses.replace(fixed_dose, init="model", about={**fixed_dose.about, "protocol": "dose", "start": fixed_dose.after}))
-    # the comparison's second seed, for the taught model (the untaught seed-0 control, final-flex-g0-second, is lost):
-    # the same dose at seed 0 from the seed-0 models of the same CPU, the taught flex model first (the longest run), then
-    # the fixed ones (k = 64: the kept final-k64-g0, float16, the teacher itself and the start of the v2 tag's dose)
-    start = "final-flex-teacher64-g0-r2"
-    flex.append(Run("dose-flex-teacher64-s0", "flex-dose", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, "--guidance-budgets", "all"],
-                    after=start, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose", "guidance_budgets": "all",
-                                                      "start": start}))
+    # the comparison's second seed: the same dose at seed 0 from the seed-0 models of the same CPU, the taught flex model
+    # first (the longest run), then the fixed ones (k = 64: the kept final-k64-g0, float16, the teacher itself and the
+    # start of the v2 tag's dose), then the untaught one, whose seed-0 start (final-flex-g0-second) was lost: the final
+    # protocol at seed 0 again from the sixth training's encoder, which equals the second's to every recorded digit
+    untaught_s0 = dataclasses.replace(ship_final, name="final-flex-g0-sixth", group="flex-dose", after=sixth_long.name)
+    for name, start in (("dose-flex-teacher64-s0", "final-flex-teacher64-g0-r2"), ("dose-flex-s0", untaught_s0.name)):
+        flex.append(Run(name, "flex-dose", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, "--guidance-budgets", "all"],
+                        after=start, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose", "guidance_budgets": "all",
+                                                          "start": start}))
+    flex.insert(-1, untaught_s0)  # after the taught dose, before the untaught one
     for k in (16, 32, 8, 64):
         fixed_dose = heads(f"dose-k{k}-s0", "flex-dose", "final-k64-g0" if k == 64 else f"final-k{k}-g0@avx512", DOSE, 0.1, 0,
                            encoder(f"encoder-k{k}-r2", k=k))
