@@ -907,14 +907,14 @@ def dose_means(data: dict) -> dict:
     """For each kind of model in :func:`flex_dose`'s data trained at every seed where the fixed models are too (and at
     more than one): the mean over those seeds, before and after the dose, at each budget."""
     fixed_seeds = [seed for seed, by_k in data["fixed"].items() if all(d["top1"] is not None for d in by_k.values())]
+    if len(fixed_seeds) < 2:
+        return {}
     kinds = {"fixed-k models": {seed: data["fixed"][seed] for seed in fixed_seeds}}
     for label in dict.fromkeys(label for pairs in data["flex"].values() for label in pairs):
         trained = {seed: data["flex"][seed][label] for seed in fixed_seeds
                    if label in data["flex"][seed] and all(d["top1"] is not None for d in data["flex"][seed][label].values())}
         if len(trained) == len(fixed_seeds):
             kinds[label] = trained
-    if len(fixed_seeds) < 2:
-        return {}
     return {label: {"seeds": sorted(by_seed), **{key: {k: statistics.mean(by_seed[seed][k][key] for seed in by_seed) for k in FLEX_BUDGETS}
                                                  for key in ("before", "top1")}} for label, by_seed in kinds.items()}
 
