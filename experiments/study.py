@@ -403,7 +403,8 @@ def all_runs() -> list[Run]:
     # the comparison's second seed: the same dose at seed 0 from the seed-0 models of the same CPU, the taught flex model
     # first (the longest run), then the fixed ones (k = 64: the kept final-k64-g0, float16, the teacher itself and the
     # start of the v2 tag's dose), then the untaught one, whose seed-0 start (final-flex-g0-second) was lost: the final
-    # protocol at seed 0 again from the sixth training's encoder, which equals the second's to every recorded digit
+    # protocol at seed 0 again from the sixth training's encoder, which equals the second's to every recorded digit (and
+    # so did this run: final-flex-g0-sixth repeated final-flex-g0-second's top-1 at every k to the digit)
     untaught_s0 = dataclasses.replace(ship_final, name="final-flex-g0-sixth", group="flex-dose", after=sixth_long.name)
     for name, start in (("dose-flex-teacher64-s0", "final-flex-teacher64-g0-r2"), ("dose-flex-s0", untaught_s0.name)):
         flex.append(Run(name, "flex-dose", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, "--guidance-budgets", "all"],
