@@ -389,32 +389,27 @@ def all_runs() -> list[Run]:
                     after=sixth_long.name, about={**all_about, "distill_from": "final-k64-g0", "distill_weight": 0.5, "gamma": 0.0,
                                                   "seed": 0, "protocol": "final"}))
     # the tags' 400-step guidance dose for the flex models and the fixed models of one CPU and seed: does the flex model
-    # meet the fixed ones with the whole recipe, and does the teacher's lead survive? First the dose that ships (every
-    # budget, guided at every budget) from the seed-1 pair of one encoder and one CPU, untaught and taught
-    for name, start in (("dose-flex-s1", "final-flex-g0-s1"), ("dose-flex-teacher64-s1", "final-flex-teacher64-g0-s1-r2")):
-        flex.append(Run(name, "flex-dose", [*DOSE, "--gamma", "0.1", "--seed", "1", *budgets, *every, "--guidance-budgets", "all"],
-                        after=start, init="model", about={**all_about, "gamma": 0.1, "seed": 1, "protocol": "dose", "guidance_budgets": "all",
-                                                          "start": start}))
-    # then the same dose for the fixed models of that CPU and seed, from their chains trained --again avx512 (which
-    # --only flex-dose asks for by name where they are missing)
-    for k in (16, 32, 8, 64):
-        fixed_dose = heads(f"dose-k{k}-s1", "flex-dose", f"final-k{k}-g0-s1@avx512", DOSE, 0.1, 1, encoder(f"encoder-k{k}-r2", k=k))
-        flex.append(dataclasses.replace(fixed_dose, init="model", about={**fixed_dose.about, "protocol": "dose", "start": fixed_dose.after}))
+    # meet the fixed ones with the whole recipe, and does the teacher's lead survive?
+    def flex_dose(name: str, start: str, seed: int) -> Run:  # the dose that ships: every budget, guided at every budget
+        return Run(name, "flex-dose", [*DOSE, "--gamma", "0.1", "--seed", str(seed), *budgets, *every, "--guidance-budgets", "all"],
+                   after=start, init="model", about={**all_about, "gamma": 0.1, "seed": seed, "protocol": "dose", "guidance_budgets": "all",
+                                                     "start": start})
+
+    def fixed_doses(seed: int, start: Callable[[int], str]) -> list[Run]:  # the same dose for the fixed models, from start(k)
+        doses = [heads(f"dose-k{k}-s{seed}", "flex-dose", start(k), DOSE, 0.1, seed, encoder(f"encoder-k{k}-r2", k=k)) for k in (16, 32, 8, 64)]
+        return [dataclasses.replace(d, init="model", about={**d.about, "protocol": "dose", "start": d.after}) for d in doses]
+    # first from the seed-1 pair of one encoder and one CPU, untaught and taught, then the fixed models of that CPU and
+    # seed, from their chains trained --again avx512 (which --only flex-dose asks for by name where they are missing)
+    flex += [flex_dose("dose-flex-s1", "final-flex-g0-s1", 1), flex_dose("dose-flex-teacher64-s1", "final-flex-teacher64-g0-s1-r2", 1),
+             *fixed_doses(1, lambda k: f"final-k{k}-g0-s1@avx512")]
     # the comparison's second seed: the same dose at seed 0 from the seed-0 models of the same CPU, the taught flex model
-    # first (the longest run), then the fixed ones (k = 64: the kept final-k64-g0, float16, the teacher itself and the
-    # start of the v2 tag's dose), then the untaught one, whose seed-0 start (final-flex-g0-second) was lost: the final
+    # first (the longest run), then the untaught one, whose seed-0 start (final-flex-g0-second) was lost: the final
     # protocol at seed 0 again from the sixth training's encoder, which equals the second's to every recorded digit (and
-    # so did this run: final-flex-g0-sixth repeated final-flex-g0-second's top-1 at every k to the digit)
+    # so did this run: final-flex-g0-sixth repeated final-flex-g0-second's top-1 at every k to the digit); then the fixed
+    # ones (k = 64: the kept final-k64-g0, float16, the teacher itself and the start of the v2 tag's dose)
     untaught_s0 = dataclasses.replace(ship_final, name="final-flex-g0-sixth", group="flex-dose", after=sixth_long.name)
-    for name, start in (("dose-flex-teacher64-s0", "final-flex-teacher64-g0-r2"), ("dose-flex-s0", untaught_s0.name)):
-        flex.append(Run(name, "flex-dose", [*DOSE, "--gamma", "0.1", "--seed", "0", *budgets, *every, "--guidance-budgets", "all"],
-                        after=start, init="model", about={**all_about, "gamma": 0.1, "seed": 0, "protocol": "dose", "guidance_budgets": "all",
-                                                          "start": start}))
-    flex.insert(-1, untaught_s0)  # after the taught dose, before the untaught one
-    for k in (16, 32, 8, 64):
-        fixed_dose = heads(f"dose-k{k}-s0", "flex-dose", "final-k64-g0" if k == 64 else f"final-k{k}-g0@avx512", DOSE, 0.1, 0,
-                           encoder(f"encoder-k{k}-r2", k=k))
-        flex.append(dataclasses.replace(fixed_dose, init="model", about={**fixed_dose.about, "protocol": "dose", "start": fixed_dose.after}))
+    flex += [flex_dose("dose-flex-teacher64-s0", "final-flex-teacher64-g0-r2", 0), untaught_s0, flex_dose("dose-flex-s0", untaught_s0.name, 0),
+             *fixed_doses(0, lambda k: "final-k64-g0" if k == 64 else f"final-k{k}-g0@avx512")]
     return [
         # the shipped weights' runs early (final-k64 starts as soon as its encoder is ready), then the
         # guided seeds (the headline), the unguided ones, then the k sweep
