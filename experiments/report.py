@@ -854,8 +854,12 @@ def flex_final(runs: dict) -> tuple[dict, str]:
 FIXED_DOSE = {1: {k: (f"final-k{k}-g0-s1@avx512", f"dose-k{k}-s1") for k in FLEX_BUDGETS},
               0: {**{k: (f"final-k{k}-g0@avx512", f"dose-k{k}-s0") for k in (8, 16, 32)}, 64: ("final-k64-g0", "dose-k64-s0")}}
 UNTAUGHT, TAUGHT = "flex model", "flex model taught by `final-k64-g0`"
-FLEX_DOSE = {1: {UNTAUGHT: ("final-flex-g0-s1", "dose-flex-s1"), TAUGHT: ("final-flex-teacher64-g0-s1-r2", "dose-flex-teacher64-s1")},
-             0: {UNTAUGHT: ("final-flex-g0-sixth", "dose-flex-s0"), TAUGHT: ("final-flex-teacher64-g0-r2", "dose-flex-teacher64-s0")}}
+#: the taught model given the dose taught too, by the shipped fixed k = 64 tag (the dosed teacher of the same recipe)
+TAUGHT_DOSE = "flex model taught by `final-k64-g0`, its dose by `gvit_nano.imagenette_64_v2`"
+FLEX_DOSE = {1: {UNTAUGHT: ("final-flex-g0-s1", "dose-flex-s1"), TAUGHT: ("final-flex-teacher64-g0-s1-r2", "dose-flex-teacher64-s1"),
+                 TAUGHT_DOSE: ("final-flex-teacher64-g0-s1-r2", "dose-flex-teacherv2-s1")},
+             0: {UNTAUGHT: ("final-flex-g0-sixth", "dose-flex-s0"), TAUGHT: ("final-flex-teacher64-g0-r2", "dose-flex-teacher64-s0"),
+                 TAUGHT_DOSE: ("final-flex-teacher64-g0-r2", "dose-flex-teacherv2-s0")}}
 
 
 def flex_dose(runs: dict) -> tuple[dict, str]:
@@ -899,7 +903,9 @@ def flex_dose(runs: dict) -> tuple[dict, str]:
         " flex models" + (f", from which the same dose, started from its float32 weights, trained the weights of"
                           f" `gvit_nano.imagenette_64_v2` ({v2:.1f} %, `shipped-dose-g0.1`)" if v2 is not None else "")
         + ". The untaught flex model's seed-0 start is its final protocol trained again on the sixth training's encoder"
-        " (`final-flex-g0-sixth`; `final-flex-g0-second`, of the second, was lost).")
+        " (`final-flex-g0-sixth`; `final-flex-g0-second`, of the second, was lost). The last flex model of each seed is the"
+        " taught one given the dose taught too (`--distill-from gvit_nano.imagenette_64_v2`, W = 0.5, in its joint steps),"
+        " from the same start as the taught one above it: its gap is to fixed models whose dose was not taught.")
     return data, md
 
 
@@ -1003,7 +1009,7 @@ def flex_figure(flex_data: dict, final_data: dict, dose_data: dict) -> None:
         final_ax.set_title(f"the flex tag's recipe before its dose, trained on {cpu}", fontsize=9)
     dosed = {k: [by_k[k]["top1"] for by_k in dose_data["fixed"].values() if by_k[k]["top1"] is not None] for k in FLEX_BUDGETS}
     fixed_points(dose_ax, dosed, f"fixed-k models (one per k and seed: {', '.join(map(str, dose_data['fixed']))})")
-    colors = {UNTAUGHT: "tab:blue", TAUGHT: "tab:pink"}
+    colors = {UNTAUGHT: "tab:blue", TAUGHT: "tab:pink", TAUGHT_DOSE: "tab:purple"}
     for seed, by_label in dose_data["flex"].items():
         for label, by_k in by_label.items():
             curve = [(gflops[k], d["top1"]) for k, d in by_k.items() if d["top1"] is not None]
@@ -1451,11 +1457,12 @@ def flex_dose_gap(dose_data: dict) -> str:
                     + ", ".join(f"seed {seed} {g}" for seed, g in by_seed.items()) + ")")
         return f"{by_seed[1]} (seed 1)" if 1 in by_seed else None
 
-    untaught, taught = in_words(UNTAUGHT), in_words(TAUGHT)
+    untaught, taught, taught_dose = in_words(UNTAUGHT), in_words(TAUGHT), in_words(TAUGHT_DOSE)
     if untaught is None:
         return "pending"
     return (f"{untaught} points at k = {' / '.join(map(str, FLEX_BUDGETS))} against fixed models of the same seed given the same"
-            " dose (AVX-512, one training each)" + (f"; {TAUGHT.removeprefix('flex model ')}, {taught}" if taught else ""))
+            " dose (AVX-512, one training each)" + (f"; {TAUGHT.removeprefix('flex model ')}, {taught}" if taught else "")
+            + (f"; {TAUGHT_DOSE.removeprefix('flex model ')}, {taught_dose}" if taught_dose else ""))
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
