@@ -96,3 +96,12 @@ def test_the_seed_0_fixed_dose_at_k64_starts_from_the_kept_teacher_and_trains_no
     assert study.chain_before([dose], runs, study.kept) == set()  # a fixed start: no chain to train first
     flags = dose.flags
     assert flags[flags.index("--seed") + 1] == "0" and flags[flags.index("--num-gaussians") + 1] == "64"
+
+
+def test_the_taught_dose_differs_from_the_shipped_dose_in_its_teacher_alone(study):
+    runs = {r.name: r for r in study.all_runs()}
+    for seed in (0, 1):
+        taught, plain = runs[f"dose-flex-teacherv2-s{seed}"], runs[f"dose-flex-teacher64-s{seed}"]
+        assert taught.after == plain.after and taught.init_flag == plain.init_flag == "--init-from"
+        assert taught.flags == [*plain.flags, "--distill-from", "gvit_nano.imagenette_64_v2"]
+        assert taught.about["seed"] == seed and taught.about["dose_distill_from"] == "gvit_nano.imagenette_64_v2"
