@@ -853,6 +853,9 @@ def flex_final(runs: dict) -> tuple[dict, str]:
 #: also the flex models' teacher
 FIXED_DOSE = {1: {k: (f"final-k{k}-g0-s1@avx512", f"dose-k{k}-s1") for k in FLEX_BUDGETS},
               0: {**{k: (f"final-k{k}-g0@avx512", f"dose-k{k}-s0") for k in (8, 16, 32)}, 64: ("final-k64-g0", "dose-k64-s0")}}
+#: the seed-0 fixed k = 64 model again, from the chain of the other fixed models (final-k64-g0-r2 trained again on
+#: AVX-512), where FIXED_DOSE's starts from the kept final-k64-g0 of an earlier encoder training
+FIXED_DOSE_AGAIN = ("final-k64-g0-r2@avx512", "dose-k64-s0-r2")
 UNTAUGHT, TAUGHT = "flex model", "flex model taught by `final-k64-g0`"
 #: the taught model given the dose taught too, by the shipped fixed k = 64 tag (the dosed teacher of the same recipe)
 TAUGHT_DOSE = "flex model taught by `final-k64-g0`, its dose by `gvit_nano.imagenette_64_v2`"
@@ -906,6 +909,16 @@ def flex_dose(runs: dict) -> tuple[dict, str]:
         " (`final-flex-g0-sixth`; `final-flex-g0-second`, of the second, was lost). The last flex model of each seed is the"
         " taught one given the dose taught too (`--distill-from gvit_nano.imagenette_64_v2`, W = 0.5, in its joint steps),"
         " from the same start as the taught one above it: its gap is to fixed models whose dose was not taught.")
+    again = {"before": final(runs, FIXED_DOSE_AGAIN[0]), "top1": final(runs, FIXED_DOSE_AGAIN[1])}
+    if again["top1"] is not None:
+        check_cpu(runs, FIXED_DOSE_AGAIN[1], "AVX-512")
+        data["fixed_k64_seed0_again"] = again
+        taught = [data["flex"][0][label][64]["top1"] for label in (TAUGHT, TAUGHT_DOSE)]
+        md += (f"\n\nThe seed-0 fixed model at k = 64 from the chain of the other fixed models instead (`{FIXED_DOSE_AGAIN[0]}`, the final"
+               f" protocol on `encoder-k64-long-r2@avx512` -> `{FIXED_DOSE_AGAIN[1]}`): {fmt(again['before'])} -> {fmt(again['top1'])} %,"
+               f" where the kept `final-k64-g0` reached {fmt(data['fixed'][0][64]['before'])} -> {fmt(data['fixed'][0][64]['top1'])};"
+               " against it the taught flex models' seed-0 gaps at k = 64 are "
+               + " and ".join(signed_points(t - again["top1"]) for t in taught if t is not None) + " (the dose untaught, then taught).")
     return data, md
 
 

@@ -411,6 +411,10 @@ def all_runs() -> list[Run]:
     untaught_s0 = dataclasses.replace(ship_final, name="final-flex-g0-sixth", group="flex-dose", after=sixth_long.name)
     flex += [flex_dose("dose-flex-teacher64-s0", "final-flex-teacher64-g0-r2", 0), untaught_s0, flex_dose("dose-flex-s0", untaught_s0.name, 0),
              *fixed_doses(0, lambda k: "final-k64-g0" if k == 64 else f"final-k{k}-g0@avx512")]
+    # the seed-0 fixed k = 64 dose from the chain the other fixed models of the comparison came from (final-k64-g0-r2
+    # trained again on this CPU, after --only final-k64-g0-r2 --again avx512), where dose-k64-s0 started from the kept
+    # final-k64-g0 of an earlier encoder training: is the 2.3-point spread at k = 64 the seed's or the chain's?
+    flex.append(dataclasses.replace(fixed_doses(0, lambda k: "final-k64-g0-r2@avx512")[-1], name="dose-k64-s0-r2"))
     # the taught model's k = 64 gap after the dose (-1.3 on the mean of two seeds, the only budget short of the goal):
     # the dose taught too, as FlexiViT distils every size throughout, by the shipped fixed k = 64 tag (v2, 57.7 %: the
     # dosed teacher of the same recipe, where the final protocol's teacher was the undosed one, 51.8 %), at both seeds

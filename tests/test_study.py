@@ -105,3 +105,11 @@ def test_the_taught_dose_differs_from_the_shipped_dose_in_its_teacher_alone(stud
         assert taught.after == plain.after and taught.init_flag == plain.init_flag == "--init-from"
         assert taught.flags == [*plain.flags, "--distill-from", "gvit_nano.imagenette_64_v2"]
         assert taught.about["seed"] == seed and taught.about["dose_distill_from"] == "gvit_nano.imagenette_64_v2"
+
+
+def test_the_seed_0_fixed_dose_again_at_k64_differs_from_the_first_in_its_start_alone(study):
+    runs = {r.name: r for r in study.all_runs()}
+    again, first = runs["dose-k64-s0-r2"], runs["dose-k64-s0"]
+    assert again.after == "final-k64-g0-r2@avx512" and first.after == "final-k64-g0"
+    assert again.flags == first.flags and again.init_flag == first.init_flag == "--init-from"
+    assert again.about == {**first.about, "start": "final-k64-g0-r2@avx512"}
