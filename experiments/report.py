@@ -1471,12 +1471,12 @@ def flex_dose_gap(dose_data: dict) -> str:
                     + ", ".join(f"seed {seed} {g}" for seed, g in by_seed.items()) + ")")
         return f"{by_seed[1]} (seed 1)" if 1 in by_seed else None
 
-    untaught, taught, taught_dose = in_words(UNTAUGHT), in_words(TAUGHT), in_words(TAUGHT_DOSE)
+    untaught = in_words(UNTAUGHT)
     if untaught is None:
         return "pending"
     return (f"{untaught} points at k = {' / '.join(map(str, FLEX_BUDGETS))} against fixed models of the same seed given the same"
-            " dose (AVX-512, one training each)" + (f"; {TAUGHT.removeprefix('flex model ')}, {taught}" if taught else "")
-            + (f"; {TAUGHT_DOSE.removeprefix('flex model ')}, {taught_dose}" if taught_dose else ""))
+            " dose (AVX-512, one training each)"
+            + "".join(f"; {label.removeprefix('flex model ')}, {words}" for label in (TAUGHT, TAUGHT_DOSE) if (words := in_words(label))))
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:
