@@ -849,27 +849,30 @@ def flex_final(runs: dict) -> tuple[dict, str]:
 #: the tag's 400-step guidance dose (every budget, guided at every budget) for the fixed and the flex models of one CPU
 #: (AVX-512), by classifier seed (the dose's and the models' before it): the run before the dose and the dose's run, for
 #: the fixed models by k, for the flex models by label (the untaught one first; at seed 0 its final protocol trained again,
-#: final-flex-g0-second having been lost). At seed 0 the fixed k = 64 model is the kept final-k64-g0 (float16), which is
-#: also the flex models' teacher
+#: final-flex-g0-second having been lost). At every seed the fixed model at each k comes from one encoder training (at
+#: k = 64 encoder-k64-long-r2@avx512), as the flex models all come from the sixth training of theirs
 FIXED_DOSE = {1: {k: (f"final-k{k}-g0-s1@avx512", f"dose-k{k}-s1") for k in FLEX_BUDGETS},
-              0: {**{k: (f"final-k{k}-g0@avx512", f"dose-k{k}-s0") for k in (8, 16, 32)}, 64: ("final-k64-g0", "dose-k64-s0")}}
-#: the seed-0 fixed k = 64 model again, from the chain of the other fixed models (final-k64-g0-r2 trained again on
-#: AVX-512), where FIXED_DOSE's starts from the kept final-k64-g0 of an earlier encoder training
-FIXED_DOSE_AGAIN = ("final-k64-g0-r2@avx512", "dose-k64-s0-r2")
+              0: {**{k: (f"final-k{k}-g0@avx512", f"dose-k{k}-s0") for k in (8, 16, 32)}, 64: ("final-k64-g0-r2@avx512", "dose-k64-s0-r2")},
+              2: {k: (f"final-k{k}-g0-s2", f"dose-k{k}-s2") for k in FLEX_BUDGETS}}
+#: the seed-0 fixed k = 64 model the comparison first used: the kept final-k64-g0 (float16, an earlier training of the
+#: encoder), the flex models' teacher and the start of the v2 tag's dose
+FIXED_DOSE_KEPT = ("final-k64-g0", "dose-k64-s0")
 UNTAUGHT, TAUGHT = "flex model", "flex model taught by `final-k64-g0`"
 #: the taught model given the dose taught too, by the shipped fixed k = 64 tag (the dosed teacher of the same recipe)
 TAUGHT_DOSE = "flex model taught by `final-k64-g0`, its dose by `gvit_nano.imagenette_64_v2`"
 FLEX_DOSE = {1: {UNTAUGHT: ("final-flex-g0-s1", "dose-flex-s1"), TAUGHT: ("final-flex-teacher64-g0-s1-r2", "dose-flex-teacher64-s1"),
                  TAUGHT_DOSE: ("final-flex-teacher64-g0-s1-r2", "dose-flex-teacherv2-s1")},
              0: {UNTAUGHT: ("final-flex-g0-sixth", "dose-flex-s0"), TAUGHT: ("final-flex-teacher64-g0-r2", "dose-flex-teacher64-s0"),
-                 TAUGHT_DOSE: ("final-flex-teacher64-g0-r2", "dose-flex-teacherv2-s0")}}
+                 TAUGHT_DOSE: ("final-flex-teacher64-g0-r2", "dose-flex-teacherv2-s0")},
+             2: {TAUGHT: ("final-flex-teacher64-g0-s2", "dose-flex-teacher64-s2")}}
+FIXED = "fixed-k models"
 
 
 def flex_dose(runs: dict) -> tuple[dict, str]:
     """The fixed and the flex models of one CPU before and after the tag's guidance dose, by classifier seed, at each
     budget: top-1 (the flex models' minus the dosed fixed model's of the same seed) and PSNR; and each kind's mean over
-    the seeds where every run of both kinds has trained."""
-    for by_seed in (FIXED_DOSE, FLEX_DOSE):
+    the seeds where it and the fixed models have trained (:func:`dose_means`)."""
+    for by_seed in (FIXED_DOSE, FLEX_DOSE, {0: {64: FIXED_DOSE_KEPT}}):
         for pairs in by_seed.values():
             for names in pairs.values():
                 for name in names:
@@ -881,9 +884,8 @@ def flex_dose(runs: dict) -> tuple[dict, str]:
                             for label, (before, after) in pairs.items()} for seed, pairs in FLEX_DOSE.items()}}
     rows = []
     for seed, pairs in FIXED_DOSE.items():
-        usual = pairs[FLEX_BUDGETS[0]][0].replace(f"-k{FLEX_BUDGETS[0]}-", "-k*-")
-        unusual = "".join(f"; k = {k}: `{before}`" for k, (before, _) in pairs.items() if before.replace(f"-k{k}-", "-k*-") != usual)
-        rows.append([f"fixed-k models, seed {seed} (`{usual}`{unusual} -> `dose-k*-s{seed}`)",
+        usual, unusual = fixed_dose_names(pairs)
+        rows.append([f"{FIXED}, seed {seed} (`{usual[0]}` -> `{usual[1]}`{''.join(f'; k = {k}: `{b}` -> `{a}`' for k, (b, a) in unusual.items())})",
                      *(f"{fmt(d['before'])} -> {fmt(d['top1'])} / {fmt(d['psnr'], 2)}" for d in data["fixed"][seed].values())])
     for seed, pairs in FLEX_DOSE.items():
         for label, (before, after) in pairs.items():
@@ -891,52 +893,78 @@ def flex_dose(runs: dict) -> tuple[dict, str]:
                          *(f"{fmt(d['before'])} -> {with_gap(d['top1'], data['fixed'][seed][k]['top1'])} / {fmt(d['psnr'], 2)}"
                            for k, d in data["flex"][seed][label].items())])
     data["mean"] = dose_means(data)
+    fixed_rows = {}  # the fixed models' mean over each set of seeds a kind's mean is set against, once
     for label, means in data["mean"].items():
-        reference = data["mean"]["fixed-k models"]["top1"] if label != "fixed-k models" else dict.fromkeys(FLEX_BUDGETS)
-        rows.append([f"{label}, the mean of seeds {' and '.join(map(str, means['seeds']))}",
-                     *(f"{fmt(means['before'][k])} -> {with_gap(means['top1'][k], reference[k])}" for k in FLEX_BUDGETS)])
+        for k in FLEX_BUDGETS:
+            fixed_rows.setdefault(tuple(means["seeds"][k]), {})[k] = means["fixed"][k]
+    for seeds, by_k in fixed_rows.items():
+        rows.append([f"{FIXED}, the mean of seeds {in_list(seeds)}",
+                     *(f"{fmt(by_k[k]['before'])} -> {fmt(by_k[k]['top1'])}" if k in by_k else "-" for k in FLEX_BUDGETS)])
+    for label, means in [(label, means) for label, means in data["mean"].items() if label != FIXED]:
+        rows.append([f"{label}, the mean of seeds {seeds_by_budget(means['seeds'])}",
+                     *(f"{fmt(means['before'][k])} -> {with_gap(means['top1'][k], means['fixed'][k]['top1'])}" for k in FLEX_BUDGETS)])
     v2 = final(runs, "shipped-dose-g0.1")
-    md = table(["top-1 % before -> after the dose (the flex model's minus the fixed model's of its seed after it) / PSNR dB after it",
-                *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
+    md = table(["top-1 % before -> after the dose (the flex model's minus the fixed model's of its seed after it, or of the same seeds on"
+                " the means) / PSNR dB after it", *(f"k = {k}" for k in FLEX_BUDGETS)], rows) + (
         "\n\nThe 400-step guidance dose of both tags (gamma 0.1, a guidance step after every joint step; for the flex models"
         " every budget at every step, each guidance step at every budget) from the final protocol's models of one CPU"
-        " (AVX-512) and classifier seed; the dose at that seed too. Imagenette val, 64 px, one training per row. The fixed"
-        " k = 64 model at seed 1 is `final-k64-g0-r2`'s chain trained again on this CPU (`study.py --only final-k64-g0-s1"
-        " --again avx512`); at seed 0 it is `final-k64-g0` as the repository keeps it (float16), the teacher of the taught"
-        " flex models" + (f", from which the same dose, started from its float32 weights, trained the weights of"
-                          f" `gvit_nano.imagenette_64_v2` ({v2:.1f} %, `shipped-dose-g0.1`)" if v2 is not None else "")
-        + ". The untaught flex model's seed-0 start is its final protocol trained again on the sixth training's encoder"
-        " (`final-flex-g0-sixth`; `final-flex-g0-second`, of the second, was lost). The last flex model of each seed is the"
-        " taught one given the dose taught too (`--distill-from gvit_nano.imagenette_64_v2`, W = 0.5, in its joint steps),"
-        " from the same start as the taught one above it: its gap is to fixed models whose dose was not taught.")
-    again = {"before": final(runs, FIXED_DOSE_AGAIN[0]), "top1": final(runs, FIXED_DOSE_AGAIN[1])}
-    if again["top1"] is not None:
-        for name in FIXED_DOSE_AGAIN:
-            check_cpu(runs, name, "AVX-512")
-        data["fixed_k64_seed0_again"] = again
+        " (AVX-512) and classifier seed; the dose at that seed too. Imagenette val, 64 px, one training per row. At every"
+        " seed the fixed model at each k comes from one encoder training (at k = 64 `final-k64-g0-r2`'s chain, trained"
+        " again on this CPU: `study.py --only final-k64-g0-s1 --again avx512`), as the flex models come from one (the sixth)."
+        " The untaught flex model's seed-0 start is its final protocol trained again on the sixth training's encoder"
+        " (`final-flex-g0-sixth`; `final-flex-g0-second`, of the second, was lost). The flex model taught in its dose too"
+        " (`--distill-from gvit_nano.imagenette_64_v2`, W = 0.5, in its joint steps) starts where the taught one above it"
+        " does: its gap is to fixed models whose dose was not taught. Seed 2 (`study.py --only flex-dose`) has the taught"
+        " flex model only.")
+    kept = {"before": final(runs, FIXED_DOSE_KEPT[0]), "top1": final(runs, FIXED_DOSE_KEPT[1])}
+    if kept["top1"] is not None:
+        data["fixed_k64_seed0_kept"] = kept
         taught = [data["flex"][0][label][64]["top1"] for label in (TAUGHT, TAUGHT_DOSE)]
-        md += (f"\n\nThe seed-0 fixed model at k = 64 from the chain of the other fixed models instead (`{FIXED_DOSE_AGAIN[0]}`, the final"
-               f" protocol on `encoder-k64-long-r2@avx512` -> `{FIXED_DOSE_AGAIN[1]}`): {fmt(again['before'])} -> {fmt(again['top1'])} %,"
-               f" where the kept `final-k64-g0` reached {fmt(data['fixed'][0][64]['before'])} -> {fmt(data['fixed'][0][64]['top1'])};"
-               " against it the taught flex models' seed-0 gaps at k = 64 are "
-               + " and ".join(signed_points(t - again["top1"]) for t in taught if t is not None) + " (the dose untaught, then taught).")
+        md += (f"\n\nThe seed-0 fixed model at k = 64 the comparison first used, `{FIXED_DOSE_KEPT[0]}` as the repository keeps it"
+               " (float16, an earlier training of the encoder; the taught flex models' teacher)"
+               + (f", from which the same dose, started from its float32 weights, trained the weights of `gvit_nano.imagenette_64_v2`"
+                  f" ({v2:.1f} %, `shipped-dose-g0.1`)" if v2 is not None else "")
+               + f": {fmt(kept['before'])} -> {fmt(kept['top1'])} % (`{FIXED_DOSE_KEPT[1]}`), where the chain's reached"
+               f" {fmt(data['fixed'][0][64]['before'])} -> {fmt(data['fixed'][0][64]['top1'])}; against it the taught flex models'"
+               " seed-0 gaps at k = 64 are " + " and ".join(signed_points(t - kept["top1"]) for t in taught if t is not None)
+               + " (the dose untaught, then taught).")
     return data, md
 
 
+def fixed_dose_names(pairs: dict[int, tuple[str, str]]) -> tuple[list[str], dict[int, tuple[str, str]]]:
+    """One seed's fixed runs (k -> (before the dose, the dose)) as the pattern most of them follow, ``k*`` for the
+    budget, and the runs of the budgets that do not."""
+    usual = [name.replace(f"-k{FLEX_BUDGETS[0]}-", "-k*-") for name in pairs[FLEX_BUDGETS[0]]]
+    return usual, {k: names for k, names in pairs.items() if [name.replace(f"-k{k}-", "-k*-") for name in names] != usual}
+
+
+def in_list(items) -> str:
+    """``0``, ``0 and 1``, ``0, 1 and 2``."""
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def dose_means(data: dict) -> dict:
-    """For each kind of model in :func:`flex_dose`'s data trained at every seed where the fixed models are too (and at
-    more than one): the mean over those seeds, before and after the dose, at each budget."""
-    fixed_seeds = [seed for seed, by_k in data["fixed"].items() if all(d["top1"] is not None for d in by_k.values())]
-    if len(fixed_seeds) < 2:
-        return {}
-    kinds = {"fixed-k models": {seed: data["fixed"][seed] for seed in fixed_seeds}}
-    for label in dict.fromkeys(label for pairs in data["flex"].values() for label in pairs):
-        trained = {seed: data["flex"][seed][label] for seed in fixed_seeds
-                   if label in data["flex"][seed] and all(d["top1"] is not None for d in data["flex"][seed][label].values())}
-        if len(trained) == len(fixed_seeds):
-            kinds[label] = trained
-    return {label: {"seeds": sorted(by_seed), **{key: {k: statistics.mean(by_seed[seed][k][key] for seed in by_seed) for k in FLEX_BUDGETS}
-                                                 for key in ("before", "top1")}} for label, by_seed in kinds.items()}
+    """For each kind of model in :func:`flex_dose`'s data, at each budget: the mean over the seeds where it and the fixed
+    models of that seed have trained (where there are at least two), before and after the dose, and the fixed models'
+    mean over the same seeds; a kind with no such budget is left out. The fixed models' own mean is over every seed
+    where they have trained."""
+    def complete(d: dict) -> bool:
+        return d["top1"] is not None and d["before"] is not None
+
+    def mean(by_seed: dict, seeds: list, k: int) -> dict:
+        return {key: statistics.mean(by_seed[seed][k][key] for seed in seeds) for key in ("before", "top1")}
+
+    kinds = {FIXED: data["fixed"], **{label: {seed: data["flex"][seed][label] for seed in data["flex"] if label in data["flex"][seed]}
+                                       for label in dict.fromkeys(label for pairs in data["flex"].values() for label in pairs)}}
+    means = {}
+    for label, by_seed in kinds.items():
+        seeds = {k: [seed for seed in sorted(by_seed) if complete(by_seed[seed][k]) and complete(data["fixed"][seed][k])] for k in FLEX_BUDGETS}
+        seeds = {k: s for k, s in seeds.items() if len(s) > 1}
+        if len(seeds) == len(FLEX_BUDGETS):
+            means[label] = {"seeds": seeds, **{key: {k: mean(by_seed, s, k)[key] for k, s in seeds.items()} for key in ("before", "top1")},
+                            "fixed": {k: mean(data["fixed"], s, k) for k, s in seeds.items()}}
+    return means
 
 
 def shipped_flex(runs: dict, flex_data: dict, final_data: dict, dose_data: dict, shipped_data: dict) -> tuple[dict | None, str]:
@@ -964,8 +992,10 @@ def shipped_flex(runs: dict, flex_data: dict, final_data: dict, dose_data: dict,
                   for nth in EARLIER_TRAININGS if any(n.endswith(f"-{nth}") for n in runs_behind))
         + "), measured on the full validation split at each k as a user loads it,"
         " `timm.create_model('gvit_nano.imagenette_64_flex', pretrained=True, num_gaussians=k)`. The v2 tag was trained with"
-        " the same recipe at k = 64 alone, and so were the fixed-k models at k = 8 to 32 of the whole recipe (`dose-k*-s1`, then"
-        " `dose-k*-s0`: one training at each classifier seed on the AVX-512 CPU, where the tag's chain was trained on AVX2: [the dose for both"
+        " the same recipe at k = 64 alone, and so were the fixed-k models of the whole recipe ("
+        + ", then ".join(f"`{usual[1]}`" + "".join(f" (k = {k}: `{a}`)" for k, (_, a) in unusual.items())
+                         for usual, unusual in map(fixed_dose_names, FIXED_DOSE.values()))
+        + ": one training at each classifier seed on the AVX-512 CPU, where the tag's chain was trained on AVX2: [the dose for both"
         " kinds of model](#9-one-model-for-every-gaussian-budget)). The fixed-k models without the dose were trained with the"
         " recipe up to it (`final-k*-g0`, the fixed model at 64 is v2's own start) and with the sweep protocol (8 classifier"
         " epochs, no joint phase, no dose): shorter recipes than the flex tag's.")
@@ -1028,7 +1058,7 @@ def flex_figure(flex_data: dict, final_data: dict, dose_data: dict) -> None:
         for label, by_k in by_label.items():
             curve = [(gflops[k], d["top1"]) for k, d in by_k.items() if d["top1"] is not None]
             if curve:
-                dose_ax.plot(*zip(*curve), "o-" if seed == 1 else "s--", color=colors[label],
+                dose_ax.plot(*zip(*curve), {1: "o-", 0: "s--", 2: "^:"}[seed], color=colors[label],
                              label=textwrap.fill(f"one {label}, seed {seed} (`{by_k[FLEX_BUDGETS[0]]['run']}`)", 70))
     dose_ax.set_title(f"the whole recipe, its 400-step guidance dose included: AVX-512, seeds {', '.join(map(str, dose_data['fixed']))}",
                       fontsize=9)
@@ -1455,28 +1485,40 @@ def flex_teacher_gap(final_data: dict) -> str:
 
 def flex_dose_gap(dose_data: dict) -> str:
     """The flex models after the tag's dose against the fixed models of their seed after the same dose (one CPU), in
-    words: each flex model's mean over the seeds where it and the fixed models have all trained, and each seed's gap."""
+    words: each flex model's mean over the seeds where it and the fixed models have trained (:func:`dose_means`), and
+    each seed's gap."""
     def gaps(seed: int, label: str) -> str | None:
         fixed, flex = dose_data["fixed"][seed], dose_data["flex"][seed].get(label)
-        if flex is None or any(d["top1"] is None for d in (*fixed.values(), *flex.values())):
+        if flex is None or all(d["top1"] is None for d in flex.values()):
             return None
-        return signed_gaps([flex], {k: d["top1"] for k, d in fixed.items()}, FLEX_BUDGETS)
+        return " / ".join(signed_points(flex[k]["top1"] - fixed[k]["top1"]) if flex[k]["top1"] is not None and fixed[k]["top1"] is not None
+                          else "pending" for k in FLEX_BUDGETS)
 
     def in_words(label: str) -> str | None:
         by_seed = {seed: g for seed in dose_data["flex"] if (g := gaps(seed, label)) is not None}
-        means = dose_data["mean"]
-        if label in means and len(by_seed) > 1:
-            mean = signed_gaps([{k: {"top1": v} for k, v in means[label]["top1"].items()}], means["fixed-k models"]["top1"], FLEX_BUDGETS)
-            return (f"{mean} (the mean of seeds {' and '.join(map(str, means[label]['seeds']))}: "
-                    + ", ".join(f"seed {seed} {g}" for seed, g in by_seed.items()) + ")")
-        return f"{by_seed[1]} (seed 1)" if 1 in by_seed else None
+        means = dose_data["mean"].get(label)
+        if means is None:
+            return f"{by_seed[1]} (seed 1)" if 1 in by_seed else None
+        mean = " / ".join(signed_points(means["top1"][k] - means["fixed"][k]["top1"]) for k in FLEX_BUDGETS)
+        return f"{mean} (the mean of seeds {seeds_by_budget(means['seeds'])}: " + ", ".join(f"seed {seed} {g}" for seed, g in by_seed.items()) + ")"
 
     untaught = in_words(UNTAUGHT)
     if untaught is None:
         return "pending"
-    return (f"{untaught} points at k = {' / '.join(map(str, FLEX_BUDGETS))} against fixed models of the same seed given the same"
+    return (f"{untaught} points at k = {' / '.join(map(str, FLEX_BUDGETS))} against fixed models of the same seeds given the same"
             " dose (AVX-512, one training each)"
             + "".join(f"; {label.removeprefix('flex model ')}, {words}" for label in (TAUGHT, TAUGHT_DOSE) if (words := in_words(label))))
+
+
+def seeds_by_budget(seeds: dict[int, list[int]]) -> str:
+    """``{8: [0, 1], ..., 64: [0, 1, 2]}`` in words: ``0 and 1`` where every budget has the same seeds, else
+    ``0, 1 and 2 at k = 64; 0 and 1 at k = 8 / 16 / 32``."""
+    budgets: dict[tuple, list[int]] = {}
+    for k, s in seeds.items():
+        budgets.setdefault(tuple(s), []).append(k)
+    if len(budgets) == 1:
+        return in_list(next(iter(budgets)))
+    return "; ".join(f"{in_list(s)} at k = {' / '.join(map(str, ks))}" for s, ks in sorted(budgets.items(), key=lambda item: -len(item[0])))
 
 
 def fill_text(text: str, sections: dict[str, str], known_facts: dict[str, str]) -> str:

@@ -57,6 +57,30 @@ def test_an_unknown_fact_is_an_error_not_a_silent_gap(report, built):
         report.fill_text("<!-- fact:no_such_figure -->1.0<!-- /fact -->", sections, facts)
 
 
+def test_the_dose_means_set_each_kind_against_the_fixed_models_of_its_own_seeds_at_each_budget(report):
+    """A seed trained at some budgets only (a third seed cut short) joins the means at those budgets alone, and a kind
+    trained at fewer seeds than the fixed models is set against their mean over its seeds, not over all of theirs."""
+    def by_k(values):
+        return {k: {"before": None if v is None else v - 5, "top1": v} for k, v in zip(report.FLEX_BUDGETS, values)}
+    data = {"fixed": {1: by_k([40, 50, 52, 56]), 0: by_k([42, 52, 54, 58]), 2: by_k([None, None, None, 60])},
+            "flex": {1: {report.UNTAUGHT: by_k([45, 51, 53, 55]), report.TAUGHT: by_k([46, 52, 54, 57])},
+                     0: {report.UNTAUGHT: by_k([47, 53, 55, 57]), report.TAUGHT: by_k([48, 54, 56, 59])},
+                     2: {report.TAUGHT: by_k([50, 56, 58, 61])}}}
+    means = report.dose_means(data)
+    assert means[report.FIXED]["seeds"] == {8: [0, 1], 16: [0, 1], 32: [0, 1], 64: [0, 1, 2]}
+    assert means[report.FIXED]["top1"] == {8: 41, 16: 51, 32: 53, 64: 58}
+    # the untaught kind has no seed 2: at 64 it meets the fixed models' mean over seeds 0 and 1 (57), not 0 to 2 (58)
+    assert means[report.UNTAUGHT]["seeds"][64] == [0, 1] and means[report.UNTAUGHT]["fixed"][64]["top1"] == 57
+    assert means[report.TAUGHT]["top1"][64] == 59 and means[report.TAUGHT]["fixed"][64]["top1"] == 58
+    assert means[report.TAUGHT]["top1"][8] == 47  # seed 2's k = 8 has no fixed model to meet, so it is left out
+    assert report.seeds_by_budget(means[report.TAUGHT]["seeds"]) == "0, 1 and 2 at k = 64; 0 and 1 at k = 8 / 16 / 32"
+    data["mean"] = means
+    words = report.flex_dose_gap(data)
+    assert words.startswith("+5.0 / +1.0 / +1.0 / -1.0 (the mean of seeds 0 and 1: seed 1 +5.0 / +1.0 / +1.0 / -1.0,")
+    assert "+6.0 / +2.0 / +2.0 / +1.0 (the mean of seeds 0, 1 and 2 at k = 64; 0 and 1 at k = 8 / 16 / 32:" in words
+    assert "seed 2 pending / pending / pending / +1.0)" in words
+
+
 def test_the_headline_figures_appear_once_in_each_document_and_agree(built):
     """The shipped weights' accuracy and the dose's evidence, where README.md and MODEL_CARD.md both state them."""
     _, _, facts = built
