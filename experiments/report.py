@@ -853,7 +853,7 @@ def flex_final(runs: dict) -> tuple[dict, str]:
 #: k = 64 encoder-k64-long-r2@avx512), as the flex models all come from the sixth training of theirs
 FIXED_DOSE = {1: {k: (f"final-k{k}-g0-s1@avx512", f"dose-k{k}-s1") for k in FLEX_BUDGETS},
               0: {**{k: (f"final-k{k}-g0@avx512", f"dose-k{k}-s0") for k in (8, 16, 32)}, 64: ("final-k64-g0-r2@avx512", "dose-k64-s0-r2")},
-              2: {k: (f"final-k{k}-g0-s2", f"dose-k{k}-s2") for k in FLEX_BUDGETS}}
+              2: {64: ("final-k64-g0-s2", "dose-k64-s2")}}  # seed 2 at k = 64 only, the budget in doubt
 #: the seed-0 fixed k = 64 model the comparison first used: the kept final-k64-g0 (float16, an earlier training of the
 #: encoder), the flex models' teacher and the start of the v2 tag's dose
 FIXED_DOSE_KEPT = ("final-k64-g0", "dose-k64-s0")
@@ -877,8 +877,10 @@ def flex_dose(runs: dict) -> tuple[dict, str]:
             for names in pairs.values():
                 for name in names:
                     check_cpu(runs, name, "AVX-512")
-    data = {"fixed": {seed: {k: {"before": final(runs, before), "top1": final(runs, after), "psnr": final(runs, after, "psnr")}
-                             for k, (before, after) in pairs.items()} for seed, pairs in FIXED_DOSE.items()},
+    not_run = {"run": None, "before": None, "top1": None, "psnr": None}  # a budget a seed leaves out
+    data = {"fixed": {seed: {k: {"run": pairs[k][1], "before": final(runs, pairs[k][0]), "top1": final(runs, pairs[k][1]),
+                                 "psnr": final(runs, pairs[k][1], "psnr")} if k in pairs else not_run for k in FLEX_BUDGETS}
+                      for seed, pairs in FIXED_DOSE.items()},
             "flex": {seed: {label: {k: {"run": after, "before": final(runs, before, f"top1@{k}"), "top1": final(runs, after, f"top1@{k}"),
                                         "psnr": final(runs, after, f"psnr@{k}")} for k in FLEX_BUDGETS}
                             for label, (before, after) in pairs.items()} for seed, pairs in FLEX_DOSE.items()}}
@@ -886,7 +888,7 @@ def flex_dose(runs: dict) -> tuple[dict, str]:
     for seed, pairs in FIXED_DOSE.items():
         usual, unusual = fixed_dose_names(pairs)
         rows.append([f"{FIXED}, seed {seed} (`{usual[0]}` -> `{usual[1]}`{''.join(f'; k = {k}: `{b}` -> `{a}`' for k, (b, a) in unusual.items())})",
-                     *(f"{fmt(d['before'])} -> {fmt(d['top1'])} / {fmt(d['psnr'], 2)}" for d in data["fixed"][seed].values())])
+                     *(f"{fmt(d['before'])} -> {fmt(d['top1'])} / {fmt(d['psnr'], 2)}" if d["run"] else "not run" for d in data["fixed"][seed].values())])
     for seed, pairs in FLEX_DOSE.items():
         for label, (before, after) in pairs.items():
             rows.append([f"{label}, seed {seed} (`{before}` -> `{after}`)",
@@ -914,8 +916,8 @@ def flex_dose(runs: dict) -> tuple[dict, str]:
         " The untaught flex model's seed-0 start is its final protocol trained again on the sixth training's encoder"
         " (`final-flex-g0-sixth`; `final-flex-g0-second`, of the second, was lost). The flex model taught in its dose too"
         " (`--distill-from gvit_nano.imagenette_64_v2`, W = 0.5, in its joint steps) starts where the taught one above it"
-        " does: its gap is to fixed models whose dose was not taught. Seed 2 (`study.py --only flex-dose`) has the taught"
-        " flex model only.")
+        " does: its gap is to fixed models whose dose was not taught. Seed 2 has the taught flex model and the fixed"
+        " k = 64 model only: the budget in doubt.")
     kept = {"before": final(runs, FIXED_DOSE_KEPT[0]), "top1": final(runs, FIXED_DOSE_KEPT[1])}
     if kept["top1"] is not None:
         data["fixed_k64_seed0_kept"] = kept
@@ -934,8 +936,18 @@ def flex_dose(runs: dict) -> tuple[dict, str]:
 def fixed_dose_names(pairs: dict[int, tuple[str, str]]) -> tuple[list[str], dict[int, tuple[str, str]]]:
     """One seed's fixed runs (k -> (before the dose, the dose)) as the pattern most of them follow, ``k*`` for the
     budget, and the runs of the budgets that do not."""
-    usual = [name.replace(f"-k{FLEX_BUDGETS[0]}-", "-k*-") for name in pairs[FLEX_BUDGETS[0]]]
+    first = next(iter(pairs))
+    if len(pairs) == 1:
+        return list(pairs[first]), {}
+    usual = [name.replace(f"-k{first}-", "-k*-") for name in pairs[first]]
     return usual, {k: names for k, names in pairs.items() if [name.replace(f"-k{k}-", "-k*-") for name in names] != usual}
+
+
+def dose_seeds(dose_data: dict) -> str:
+    """The fixed models' seeds in :func:`flex_dose`'s data, in its order: ``1, 0, 2; seed 2 at k = 64 only``."""
+    partial = {seed: [k for k, d in by_k.items() if d["run"]] for seed, by_k in dose_data["fixed"].items()}
+    return ", ".join(map(str, partial)) + "".join(f"; seed {seed} at k = {' / '.join(map(str, ks))} only"
+                                                  for seed, ks in partial.items() if len(ks) < len(FLEX_BUDGETS))
 
 
 def in_list(items) -> str:
@@ -978,12 +990,12 @@ def shipped_flex(runs: dict, flex_data: dict, final_data: dict, dose_data: dict,
     by_k = data["val_by_budget"]
     rows = [[str(k), f"{flex_data[int(k)]['gflops']:.3f}", f"{v['top1']:.2f}", f"{v['top5']:.2f}", f"{v['psnr']:.2f}",
              f"{shipped_data['val']['top1']:.2f}" if int(k) == 64 else "-",
-             ", ".join(fmt(by_k[int(k)]["top1"]) for by_k in dose_data["fixed"].values()),
+             ", ".join(fmt(by_k[int(k)]["top1"]) for by_k in dose_data["fixed"].values() if by_k[int(k)]["run"]),
              ", ".join(fmt(v) for v in final_data["fixed"][int(k)]["top1_each"]) or "-",
              ", ".join(fmt(t) for t in flex_data[int(k)]["fixed_top1"]) or "-"] for k, v in by_k.items()]
     runs_behind = chain(runs, data["run"])
     md = table(["k", "forward GFLOPs", "`gvit_nano.imagenette_64_flex`: top-1 %", "top-5 %", "PSNR dB",
-                "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", f"fixed-k models, the whole recipe (AVX-512, seeds {', '.join(map(str, dose_data['fixed']))}): top-1 %",
+                "`gvit_nano.imagenette_64_v2` (k = 64 only): top-1 %", f"fixed-k models, the whole recipe (AVX-512, seeds {dose_seeds(dose_data)}): top-1 %",
                 "fixed-k models, the recipe without the dose: top-1 %",
                 "fixed-k models, sweep protocol: top-1 %"], rows) + (
         f"\n\nThe flex tag's weights come from the run `{data['run']}` (float16, {data['megabytes']} MB; chain: "
@@ -1052,7 +1064,7 @@ def flex_figure(flex_data: dict, final_data: dict, dose_data: dict) -> None:
                 final_ax.plot(*zip(*curve), "o-", color=color, label=textwrap.fill(f"one flex model: {label}", 70))
         final_ax.set_title(f"the flex tag's recipe before its dose, trained on {cpu}", fontsize=9)
     dosed = {k: [by_k[k]["top1"] for by_k in dose_data["fixed"].values() if by_k[k]["top1"] is not None] for k in FLEX_BUDGETS}
-    fixed_points(dose_ax, dosed, f"fixed-k models (one per k and seed: {', '.join(map(str, dose_data['fixed']))})")
+    fixed_points(dose_ax, dosed, f"fixed-k models (one per k and seed: {dose_seeds(dose_data)})")
     colors = {UNTAUGHT: "tab:blue", TAUGHT: "tab:pink", TAUGHT_DOSE: "tab:purple"}
     for seed, by_label in dose_data["flex"].items():
         for label, by_k in by_label.items():
@@ -1060,7 +1072,7 @@ def flex_figure(flex_data: dict, final_data: dict, dose_data: dict) -> None:
             if curve:
                 dose_ax.plot(*zip(*curve), {1: "o-", 0: "s--", 2: "^:"}[seed], color=colors[label],
                              label=textwrap.fill(f"one {label}, seed {seed} (`{by_k[FLEX_BUDGETS[0]]['run']}`)", 70))
-    dose_ax.set_title(f"the whole recipe, its 400-step guidance dose included: AVX-512, seeds {', '.join(map(str, dose_data['fixed']))}",
+    dose_ax.set_title(f"the whole recipe, its 400-step guidance dose included: AVX-512, seeds {dose_seeds(dose_data)}",
                       fontsize=9)
     for ax in (sweep_ax, *final_axes, dose_ax):
         ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")

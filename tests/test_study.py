@@ -113,3 +113,22 @@ def test_the_seed_0_fixed_dose_again_at_k64_differs_from_the_first_in_its_start_
     assert again.after == "final-k64-g0-r2@avx512" and first.after == "final-k64-g0"
     assert again.flags == first.flags and again.init_flag == first.init_flag == "--init-from"
     assert again.about == {**first.about, "start": "final-k64-g0-r2@avx512"}
+
+
+def test_the_third_seed_differs_from_the_second_in_its_seed_alone(study):
+    """Seed 2 of the taught flex model and of the fixed k = 64 model, before and through the dose: the same flags,
+    encoders and teacher as seed 1's, the seed apart (and the dose's start, its own seed's model)."""
+    runs = {r.name: r for r in study.all_runs()}
+
+    def seed(run, value):
+        flags = list(run.flags)
+        flags[flags.index("--seed") + 1] = value
+        return flags
+    for second, third in (("final-flex-teacher64-g0-s1-r2", "final-flex-teacher64-g0-s2"), ("final-k64-g0-s1", "final-k64-g0-s2"),
+                          ("dose-flex-teacher64-s1", "dose-flex-teacher64-s2"), ("dose-k64-s1", "dose-k64-s2")):
+        a, b = runs[second], runs[third]
+        assert seed(a, "2") == b.flags and a.init_flag == b.init_flag and b.about["seed"] == 2
+        assert {**a.about, "seed": 2, **({"start": b.after} if "start" in a.about else {})} == b.about
+    assert runs["final-k64-g0-s2"].after == "encoder-k64-long-r2@avx512"  # the encoder training of seeds 0 (-r2) and 1
+    assert runs["final-flex-teacher64-g0-s2"].after == runs["final-flex-teacher64-g0-s1-r2"].after
+    assert runs["dose-k64-s2"].after == "final-k64-g0-s2" and runs["dose-flex-teacher64-s2"].after == "final-flex-teacher64-g0-s2"
