@@ -1503,8 +1503,8 @@ def flex_dose_gap(dose_data: dict) -> str:
         fixed, flex = dose_data["fixed"][seed], dose_data["flex"][seed].get(label)
         if flex is None or all(d["top1"] is None for d in flex.values()):
             return None
-        return " / ".join(signed_points(flex[k]["top1"] - fixed[k]["top1"]) if flex[k]["top1"] is not None and fixed[k]["top1"] is not None
-                          else "pending" for k in FLEX_BUDGETS)
+        return " / ".join("not run" if not fixed[k]["run"] else "pending" if None in (flex[k]["top1"], fixed[k]["top1"])
+                          else signed_points(flex[k]["top1"] - fixed[k]["top1"]) for k in FLEX_BUDGETS)
 
     def in_words(label: str) -> str | None:
         by_seed = {seed: g for seed in dose_data["flex"] if (g := gaps(seed, label)) is not None}
