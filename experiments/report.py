@@ -1072,7 +1072,7 @@ def flex_figure(flex_data: dict, final_data: dict, dose_data: dict) -> None:
             if curve:
                 dose_ax.plot(*zip(*curve), {1: "o-", 0: "s--", 2: "^:"}[seed], color=colors[label],
                              label=textwrap.fill(f"one {label}, seed {seed} (`{by_k[FLEX_BUDGETS[0]]['run']}`)", 70))
-    dose_ax.set_title(f"the whole recipe, its 400-step guidance dose included: AVX-512, seeds {dose_seeds(dose_data)}",
+    dose_ax.set_title(textwrap.fill(f"the whole recipe, its 400-step guidance dose included: AVX-512, seeds {dose_seeds(dose_data)}", 70),
                       fontsize=9)
     for ax in (sweep_ax, *final_axes, dose_ax):
         ax.set_xlabel("forward GFLOPs per image (gvit_nano, 64 px)")
