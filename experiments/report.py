@@ -902,7 +902,9 @@ def flex_dose(runs: dict) -> tuple[dict, str]:
     for seeds, by_k in fixed_rows.items():
         rows.append([f"{FIXED}, the mean of seeds {in_list(seeds)}",
                      *(f"{fmt(by_k[k]['before'])} -> {fmt(by_k[k]['top1'])}" if k in by_k else "-" for k in FLEX_BUDGETS)])
-    for label, means in [(label, means) for label, means in data["mean"].items() if label != FIXED]:
+    for label, means in data["mean"].items():
+        if label == FIXED:  # its row is among the fixed means above
+            continue
         rows.append([f"{label}, the mean of seeds {seeds_by_budget(means['seeds'])}",
                      *(f"{fmt(means['before'][k])} -> {with_gap(means['top1'][k], means['fixed'][k]['top1'])}" for k in FLEX_BUDGETS)])
     v2 = final(runs, "shipped-dose-g0.1")
@@ -974,7 +976,8 @@ def dose_means(data: dict) -> dict:
         seeds = {k: [seed for seed in sorted(by_seed) if complete(by_seed[seed][k]) and complete(data["fixed"][seed][k])] for k in FLEX_BUDGETS}
         seeds = {k: s for k, s in seeds.items() if len(s) > 1}
         if len(seeds) == len(FLEX_BUDGETS):
-            means[label] = {"seeds": seeds, **{key: {k: mean(by_seed, s, k)[key] for k, s in seeds.items()} for key in ("before", "top1")},
+            kind = {k: mean(by_seed, s, k) for k, s in seeds.items()}
+            means[label] = {"seeds": seeds, **{key: {k: m[key] for k, m in kind.items()} for key in ("before", "top1")},
                             "fixed": {k: mean(data["fixed"], s, k) for k, s in seeds.items()}}
     return means
 
